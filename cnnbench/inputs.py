@@ -1,0 +1,108 @@
+"""Turning a user's model name, input size and options into a built model and an input shape.
+
+Shared by every command, so that `summary`, `bench`, `train` and `receptive-field` parse
+``--input-size`` and ``--model-arg`` the same way and report a too-small input the same way.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+
+import torch
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.registry import ModelInfo, get_model, get_model_info
+
+
+def parse_input_size(text: str | None, info: ModelInfo) -> tuple[int, int, int]:
+    """``CxHxW``, ``HxW`` or ``S`` (square) -> ``(C, H, W)``; channels default to the model's."""
+    if not text:
+        return info.input_size
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) == 2:
+        dims = [info.in_channels, *dims]
+    if len(dims) != 3 or min(dims) < 1:
+        raise CnnbenchError(f"bad --input-size {text!r}: use CxHxW, HxW or one number "
+                            "(e.g. 1x96x96 or 96x96)")
+    return tuple(dims)
+
+
+def parse_model_args(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` strings -> keyword arguments; values are Python literals or plain strings."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise CnnbenchError(f"bad --model-arg {item!r}: use KEY=VALUE, e.g. ratio=4")
+        try:
+            options[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key] = value.strip()
+    return options
+
+
+def build(name: str, model_args: dict | None = None, *, in_channels: int | None = None,
+          device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
+    """Build ``name`` on ``device`` (``meta`` builds no real weights and costs nothing)."""
+    info = get_model_info(name)
+    options = dict(model_args or {})
+    if in_channels is not None and in_channels != info.in_channels and "in_channels" in info.options:
+        options.setdefault("in_channels", in_channels)
+    with torch.device(device):
+        model = get_model(name, **options)
+    return model, info
+
+
+def _runs(model: torch.nn.Module, shape: tuple[int, ...], device) -> bool:
+    try:
+        with torch.no_grad():
+            model(torch.zeros(shape, device=device))
+        return True
+    except (RuntimeError, ValueError, IndexError):
+        return False
+
+
+def check_input_fits(model: torch.nn.Module, name: str, size: tuple[int, int, int],
+                     device="meta") -> None:
+    """Raise a one-line error saying which sizes work when ``size`` does not fit ``model``.
+
+    Meant for the error path: it tries square sizes on the ``meta`` device, which costs no
+    arithmetic, to find the smallest (and, for fixed-size heads, the largest) that works.
+    """
+    c, h, w = size
+    if _runs(model, (1, c, h, w), device):
+        return
+    candidates = list(range(1, 129)) + list(range(136, 1025, 8))
+    smallest = next((s for s in candidates if _runs(model, (1, c, s, s), device)), None)
+    if smallest is None:
+        raise CnnbenchError(f"{name} does not run on a {c}-channel input at any size up to 1024 "
+                            "(check --input-size's channels)")
+    largest = smallest
+    while largest < smallest + 64 and _runs(model, (1, c, largest + 1, largest + 1), device):
+        largest += 1
+    if min(h, w) < smallest:
+        raise CnnbenchError(f"input {c}x{h}x{w} is too small for {name}: the smallest that works "
+                            f"is {c}x{smallest}x{smallest}")
+    if largest < smallest + 64:
+        raise CnnbenchError(f"input {c}x{h}x{w} does not fit {name}: its fixed-size dense layers "
+                            f"take {smallest}-{largest} px only")
+    raise CnnbenchError(f"input {c}x{h}x{w} does not fit {name} (it runs at "
+                        f"{c}x{smallest}x{smallest} and larger squares)")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

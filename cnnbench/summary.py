@@ -1,0 +1,129 @@
+"""Layer table of a model: output shapes, parameters and FLOPs per layer, with totals.
+
+The forward pass runs on PyTorch's ``meta`` device where the model allows it: shapes and FLOPs
+come out exact while no weight is initialised and no arithmetic is done, so even VGG or SSD
+summarise in a blink. A model whose forward needs real tensors falls back to the CPU.
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``: one multiply-add counts as 2 FLOPs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.inputs import build, check_input_fits, eval_mode
+
+
+def shape_of(output):
+    """Shapes of a tensor or of the tensors inside tuples, lists and dicts."""
+    if isinstance(output, torch.Tensor):
+        return list(output.shape)
+    if isinstance(output, (list, tuple)):
+        return [shape_of(o) for o in output]
+    if isinstance(output, dict):
+        return {k: shape_of(v) for k, v in output.items()}
+    return None
+
+
+def _tensor_bytes(output) -> int:
+    if isinstance(output, torch.Tensor):
+        return output.numel() * output.element_size()
+    if isinstance(output, (list, tuple)):
+        return sum(_tensor_bytes(o) for o in output)
+    if isinstance(output, dict):
+        return sum(_tensor_bytes(o) for o in output.values())
+    return 0
+
+
+def _trace(model: nn.Module, x: torch.Tensor):
+    """Run ``model(x)`` once, recording call order, output shapes and per-module FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = {m: n for n, m in model.named_modules() if n}
+    order, shapes, leaf_bytes = [], {}, [0]
+
+    def pre_hook(module, args):
+        name = names[module]
+        if name not in shapes:
+            order.append(name)
+            shapes[name] = None
+
+    def hook(module, args, output):
+        shapes[names[module]] = shape_of(output)
+        if not any(True for _ in module.children()):
+            leaf_bytes[0] += _tensor_bytes(output)
+
+    handles = []
+    for module in names:
+        handles.append(module.register_forward_pre_hook(pre_hook))
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            output = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    root = type(model).__name__
+    flops = {k.removeprefix(root + "."): sum(v.values())
+             for k, v in counter.get_flop_counts().items()}
+    return output, order, shapes, flops, counter.get_total_flops(), leaf_bytes[0]
+
+
+def _run_somewhere(name, model_args, size, batch_size):
+    """Trace on the meta device; fall back to real CPU tensors if the model needs them."""
+    last_error = None
+    for device in ("meta", "cpu"):
+        model, info = build(name, model_args, in_channels=size[0], device=device)
+        x = torch.zeros((batch_size, *size), device=device)
+        with eval_mode(model):
+            try:
+                return model, info, x, _trace(model, x)
+            except (RuntimeError, ValueError, IndexError, NotImplementedError) as exc:
+                last_error = exc
+    check_input_fits(model, name, size, device="cpu")
+    raise CnnbenchError(f"{name} failed on input {list(x.shape)}: "
+                        f"{str(last_error).strip().splitlines()[0]}")
+
+
+def summarize(name: str, input_size: tuple[int, int, int] | None = None, *, batch_size: int = 1,
+              depth: int = 3, model_args: dict | None = None) -> dict:
+    """The summary of registered model (or ``torchvision:<name>``) ``name`` as a JSON-ready dict."""
+    from cnnbench.registry import get_model_info
+
+    size = tuple(input_size or get_model_info(name).input_size)
+    if batch_size < 1 or depth < 0:
+        raise CnnbenchError("--batch-size must be >= 1 and --depth >= 0")
+    model, info, x, (output, order, shapes, flops, total_flops, act_bytes) = _run_somewhere(
+        name, model_args, size, batch_size)
+    modules = dict(model.named_modules())
+    shown = [n for n in order if n.count(".") < depth]
+    shown_set = set(shown)
+    layers = []
+    for n in shown:
+        module = modules[n]
+        children = [f"{n}.{c}" for c, _ in module.named_children()]
+        expanded = any(c in shown_set for c in children)
+        params = list(module.parameters(recurse=not expanded))
+        # A row whose children are shown keeps only what they do not account for, so that
+        # the rows add up to the totals.
+        own_flops = flops.get(n, 0) - (sum(flops.get(c, 0) for c in children) if expanded else 0)
+        layers.append({
+            "name": n, "type": type(module).__name__, "depth": n.count(".") + 1,
+            "output_shape": shapes[n], "params": sum(p.numel() for p in params),
+            "trainable": all(p.requires_grad for p in params), "flops": own_flops,
+        })
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    notes = model.summary_notes(x) if hasattr(model, "summary_notes") else []
+    return {
+        "model": info.name, "task": info.task, "input_size": [batch_size, *size],
+        "layers": layers, "outputs": shape_of(output),
+        "total_params": total, "trainable_params": trainable,
+        "non_trainable_params": total - trainable, "flops": total_flops,
+        "param_bytes": sum(p.numel() * p.element_size() for p in params) + buffers,
+        "activation_bytes": act_bytes,
+        "input_bytes": x.numel() * x.element_size(), "device": str(x.device), "notes": notes,
+    }

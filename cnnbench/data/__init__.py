@@ -1,0 +1,1 @@
+"""Data sets read from local files: Fashion-MNIST and what is built from it."""

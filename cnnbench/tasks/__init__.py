@@ -1,0 +1,1 @@
+"""Trainer task plug-ins; see base.py."""

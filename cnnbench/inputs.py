@@ -63,7 +63,7 @@ def build(name: str, model_args: dict | None = None, *, in_channels: int | None 
 
 def _runs(model: torch.nn.Module, shape: tuple[int, ...], device) -> bool:
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(torch.zeros(shape, device=device))
         return True
     except (RuntimeError, ValueError, IndexError):

@@ -11,7 +11,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-out = Console(highlight=False)
+# Piped output has no terminal width to fit: keep table rows on one line.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 
@@ -83,3 +84,90 @@ def summary_table(s: dict) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         out.print(f"{key:<{width}}  {value}")
+
+
+# --- training (issue 3) ---
+
+def epoch_line(row: dict, epochs: int | None = None) -> str:
+    """One line per epoch: what `cnnbench train --quiet` prints."""
+    of = f"/{epochs}" if epochs else ""
+    parts = [f"epoch {row['epoch']:>2}{of}", f"lr {row['lr']:.3g}"]
+    for split in ("train", "val"):
+        if f"{split}_loss" in row:
+            parts.append(f"{split} loss {row[f'{split}_loss']:.4f}")
+        if f"{split}_acc" in row:
+            parts.append(f"acc {row[f'{split}_acc']:.4f}")
+    parts.append(f"{row['epoch_seconds']:.1f} s")
+    parts.append(f"{row['images_per_second']:,.0f} img/s")
+    return "  ".join(parts)
+
+
+class TrainReporter:
+    """The trainer's progress: a rich bar per epoch (on stderr) and one line per epoch."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.live = not quiet
+        self.epochs = None
+        self._bar = self._task = None
+
+    def start(self, info: dict) -> None:
+        self.epochs = info["epochs"]
+        what = "resuming" if info["resumed"] else "training"
+        out.print(f"{what} {info['model']} ({info['task']}, {info['params']:,} params) on "
+                  f"{info['device']}: {info['train']:,} train / {info['val']:,} val / "
+                  f"{info['test']:,} test images at {'x'.join(map(str, info['input_size']))}, "
+                  f"epochs {info['start_epoch']}-{info['epochs']}, run {info['run_dir']}", soft_wrap=True)
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        if self.quiet:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self._bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                             MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                             TimeElapsedColumn(), TimeRemainingColumn(),
+                             console=err, transient=True)
+        self._task = self._bar.add_task("train", total=batches, epoch=f"{epoch}/{epochs}",
+                                        stats="")
+        self._bar.start()
+
+    def progress(self, batch: int, metrics: dict, images_per_second: float) -> None:
+        if self._bar is None:
+            return
+        stats = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("loss", "acc"))
+        self._bar.update(self._task, completed=batch,
+                         stats=f"{stats}  {images_per_second:,.0f} img/s")
+
+    def epoch_end(self, row: dict) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        out.print(epoch_line(row, self.epochs), soft_wrap=True)
+
+    def finish(self, results: dict) -> None:
+        tests = "  ".join(f"{k[5:]} {v:.4f}" for k, v in results.items()
+                          if k.startswith("test_") and k != "test_seconds"
+                          and isinstance(v, float))
+        out.print(f"test  {tests}  ({results['minutes']:.1f} min training, best val epoch "
+                  f"{results['best_epoch']}) -> {results['run_dir']}", soft_wrap=True)
+
+
+def runs_table(rows: list[dict]) -> None:
+    table = Table(title="Runs", title_justify="left")
+    for col, justify in (("run", "left"), ("model", "left"), ("started", "left"),
+                         ("epochs", "right"), ("best val acc", "right"), ("test acc", "right"),
+                         ("minutes", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+
+    def acc(v):
+        return "--" if v is None else f"{v:.4f}"
+
+    for r in rows:
+        epochs = f"{r['epochs']}/{r['of_epochs']}" if r["epochs"] != r["of_epochs"] else str(r["epochs"])
+        table.add_row(r["run"], r["model"], r["started"].replace("T", " "), epochs,
+                      acc(r["best_val_acc"]), acc(r["test_acc"]), f"{r['minutes']:.1f}")
+    out.print(table)
+    if not rows:
+        out.print("No runs yet: `cnnbench train lenet` makes one.")

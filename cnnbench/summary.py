@@ -1,8 +1,9 @@
 """Layer table of a model: output shapes, parameters and FLOPs per layer, with totals.
 
-The forward pass runs on PyTorch's ``meta`` device where the model allows it: shapes and FLOPs
-come out exact while no weight is initialised and no arithmetic is done, so even VGG or SSD
-summarise in a blink. A model whose forward needs real tensors falls back to the CPU.
+Small models run one real forward pass on the CPU. Large ones (over ``META_PARAMS`` parameters)
+run on PyTorch's ``meta`` device: shapes and FLOPs come out exact while no weight is initialised
+and no arithmetic is done; the meta kernels cost a one-off import of ``torch._dynamo`` (~1.5 s
+here), which is cheaper than initialising and running a VGG. Either falls back to the other.
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``: one multiply-add counts as 2 FLOPs.
 """
 
@@ -36,9 +37,29 @@ def _tensor_bytes(output) -> int:
     return 0
 
 
+META_PARAMS = 40_000_000
+
+
+def _flop_counter():
+    """``FlopCounterMode``, without the ``torch._dynamo`` import its dispatch triggers.
+
+    Its ``__torch_dispatch__`` is wrapped to disable dynamo, and the wrapper imports
+    ``torch._dynamo`` (1.3 s, half of a summary's run time) on first use. Outside
+    ``torch.compile`` the disabling changes nothing, so mark the function as already wrapped.
+    """
+    from torch.utils import flop_counter
+
+    for cls in vars(flop_counter).values():
+        dispatch = getattr(cls, "__torch_dispatch__", None) if isinstance(cls, type) else None
+        fn = getattr(dispatch, "__wrapped__", None)
+        if fn is not None and not hasattr(fn, "__dynamo_disable"):
+            fn.__dynamo_disable = fn
+    return flop_counter.FlopCounterMode
+
+
 def _trace(model: nn.Module, x: torch.Tensor):
     """Run ``model(x)`` once, recording call order, output shapes and per-module FLOPs."""
-    from torch.utils.flop_counter import FlopCounterMode
+    FlopCounterMode = _flop_counter()
 
     names = {m: n for n, m in model.named_modules() if n}
     order, shapes, leaf_bytes = [], {}, [0]
@@ -71,17 +92,20 @@ def _trace(model: nn.Module, x: torch.Tensor):
 
 
 def _run_somewhere(name, model_args, size, batch_size):
-    """Trace on the meta device; fall back to real CPU tensors if the model needs them."""
+    """Trace on the CPU or, for large models, the meta device; fall back to the other."""
+    meta_model, info = build(name, model_args, in_channels=size[0], device="meta")
+    large = sum(p.numel() for p in meta_model.parameters()) > META_PARAMS
     last_error = None
-    for device in ("meta", "cpu"):
-        model, info = build(name, model_args, in_channels=size[0], device=device)
+    for device in ("meta", "cpu") if large else ("cpu", "meta"):
+        model, info = (meta_model, info) if device == "meta" else build(
+            name, model_args, in_channels=size[0], device=device)
         x = torch.zeros((batch_size, *size), device=device)
         with eval_mode(model):
             try:
                 return model, info, x, _trace(model, x)
             except (RuntimeError, ValueError, IndexError, NotImplementedError) as exc:
                 last_error = exc
-    check_input_fits(model, name, size, device="cpu")
+    check_input_fits(meta_model, name, size, device="meta")
     raise CnnbenchError(f"{name} failed on input {list(x.shape)}: "
                         f"{str(last_error).strip().splitlines()[0]}")
 
@@ -94,8 +118,21 @@ def summarize(name: str, input_size: tuple[int, int, int] | None = None, *, batc
     size = tuple(input_size or get_model_info(name).input_size)
     if batch_size < 1 or depth < 0:
         raise CnnbenchError("--batch-size must be >= 1 and --depth >= 0")
-    model, info, x, (output, order, shapes, flops, total_flops, act_bytes) = _run_somewhere(
-        name, model_args, size, batch_size)
+    model, info, x, trace = _run_somewhere(name, model_args, size, batch_size)
+    return {"model": info.name, "task": info.task, **_tabulate(model, x, trace, depth)}
+
+
+def summarize_module(model: nn.Module, input_size: tuple[int, ...], *, batch_size: int = 1,
+                     depth: int = 3) -> dict:
+    """The same summary for any module, run once on CPU tensors of ``input_size`` (no batch)."""
+    x = torch.zeros((batch_size, *input_size))
+    with eval_mode(model):
+        trace = _trace(model, x)
+    return {"model": type(model).__name__, "task": None, **_tabulate(model, x, trace, depth)}
+
+
+def _tabulate(model: nn.Module, x: torch.Tensor, trace, depth: int) -> dict:
+    output, order, shapes, flops, total_flops, act_bytes = trace
     modules = dict(model.named_modules())
     shown = [n for n in order if n.count(".") < depth]
     shown_set = set(shown)
@@ -119,8 +156,7 @@ def summarize(name: str, input_size: tuple[int, int, int] | None = None, *, batc
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     notes = model.summary_notes(x) if hasattr(model, "summary_notes") else []
     return {
-        "model": info.name, "task": info.task, "input_size": [batch_size, *size],
-        "layers": layers, "outputs": shape_of(output),
+        "input_size": list(x.shape), "layers": layers, "outputs": shape_of(output),
         "total_params": total, "trainable_params": trainable,
         "non_trainable_params": total - trainable, "flops": total_flops,
         "param_bytes": sum(p.numel() * p.element_size() for p in params) + buffers,

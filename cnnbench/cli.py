@@ -88,7 +88,157 @@ def summary(
 
 # --- train and runs (issue 3) ---
 
+@app.command()
+def train(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP + " May come from --config."),
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="YAML recipe (default: experiments/MODEL.yaml if present)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e",
+                                         help="Epochs in total (also when resuming)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw."),
+    schedule: Optional[str] = typer.Option(None, help="constant, step, cosine or onecycle."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
+    amp: Optional[str] = typer.Option(None, help="none, bf16 or fp16 (CUDA only)."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                            help="torch.compile the model."),
+    seed: Optional[int] = typer.Option(None),
+    limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Folder with the IDX files."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
+    set_: Optional[List[str]] = typer.Option(
+        None, "--set", "-s", help="KEY=VALUE for any config key (repeatable), "
+                                  "e.g. label_smoothing=0.1."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir",
+                                          help="Run folder (default runs/MODEL-TIME)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this run folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch, no bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json at the end."),
+) -> None:
+    """Train a model on Fashion-MNIST: metrics, TensorBoard, checkpoints in a run folder.
+
+    Options on the command line beat the YAML recipe. Examples:
+    `cnnbench train lenet`, `cnnbench train lenet --config experiments/lenet-d2l.yaml`,
+    `cnnbench train resnet18 --epochs 3 --lr 0.05 --set label_smoothing=0.1`,
+    `cnnbench train lenet --limit 2000 --epochs 2 --quiet`,
+    `cnnbench train --resume runs/lenet-20260101-120000 --epochs 20`.
+    Watch it with `tensorboard --logdir runs`.
+    """
+    from cnnbench import render
+    from cnnbench import train as trainer
+    from cnnbench.config import parse_set
+    from cnnbench.inputs import parse_model_args
+
+    overrides = parse_set(set_)
+    overrides.update({k: v for k, v in dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+        device=device, amp=amp, compile=compile_, seed=seed, limit=limit, data=data,
+        input_size=input_size).items() if v is not None})
+    if model_arg:
+        overrides["model_args"] = parse_model_args(model_arg)
+    reporter = render.TrainReporter(quiet=quiet or as_json)
+    if resume:
+        if model or config:
+            raise CnnbenchError("--resume takes the model and config from the run folder; "
+                                "give only options such as --epochs")
+        results = trainer.resume(resume, overrides, reporter)
+    else:
+        results = trainer.train(model, config, overrides, run_dir=run_dir, reporter=reporter)
+    if as_json:
+        render.print_json(results)
+
+
+@app.command()
+def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs."),
+         as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """List training runs: model, start, epochs, best validation and test accuracy, minutes.
+
+    Examples: `cnnbench runs`, `cnnbench runs --json`.
+    """
+    from cnnbench import render
+    from cnnbench.train import list_runs
+
+    rows = list_runs(root)
+    render.print_json(rows) if as_json else render.runs_table(rows)
+
+
 # --- bench (issue 4) ---
+
+@app.command()
+def bench(
+    model: str = typer.Argument(..., help=MODEL_HELP + " Or `deformconv` for the deformable "
+                                "convolution implementations side by side."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", "-b",
+                                    help="Batch sizes, comma-separated."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="fp32, or bf16/fp16 autocast (AMP)."),
+    channels_last: bool = typer.Option(False, "--channels-last",
+                                       help="Model and input in channels-last memory format."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
+    train_: bool = typer.Option(True, "--train/--no-train",
+                                help="Also time a training step (forward, backward, SGD step)."),
+    sweep: Optional[str] = typer.Option(
+        None, "--sweep", help="Show how the cost grows: batch or size (deformconv: also shape)."),
+    shape: str = typer.Option("8,64,56,56,3", "--shape",
+                              help="deformconv only: N,C,H,W[,K] of the layer (C in and out)."),
+    min_run_time: float = typer.Option(0.2, "--min-run-time",
+                                       help="Seconds of timed runs per figure (after warm-up)."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="CPU threads (default: PyTorch's)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Draw the figures to FILE.png."),
+    csv: Optional[str] = typer.Option(None, "--csv", help="Also write the rows to FILE.csv."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Speed figures: inference and training step per batch size, memory, FLOP/s.
+
+    Medians and IQRs from torch.utils.benchmark; `--json`/`--csv` use timm's column names
+    (infer_samples_per_sec, infer_step_time, train_samples_per_sec, param_count, gmacs, ...).
+    `deformconv` compares ours, torchvision's, the notes' deformable convolution and a plain
+    conv at `--shape` (default 8,64,56,56,3: 3x3, padding 1, modulated), with the largest
+    difference from torchvision's output and gradients.
+
+    Examples: `cnnbench bench lenet`, `cnnbench bench resnet18 -b 1,16 --no-train`,
+    `cnnbench bench torchvision:resnet50 --device cuda --precision bf16 --channels-last`,
+    `cnnbench bench vgg11 --sweep size --plot vgg.png`, `cnnbench bench lenet --csv lenet.csv`,
+    `cnnbench bench deformconv`, `cnnbench bench deformconv --shape 4,32,28,28 --json`,
+    `cnnbench bench deformconv --sweep shape --plot dcn.png`.
+    """
+    import torch
+
+    from cnnbench import bench as benchmarks
+    from cnnbench import render
+
+    if threads is not None:
+        if threads < 1:
+            raise CnnbenchError("--threads must be >= 1")
+        torch.set_num_threads(threads)
+    if model == "deformconv":
+        result = benchmarks.bench_deformconv(benchmarks.parse_shape(shape), device=device,
+                                             precision=precision, min_run_time=min_run_time,
+                                             sweep=sweep)
+        show = render.deformconv_table
+    else:
+        from cnnbench.inputs import parse_input_size, parse_model_args
+        from cnnbench.registry import get_model_info
+
+        result = benchmarks.bench_model(
+            model, batch_sizes=benchmarks.parse_int_list(batch_sizes, "--batch-sizes"),
+            input_size=parse_input_size(input_size, get_model_info(model)), device=device,
+            precision=precision, channels_last=channels_last, compile=compile_,
+            model_args=parse_model_args(model_arg), min_run_time=min_run_time, train=train_,
+            sweep=sweep)
+        show = render.bench_table
+    if csv:
+        benchmarks.write_csv(result["rows"], csv)
+    if plot:
+        benchmarks.plot_sweep(result, plot)
+    render.print_json(result) if as_json else show(result)
+
 
 # --- receptive-field (issue 5) ---
 

@@ -171,3 +171,81 @@ def runs_table(rows: list[dict]) -> None:
     out.print(table)
     if not rows:
         out.print("No runs yet: `cnnbench train lenet` makes one.")
+
+
+# --- bench (issue 4) ---
+
+def _ms(value, spread=None) -> str:
+    if value is None:
+        return "--"
+    text = f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return text + (f" ±{spread / 2:.2g}" if spread else "")
+
+
+def bench_table(result: dict) -> None:
+    """`cnnbench bench MODEL`: one line per batch size (or swept size)."""
+    table = Table(title=f"{result['model']} on {result['device_name']}, {result['precision']}"
+                        f"{', channels-last' if result['channels_last'] else ''}"
+                        f"{', compiled' if result['compile'] else ''}",
+                  title_justify="left")
+    for col in ("batch", "input", "infer ms/step", "infer samples/s", "infer GFLOP/s",
+                "infer peak MiB", "train ms/step", "train samples/s", "train GFLOP/s",
+                "train peak MiB"):
+        table.add_column(col, justify="left" if col == "input" else "right", no_wrap=True)
+    for r in result["rows"]:
+        table.add_row(str(r["infer_batch_size"]), "x".join(map(str, r["infer_input_size"])),
+                      _ms(r["infer_step_time"], r["infer_step_time_iqr"]),
+                      f"{r['infer_samples_per_sec']:,.1f}", f"{r['infer_gflops_per_sec']:.1f}",
+                      f"{r['infer_peak_mem_mb']:.1f}",
+                      _ms(r.get("train_step_time"), r.get("train_step_time_iqr")),
+                      f"{r['train_samples_per_sec']:,.1f}" if "train_samples_per_sec" in r else "--",
+                      f"{r['train_gflops_per_sec']:.1f}" if "train_gflops_per_sec" in r else "--",
+                      f"{r['train_peak_mem_mb']:.1f}" if "train_peak_mem_mb" in r else "--")
+    out.print(table)
+    rows = result["rows"]
+    if rows:
+        out.print(f"params {rows[0]['param_count']:.3f} M; "
+                  f"{rows[0]['gmacs']:.4g} GMACs per sample at {rows[0]['infer_img_size']} px; "
+                  f"ms/step is the median ± half the IQR; {result['threads']} CPU threads")
+    if len(rows) > 1 and result.get("sweep"):
+        first, last = rows[0], rows[-1]
+        what = "batch" if result["sweep"] == "batch" else "image size"
+        out.print(f"growth over the {what} sweep: inference step x"
+                  f"{last['infer_step_time'] / first['infer_step_time']:.1f} for x"
+                  f"{_scale(first, last, result['sweep']):.1f} the work")
+    for note in result["notes"]:
+        out.print(f"Note  {note}")
+
+
+def _scale(first, last, sweep) -> float:
+    if sweep == "batch":
+        return last["infer_batch_size"] / first["infer_batch_size"]
+    return (last["flops_per_sample"] / first["flops_per_sample"]) if first["flops_per_sample"] else 0
+
+
+def deformconv_table(result: dict) -> None:
+    """`cnnbench bench deformconv`: the implementations side by side, fastest named below."""
+    table = Table(title=f"deform_conv2d on {result['device_name']}, {result['dtype']} "
+                        f"({result['layer']})", title_justify="left")
+    for col in ("impl", "shape NxCxHxW k", "fwd ms", "fwd+bwd ms", "vs torchvision",
+                "peak MiB", "max abs err"):
+        table.add_column(col, justify="left" if col in ("impl", "shape NxCxHxW k") else "right",
+                         no_wrap=True)
+    tv = {(r["batch"], r["channels"], r["height"], r["width"], r["kernel"]): r["fwd_bwd_ms"]
+          for r in result["rows"] if r["impl"] == "torchvision"}
+    for r in result["rows"]:
+        key = (r["batch"], r["channels"], r["height"], r["width"], r["kernel"])
+        ratio = (f"{tv[key] / r['fwd_bwd_ms']:.1f}x faster" if tv.get(key) and r.get("fwd_bwd_ms")
+                 else "--")
+        err = r.get("max_abs_err")
+        table.add_row(r["impl"], f"{r['batch']}x{r['channels']}x{r['height']}x{r['width']} "
+                                 f"k{r['kernel']}",
+                      _ms(r.get("fwd_ms"), r.get("fwd_ms_iqr")),
+                      _ms(r.get("fwd_bwd_ms"), r.get("fwd_bwd_ms_iqr")), ratio,
+                      f"{r['peak_mem_mb']:.1f}" if r.get("peak_mem_mb") is not None else "--",
+                      r.get("error", "--")[:40] if err is None else f"{err:.1e}")
+    out.print(table)
+    for line in result["summary"]:
+        out.print(line)
+    out.print("max abs err: largest difference of the output and of every gradient from "
+              "torchvision's op; conv2d is the plain-convolution floor (no sampling).")

@@ -91,3 +91,18 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None,
                             f"do not match; {INSTALL_HINT}")
     return (torch.from_numpy(images.copy()).unsqueeze(1),
             torch.from_numpy(labels.astype(np.int64)))
+
+
+def load_bundle(data_dir: str | os.PathLike | None = None, val_size: int = 5000,
+                limit: int | None = None):
+    """Train/val/test splits: val is a fixed hold-out of the training set, test the official
+    10,000; ``limit`` keeps at most that many images of each split (for quick runs and tests)."""
+    from cnnbench.data.splits import head, holdout
+    from cnnbench.tasks.base import DataBundle, Split
+
+    folder = find_dir(data_dir)
+    full = Split(*load_split("train", folder, strict_count=limit is None))
+    test = Split(*load_split("test", folder, strict_count=limit is None))
+    train, val = holdout(full, val_size)
+    return DataBundle(head(train, limit), head(val, limit), head(test, limit), list(CLASS_NAMES),
+                      info={"source": str(folder), "val_size": len(val)})

@@ -1,9 +1,19 @@
-"""Feature Pyramid Network on a ResNet-50 bottleneck backbone, returning P2-P5."""
+"""Feature Pyramid Network on a ResNet-50 bottleneck backbone, returning P2-P5.
+
+Two heads put the pyramid to work: ``FPNSegmentation`` (each level to 128 channels, up-sampled to
+P2 and summed, then one logit per class, as in Panoptic FPN's semantic branch) and ``RetinaNet``
+(a class subnet and a box subnet shared by every level, anchors per level, the focal loss in the
+detection task). ``fpn --model-args head=...`` or the names ``fpn-seg`` and ``retinanet`` build
+them; ``fpn`` alone is the bare pyramid.
+"""
+
+import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cnnbench.anchors import anchors_per_cell, grid_anchors
 from cnnbench.registry import register_model
 
 
@@ -83,8 +93,109 @@ class FPN(nn.Module):
         return self.smooth3(p2), self.smooth2(p3), self.smooth1(p4), p5
 
 
+
+
+class FPNSegmentation(nn.Module):
+    """Semantic segmentation on the pyramid: per level a 3x3 convolution (batch norm, ReLU),
+    up-sampled to P2 (1/4 of the input) and summed; a 1x1 classifier; bilinear up to the input."""
+
+    def __init__(self, fpn: FPN, num_classes: int, channels: int = 128):
+        super().__init__()
+        self.fpn = fpn
+        d = fpn.out_channels
+        self.lateral = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(d, channels, 3, padding=1, bias=False),
+                          nn.BatchNorm2d(channels), nn.ReLU(inplace=True)) for _ in range(4))
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.fpn(x)
+        size = levels[0].shape[-2:]
+        y = sum(F.interpolate(conv(p), size=size, mode="bilinear", align_corners=False)
+                for conv, p in zip(self.lateral, levels))
+        return F.interpolate(self.classifier(y), size=x.shape[-2:], mode="bilinear",
+                             align_corners=False)
+
+
+def _subnet(channels: int, out: int, depth: int) -> nn.Sequential:
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Conv2d(channels, out, 3, padding=1))
+
+
+# Anchor sizes per level P2-P5 (fractions of the image) for small images; ratios w / h.
+RETINA_SIZES = ((0.1, 0.14), (0.2, 0.28), (0.4, 0.56), (0.75, 0.95))
+RETINA_RATIOS = (1.0, 2.0, 0.5)
+
+
+class RetinaNet(nn.Module):
+    """RetinaNet heads on P2-P5: ``depth`` 3x3 convolutions then a class (sigmoid per class) or
+    box output, the same weights on every level. Returns ``(anchors [A, 4], class_logits
+    [N, A, classes], box_offsets [N, A, 4])``: no background column, the focal loss's form."""
+
+    def __init__(self, fpn: FPN, num_classes: int, depth: int = 4, sizes=RETINA_SIZES,
+                 ratios=RETINA_RATIOS, prior: float = 0.01):
+        super().__init__()
+        self.fpn, self.num_classes = fpn, num_classes
+        self.sizes, self.ratios = [tuple(s) for s in sizes], tuple(ratios)
+        k = anchors_per_cell(self.sizes[0], self.ratios)
+        d = fpn.out_channels
+        self.cls_subnet = _subnet(d, k * num_classes, depth)
+        self.box_subnet = _subnet(d, k * 4, depth)
+        # Start every class at probability ``prior``, so the many background anchors do not
+        # swamp the first steps (the paper's initialisation).
+        nn.init.constant_(self.cls_subnet[-1].bias, -math.log((1 - prior) / prior))
+
+    def forward(self, x: torch.Tensor):
+        anchors, cls_preds, box_preds = [], [], []
+        for p, sizes in zip(self.fpn(x), self.sizes):
+            anchors.append(grid_anchors(p.shape[2], p.shape[3], sizes, self.ratios,
+                                        device=x.device))
+            n = p.shape[0]
+            cls_preds.append(self.cls_subnet(p).permute(0, 2, 3, 1).reshape(n, -1,
+                                                                           self.num_classes))
+            box_preds.append(self.box_subnet(p).permute(0, 2, 3, 1).reshape(n, -1, 4))
+        return torch.cat(anchors), torch.cat(cls_preds, 1), torch.cat(box_preds, 1)
+
+    def summary_notes(self, x: torch.Tensor) -> list[str]:
+        lines = []
+        for k, (p, sizes) in enumerate(zip(self.fpn(x), self.sizes), start=2):
+            h, w = p.shape[2:]
+            a = anchors_per_cell(sizes, self.ratios)
+            lines.append(f"anchors on P{k}: {h}x{w} cells x {a} = {h * w * a}")
+        return lines
+
+
 @register_model("fpn", task="feature-extraction", input_size=(3, 224, 224), num_classes=None,
                 source="seeds 000: Feature Pyramid Networks")
-def fpn(in_channels: int = 3, layers: tuple = (3, 4, 6, 3), out_channels: int = 256) -> FPN:
-    """FPN on ResNet-50 (3-4-6-3 bottlenecks); outputs P2, P3, P4, P5 at strides 4-32."""
-    return FPN(tuple(layers), in_channels, out_channels)
+def fpn(in_channels: int = 3, layers: tuple = (3, 4, 6, 3), out_channels: int = 256,
+        head: str | None = None, num_classes: int = 10) -> nn.Module:
+    """FPN on ResNet-50 (3-4-6-3 bottlenecks); outputs P2, P3, P4, P5 at strides 4-32.
+    ``head="retinanet"`` or ``"segmentation"`` adds that head (``num_classes`` objects, or
+    classes including the background)."""
+    pyramid = FPN(tuple(layers), in_channels, out_channels)
+    if head is None:
+        return pyramid
+    if head == "retinanet":
+        return RetinaNet(pyramid, num_classes)
+    if head == "segmentation":
+        return FPNSegmentation(pyramid, num_classes)
+    raise ValueError(f"unknown head {head!r}: use retinanet or segmentation")
+
+
+@register_model("retinanet", task="detection", input_size=(1, 96, 96), num_classes=10,
+                source="seeds 000: Feature Pyramid Networks (+ RetinaNet heads)",
+                description="RetinaNet: FPN (ResNet bottlenecks) with class/box subnets on P2-P5, "
+                            "focal loss")
+def retinanet(in_channels: int = 1, num_classes: int = 10, layers: tuple = (3, 4, 6, 3),
+              out_channels: int = 256, depth: int = 4) -> RetinaNet:
+    return RetinaNet(FPN(tuple(layers), in_channels, out_channels), num_classes, depth)
+
+
+@register_model("fpn-seg", task="segmentation", input_size=(1, 96, 96), num_classes=11,
+                source="seeds 000: Feature Pyramid Networks (+ a semantic head)",
+                description="FPN with a semantic segmentation head (levels summed at 1/4 scale)")
+def fpn_seg(in_channels: int = 1, num_classes: int = 11, layers: tuple = (3, 4, 6, 3),
+            out_channels: int = 256, channels: int = 128) -> FPNSegmentation:
+    return FPNSegmentation(FPN(tuple(layers), in_channels, out_channels), num_classes, channels)

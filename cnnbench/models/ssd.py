@@ -101,7 +101,9 @@ def flatten_prediction(pred: torch.Tensor, per_anchor: int) -> torch.Tensor:
 
 
 @register_model("ssd", task="detection", input_size=(3, 352, 352), num_classes=20,
-                source="seeds 000: SSD (VGG19 features + extra layers)")
+                source="seeds 000: SSD, VGG19 + extra layers; large images (>= 352 px)",
+                description="SSD for large images (>= 352 px): the notes' VGG19 extractor and 5 "
+                            "extra layers (ssd-resnet is the one for 96 px)")
 def ssd(in_channels: int = 3, num_classes: int = 20, backbone_weights: str | None = None) -> SSD:
     """SSD with the notes' VGG19 extractor (for large images, >= 352 px); random weights unless
     ``backbone_weights`` names a local VGG19 state dict."""

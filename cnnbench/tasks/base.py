@@ -97,6 +97,10 @@ class Task(ABC):
     @abstractmethod
     def new_metric(self) -> Metric: ...
 
+    def model_args(self, info, data: DataBundle) -> dict:
+        """Builder options the data decide (e.g. ``num_classes``); the config's win (optional)."""
+        return {}
+
     def log_images(self, writer, step: int, images: torch.Tensor, output,
                    targets: Targets, class_names: list[str]) -> None:
         """Draw a few predictions into TensorBoard (optional)."""
@@ -119,13 +123,20 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 def get_task(name: str, config: dict) -> Task:
     import importlib
+    import importlib.util
     import pkgutil
 
     import cnnbench.tasks as package
 
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "base":
-            importlib.import_module(f"{package.__name__}.{module.name}")
+    # The module named after the task first (``single-object`` -> ``single_object.py``), so that
+    # a classification run does not pay for importing the dense tasks; all of them otherwise.
+    own = name.replace("-", "_")
+    if name not in _TASKS and importlib.util.find_spec(f"{package.__name__}.{own}") is not None:
+        importlib.import_module(f"{package.__name__}.{own}")
+    if name not in _TASKS:
+        for module in pkgutil.iter_modules(package.__path__):
+            if module.name != "base":
+                importlib.import_module(f"{package.__name__}.{module.name}")
     from cnnbench.errors import CnnbenchError, did_you_mean
 
     if name not in _TASKS:

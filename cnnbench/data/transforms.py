@@ -1,0 +1,109 @@
+"""Batch transforms that run on the training device, on a whole batch at once.
+
+Images arrive as uint8 ``[N, C, H, W]`` straight from the in-memory data set; nothing goes
+through PIL. The random transforms return what they drew (the shifts, the flipped rows), so that a
+task with boxes or masks can move those with the pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a float batch to ``(H, W)``; a no-op at the same size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+                         antialias=x.shape[-1] > size[-1] and x.device.type != "mps")
+
+
+def normalize(x: torch.Tensor, mean: float | list[float], std: float | list[float]) -> torch.Tensor:
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def random_shifts(n: int, padding: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image offsets ``(dy, dx)`` in ``[-padding, padding]``."""
+    d = torch.randint(-padding, padding + 1, (2, n), device=device)
+    return d[0], d[1]
+
+
+def shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
+    """Move image ``i`` by ``(dy[i], dx[i])`` pixels (each at most ``padding``), filling zeros.
+
+    The same as padding by ``p`` and cropping the original size at offset ``(p - dy, p - dx)``,
+    done for the whole batch with one gather (and no host sync: ``padding`` is given, not read
+    from the shifts). A pixel at ``(y, x)`` lands on ``(y + dy, x + dx)``.
+    """
+    n, c, h, w = x.shape
+    p = int(padding)
+    if p == 0:
+        return x
+    padded = F.pad(x, (p, p, p, p))
+    rows = (p - dy).view(n, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = (p - dx).view(n, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chans, rows, cols]
+
+
+def random_crop(x: torch.Tensor, padding: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """torchvision's ``RandomCrop(size, padding)`` for a batch: returns the image and its shifts."""
+    if padding <= 0:
+        zero = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return x, (zero, zero)
+    dy, dx = random_shifts(x.shape[0], padding, x.device)
+    return shift(x, dy, dx, padding), (dy, dx)
+
+
+def random_hflip(x: torch.Tensor, p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each image left-right with probability ``p``; returns the images and which flipped."""
+    flipped = torch.rand(x.shape[0], device=x.device) < p
+    return torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x), flipped
+
+
+def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.3),
+                   value: float = 0.0) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017) for a batch: each image, with probability ``p``, gets
+    one rectangle of area ``scale`` x image and aspect ``ratio`` set to ``value``."""
+    if p <= 0:
+        return x
+    n, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(n, device=dev).uniform_(*scale) * (h * w)
+    log_r = torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    eh = (area * log_r.exp()).sqrt().round().clamp(1, h)
+    ew = (area / log_r.exp()).sqrt().round().clamp(1, w)
+    top = (torch.rand(n, device=dev) * (h - eh + 1)).floor()
+    left = (torch.rand(n, device=dev) * (w - ew + 1)).floor()
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    inside = ((ys >= top.view(n, 1, 1)) & (ys < (top + eh).view(n, 1, 1))
+              & (xs >= left.view(n, 1, 1)) & (xs < (left + ew).view(n, 1, 1)))
+    chosen = torch.rand(n, device=dev) < p
+    mask = (inside & chosen.view(n, 1, 1)).unsqueeze(1)
+    return x.masked_fill(mask, value)
+
+
+def grid(images: torch.Tensor, nrow: int = 8, pad: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """Float images ``[N, C, H, W]`` -> one ``[C, rows*(H+pad)+pad, nrow*(W+pad)+pad]`` picture.
+
+    What ``torchvision.utils.make_grid`` does, without importing torchvision for it.
+    """
+    n, c, h, w = images.shape
+    rows = max(1, math.ceil(n / nrow))
+    canvas = images.new_full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value)
+    for i in range(n):
+        y, x = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
+        canvas[:, y:y + h, x:x + w] = images[i]
+    return canvas

@@ -1,0 +1,177 @@
+"""Object detection with anchors (SSD, ssd-resnet, RetinaNet on FPN).
+
+``output`` is ``(anchors [A, 4], class_logits [N, A, K], box_offsets [N, A, 4])``, anchors in
+image fractions. With K = classes + 1 the logits are SSD's softmax over background (column 0) and
+the classes, trained with cross-entropy and hard negative mining (3 negatives per positive); with
+K = classes they are RetinaNet's sigmoids, trained with the focal loss. Boxes: smooth-L1 on the
+encoded offsets of the matched anchors (``boxes.match``/``boxes.encode``). Evaluation decodes,
+runs per-class NMS and scores mAP@0.5 and COCO's mAP@[.5:.95].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from cnnbench import boxes as B
+from cnnbench.tasks.base import Metric, register_task
+from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
+
+
+def ssd_loss(cls_logits, box_offsets, cls_target, box_target, neg_ratio: float = 3.0,
+             box_loss: str = "smooth_l1"):
+    """(box loss, class loss), each summed and divided by the number of matched anchors."""
+    pos = cls_target > 0
+    num_pos = pos.sum().clamp(min=1).float()
+    loc = _box_loss(box_offsets[pos], box_target[pos], box_loss) / num_pos
+    ce = F.cross_entropy(cls_logits.flatten(0, 1), cls_target.flatten(),
+                         reduction="none").view_as(cls_target)
+    # Hard negative mining: only the background anchors the model gets most wrong count, at most
+    # neg_ratio per object in the image (at least a few when an image has none).
+    neg_ce = ce.detach().masked_fill(pos, -1.0)
+    rank = neg_ce.argsort(1, descending=True).argsort(1)
+    num_neg = (neg_ratio * pos.sum(1, keepdim=True)).clamp(min=8)
+    neg = (rank < num_neg) & ~pos
+    cls = (ce * (pos | neg)).sum() / num_pos
+    return loc, cls
+
+
+def focal_loss(cls_logits, box_offsets, cls_target, box_target, box_loss: str = "smooth_l1",
+               alpha: float = 0.25, gamma: float = 2.0):
+    """RetinaNet: sigmoid focal loss over every anchor and class, smooth-L1 on matched anchors."""
+    pos = cls_target > 0
+    num_pos = pos.sum().clamp(min=1).float()
+    one_hot = F.one_hot(cls_target, cls_logits.shape[-1] + 1)[..., 1:].to(cls_logits.dtype)
+    cls = sigmoid_focal_loss(cls_logits, one_hot, alpha, gamma, reduction="sum") / num_pos
+    loc = _box_loss(box_offsets[pos], box_target[pos], box_loss) / num_pos
+    return loc, cls
+
+
+def _box_loss(pred, target, kind: str):
+    if kind == "l1":
+        return F.l1_loss(pred, target, reduction="sum")
+    return F.smooth_l1_loss(pred, target, reduction="sum", beta=1.0)
+
+
+class DetectionMetric(Metric):
+    """Loss on every pass; detections and mAP only where there is no gradient (evaluation)."""
+
+    def __init__(self, task: "Detection"):
+        self.task = task
+        self.loss_sum, self.count = None, 0
+        self.predictions, self.ground_truth = [], []
+
+    def update(self, output, targets, loss) -> None:
+        n = targets["labels"].shape[0]
+        lsum = loss.detach().float() * n
+        self.loss_sum = lsum if self.loss_sum is None else self.loss_sum + lsum
+        self.count += n
+        if output[1].requires_grad:
+            return
+        self.predictions += [{k: v.cpu() for k, v in d.items()} for d in self.task.detect(output)]
+        for b, lab in zip(targets["boxes"].cpu(), targets["labels"].cpu()):
+            keep = lab >= 0
+            self.ground_truth.append({"boxes": b[keep], "labels": lab[keep]})
+
+    def compute(self) -> dict[str, float]:
+        out = {"loss": float(self.loss_sum) / self.count if self.count else float("nan")}
+        if self.predictions:
+            m = B.mean_average_precision(self.predictions, self.ground_truth,
+                                         self.task.num_classes, B.COCO_THRESHOLDS)
+            out["map50"] = m["per_threshold"]["0.50"]
+            out["map"] = m["map"]
+        return out
+
+
+@register_task
+class Detection(DenseTask):
+    name = "detection"
+    monitor = "map50"
+    voc_kind = "Main"
+    options = {**DENSE_OPTIONS,
+               "match_iou": 0.5,       # an anchor with IoU >= this also predicts that object
+               "neg_ratio": 3.0,       # hard negative mining: negatives per positive (softmax)
+               "box_loss": "smooth_l1",  # or "l1"
+               "box_weight": 1.0,
+               "score_threshold": 0.05,  # detections kept for mAP
+               "nms_iou": 0.45,
+               "max_detections": 100,
+               "draw_threshold": 0.3}  # detections drawn in TensorBoard
+
+    def loss(self, output, targets):
+        anchors, cls_logits, box_offsets = output
+        cls_target, box_target = B.detection_targets(anchors, targets["boxes"],
+                                                     targets["labels"],
+                                                     float(self.config.get("match_iou", 0.5)))
+        box_loss = self.config.get("box_loss", "smooth_l1")
+        if cls_logits.shape[-1] == self.num_classes + 1:
+            loc, cls = ssd_loss(cls_logits.float(), box_offsets.float(), cls_target, box_target,
+                                float(self.config.get("neg_ratio", 3.0)), box_loss)
+        else:
+            loc, cls = focal_loss(cls_logits.float(), box_offsets.float(), cls_target,
+                                  box_target, box_loss)
+        return cls + float(self.config.get("box_weight", 1.0)) * loc
+
+    def detect(self, output) -> list[dict]:
+        anchors, cls_logits, box_offsets = output
+        scores = B.scores_from_logits(cls_logits.float(), self.num_classes)
+        c = self.config
+        return B.detect(anchors, scores, box_offsets.float(),
+                        float(c.get("score_threshold", 0.05)), float(c.get("nms_iou", 0.45)),
+                        int(c.get("max_detections", 100)))
+
+    def new_metric(self) -> Metric:
+        return DetectionMetric(self)
+
+    def log_images(self, writer, step, images, output, targets, class_names) -> None:
+        from torchvision.utils import make_grid
+
+        n = min(8, images.shape[0])
+        dets = self.detect(tuple(o if i == 0 else o[:n] for i, o in enumerate(output)))
+        threshold = float(self.config.get("draw_threshold", 0.3))
+        pictures = []
+        for i in range(n):
+            d = {k: v.cpu() for k, v in dets[i].items()}
+            keep = d["scores"] >= threshold
+            lab = targets["labels"][i].cpu()
+            pictures.append(draw_boxes(images[i].cpu(), targets["boxes"][i].cpu()[lab >= 0],
+                                       [class_names[j] for j in lab[lab >= 0]],
+                                       d["boxes"][keep],
+                                       [f"{class_names[j]} {s:.2f}" for j, s in
+                                        zip(d["labels"][keep], d["scores"][keep])]))
+        writer.add_image("test/boxes", make_grid(torch.stack(pictures), nrow=4), step)
+
+    def final_report(self, output_targets, class_names) -> dict:
+        predictions, truth = [], []
+        for output, targets in output_targets:
+            predictions += self.detect(output)
+            for b, lab in zip(targets["boxes"], targets["labels"]):
+                truth.append({"boxes": b[lab >= 0], "labels": lab[lab >= 0]})
+        m = B.mean_average_precision(predictions, truth, self.num_classes, B.COCO_THRESHOLDS)
+        ap50 = B.mean_average_precision(predictions, truth, self.num_classes, (0.5,))
+        return {"map50": m["per_threshold"]["0.50"], "map": m["map"],
+                "map75": m["per_threshold"]["0.75"],
+                "per_class_ap50": {n: round(v, 4) for n, v in zip(class_names,
+                                                                   ap50["per_class"])}}
+
+
+def draw_boxes(image: torch.Tensor, true_boxes, true_names, pred_boxes, pred_names,
+               scale: int = 2) -> torch.Tensor:
+    """True boxes in green, predicted in red, on a ``scale``-times enlarged uint8 picture."""
+    from torchvision.utils import draw_bounding_boxes
+
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    h, w = image.shape[-2:]
+    image = F.interpolate(image[None].float(), scale_factor=scale, mode="nearest")[0]
+    image = image.to(torch.uint8)
+    size = torch.tensor([w, h, w, h], dtype=torch.float32) * scale
+    for boxes, names, colour in ((true_boxes, true_names, "lime"), (pred_boxes, pred_names, "red")):
+        if len(boxes):
+            boxes = boxes.float() * size
+            # A raw prediction may have x1 < x0: draw the rectangle it spans.
+            boxes = torch.cat((torch.minimum(boxes[:, :2], boxes[:, 2:]),
+                               torch.maximum(boxes[:, :2], boxes[:, 2:])), 1)
+            image = draw_bounding_boxes(image, boxes, names, colors=colour)
+    return image

@@ -1,0 +1,85 @@
+"""The fast.ai lesson's first step to detection: the largest object's box and class.
+
+``output`` is ``[N, 4 + classes]``: four box numbers, squashed into the image by a sigmoid and
+scaled to pixels, then class scores. Loss as in the lesson's ``detn_loss``: L1 on the box plus
+``ce_weight`` (20) x cross-entropy, the weight that brings the two to about the same scale.
+Metrics: class accuracy and the mean IoU of the predicted box with the true one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from cnnbench.boxes import paired_iou
+from cnnbench.tasks.base import Metric, register_task
+from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
+
+
+def largest_object(boxes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box ``[N, 4]`` and label ``[N]`` of each image's largest object (by box area)."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    area = area.masked_fill(labels < 0, -1.0)
+    k = area.argmax(1)
+    rows = torch.arange(boxes.shape[0], device=boxes.device)
+    return boxes[rows, k], labels[rows, k]
+
+
+class SingleObjectMetric(Metric):
+    def __init__(self):
+        self.sums, self.count = None, 0
+
+    def update(self, output, targets, loss) -> None:
+        with torch.no_grad():
+            box, label = targets["box"], targets["label"]
+            pred_box = output[:, :4].detach().float().sigmoid()
+            iou = paired_iou(pred_box, box)
+            hit = output[:, 4:].argmax(1) == label
+            n = label.shape[0]
+            values = torch.stack([loss.detach().float() * n, hit.sum().float(), iou.sum(),
+                                  (pred_box - box).abs().mean(1).sum()])
+        self.sums = values if self.sums is None else self.sums + values
+        self.count += n
+
+    def compute(self) -> dict[str, float]:
+        if not self.count:
+            return {"loss": float("nan"), "acc": float("nan"), "box_iou": float("nan")}
+        loss, acc, iou, l1 = (v / self.count for v in self.sums.tolist())
+        return {"loss": loss, "acc": acc, "box_iou": iou, "box_l1": l1}
+
+
+@register_task
+class SingleObject(DenseTask):
+    name = "single-object"
+    monitor = "box_iou"
+    options = {**DENSE_OPTIONS, "ce_weight": 20.0}
+
+    def prepare(self, images, targets, train: bool):
+        x, targets = super().prepare(images, targets, train)
+        box, label = largest_object(targets["boxes"], targets["labels"])
+        return x, {"box": box, "label": label}  # box in fractions of the image
+
+    def loss(self, output, targets):
+        size = float(self.config["input_size"][-1]) if self.config.get("input_size") else 96.0
+        # As in the lesson: sigmoid into the image, in pixels, L1 + 20 x cross-entropy.
+        pred_box = output[:, :4].float().sigmoid() * size
+        return (F.l1_loss(pred_box, targets["box"] * size)
+                + float(self.config.get("ce_weight", 20.0))
+                * F.cross_entropy(output[:, 4:].float(), targets["label"].clamp(min=0)))
+
+    def new_metric(self) -> Metric:
+        return SingleObjectMetric()
+
+    def log_images(self, writer, step, images, output, targets, class_names) -> None:
+        from torchvision.utils import make_grid
+
+        from cnnbench.tasks.detection import draw_boxes
+
+        pictures = []
+        for i in range(min(8, images.shape[0])):
+            true_box, true_label = targets["box"][i].cpu(), int(targets["label"][i])
+            pred_box = output[i, :4].float().sigmoid().cpu()
+            pred_label = int(output[i, 4:].argmax())
+            pictures.append(draw_boxes(images[i].cpu(), true_box[None], [class_names[true_label]],
+                                       pred_box[None], [class_names[pred_label]]))
+        writer.add_image("test/largest_object", make_grid(torch.stack(pictures), nrow=4), step)

@@ -1,0 +1,148 @@
+"""Anchors, matching, box encoding, NMS and mAP (cnnbench/boxes.py)."""
+
+import math
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from cnnbench import boxes as B
+from cnnbench.anchors import grid_anchors
+
+
+def test_encode_decode_round_trip():
+    g = torch.Generator().manual_seed(0)
+    anchors = grid_anchors(4, 4, (0.2, 0.3), (1.0, 2.0, 0.5))
+    xy = torch.rand(len(anchors), 2, generator=g) * 0.6
+    wh = 0.05 + torch.rand(len(anchors), 2, generator=g) * 0.3
+    boxes = torch.cat((xy, xy + wh), 1)
+    offsets = B.encode(anchors, boxes)
+    torch.testing.assert_close(B.decode(anchors, offsets), boxes, atol=1e-5, rtol=0)
+    # An anchor encodes itself as zero offsets.
+    torch.testing.assert_close(B.encode(anchors, anchors), torch.zeros_like(anchors))
+
+
+def test_matching_gives_every_object_an_anchor():
+    anchors = grid_anchors(3, 3, (0.3,), (1.0,))  # 9 anchors, one per cell
+    # Two small objects in the same cell both prefer anchor 4 (the centre); a third is huge
+    # and overlaps every anchor below the threshold; one padding row.
+    gt = torch.tensor([[[0.45, 0.45, 0.55, 0.55], [0.40, 0.40, 0.52, 0.52],
+                        [0.0, 0.0, 1.0, 1.0], [0, 0, 0, 0]]])
+    labels = torch.tensor([[2, 5, 7, -1]])
+    matched = B.match(anchors, gt, labels, threshold=0.5)
+    assert matched.shape == (1, 9)
+    assert set(matched[0].tolist()) - {-1} == {0, 1, 2}  # every real object, never padding
+    assert (matched[0] == 3).sum() == 0
+
+
+def test_matching_above_threshold_takes_extra_anchors():
+    anchors = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.02, 0.0, 0.52, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    gt = torch.tensor([[[0.01, 0.0, 0.51, 0.5]]])
+    matched = B.match(anchors, gt, torch.tensor([[0]]), threshold=0.5)
+    assert matched.tolist() == [[0, 0, -1]]
+
+
+def test_detection_targets_label_background_zero():
+    anchors = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    gt = torch.tensor([[[0.5, 0.5, 1.0, 1.0], [0, 0, 0, 0]]])
+    cls, offsets = B.detection_targets(anchors, gt, torch.tensor([[3, -1]]))
+    assert cls.tolist() == [[0, 4]]  # class 3 becomes 4: 0 is the background
+    torch.testing.assert_close(offsets[0, 1], torch.zeros(4))
+
+
+def _brute_force_nms(boxes, scores, labels, iou_threshold):
+    """Greedy NMS per class, written out: keep the best, drop everything overlapping it."""
+    keep = []
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    removed = set()
+    for i in order:
+        if i in removed:
+            continue
+        keep.append(i)
+        for j in order:
+            if j != i and j not in removed and labels[j] == labels[i]:
+                if box_iou(boxes[i:i + 1], boxes[j:j + 1])[0, 0] > iou_threshold:
+                    removed.add(j)
+    return keep
+
+
+def test_detect_nms_agrees_with_brute_force():
+    g = torch.Generator().manual_seed(3)
+    anchors = grid_anchors(4, 4, (0.3, 0.45), (1.0, 2.0))
+    a = len(anchors)
+    scores = torch.rand(1, a, 3, generator=g) ** 3
+    offsets = torch.randn(1, a, 4, generator=g) * 0.5
+    result = B.detect(anchors, scores, offsets, score_threshold=0.2, nms_iou=0.45,
+                      max_detections=1000)[0]
+    # The same candidates, brute force.
+    boxes = B.decode(anchors, offsets[0]).clamp(0, 1)
+    cand = [(i, c) for i in range(a) for c in range(3) if scores[0, i, c] > 0.2]
+    cb = torch.stack([boxes[i] for i, _ in cand])
+    cs = torch.stack([scores[0, i, c] for i, c in cand])
+    cl = [c for _, c in cand]
+    kept = _brute_force_nms(cb, cs, cl, 0.45)
+    expected = sorted((round(float(cs[k]), 6), cl[k]) for k in kept)
+    got = sorted((round(float(s), 6), int(c)) for s, c in zip(result["scores"], result["labels"]))
+    assert got == expected
+    assert len(got) < len(cand)  # NMS did remove something
+
+
+def _box(x, y, s=10.0):
+    return [x, y, x + s, y + s]
+
+
+def test_average_precision_hand_computed():
+    # Two objects; detections by score: hit, miss, hit. Precision 1, 1/2, 2/3 at recall
+    # 1/2, 1/2, 1. Interpolated: 1 up to recall 0.5, then 2/3.
+    tp = torch.tensor([1.0, 0.0, 1.0])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    voc = B.average_precision(tp, scores, num_gt=2, method="voc")
+    assert voc == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    coco = B.average_precision(tp, scores, num_gt=2, method="coco")
+    # 101 recall points: 0.00-0.50 (51 points) at 1, 0.51-1.00 (50 points) at 2/3.
+    assert coco == pytest.approx((51 * 1 + 50 * 2 / 3) / 101)
+    # A missed object caps recall: nothing is found beyond recall 1/2.
+    assert B.average_precision(torch.tensor([1.0]), torch.tensor([0.5]), 2, "voc") == 0.5
+    assert B.average_precision(torch.zeros(0), torch.zeros(0), 3) == 0.0
+
+
+def test_mean_average_precision_hand_computed():
+    gt = [{"boxes": torch.tensor([_box(0, 0), _box(50, 50)]), "labels": torch.tensor([0, 1])},
+          {"boxes": torch.tensor([_box(20, 20)]), "labels": torch.tensor([0])}]
+    pred = [
+        # image 0: a hit on the class-0 object (IoU 1), a duplicate of it (a false positive
+        # even though it overlaps: the object is taken), a class-1 box shifted by 3 px
+        # (IoU 70/130 = 0.538: a hit at 0.5, a miss at 0.55 and above).
+        {"boxes": torch.tensor([_box(0, 0), _box(1, 0), _box(53, 50)]),
+         "scores": torch.tensor([0.9, 0.8, 0.6]), "labels": torch.tensor([0, 0, 1])},
+        # image 1: the class-0 object found with a low score; a class-2 box (no such object).
+        {"boxes": torch.tensor([_box(20, 20), _box(0, 0)]),
+         "scores": torch.tensor([0.5, 0.95]), "labels": torch.tensor([0, 2])},
+    ]
+    m = B.mean_average_precision(pred, gt, num_classes=3, iou_thresholds=(0.5,), method="voc")
+    # Class 0 by score: 0.9 hit, 0.8 miss (duplicate), 0.5 hit -> (0.5 x 1 + 0.5 x 2/3).
+    # Class 1: one hit -> 1. Class 2 has no object: left out of the mean.
+    assert m["per_class"][0] == pytest.approx(0.5 + 1 / 3)
+    assert m["per_class"][1] == pytest.approx(1.0)
+    assert math.isnan(m["per_class"][2])
+    assert m["map"] == pytest.approx((0.5 + 1 / 3 + 1.0) / 2)
+    coco = B.mean_average_precision(pred, gt, 3, B.COCO_THRESHOLDS, method="voc")
+    # Class 0 is the same at every threshold (IoU 1 hits, the duplicate is a miss anyway);
+    # class 1 hits only at 0.50 of the ten thresholds.
+    assert coco["per_threshold"]["0.50"] == pytest.approx((0.5 + 1 / 3 + 1.0) / 2)
+    assert coco["per_threshold"]["0.55"] == pytest.approx((0.5 + 1 / 3 + 0.0) / 2)
+    assert coco["map"] == pytest.approx((0.5 + 1 / 3) / 2 + 1.0 / 2 / 10)
+
+
+def test_perfect_detections_score_one():
+    gt = [{"boxes": torch.tensor([_box(5, 5), _box(40, 10)]), "labels": torch.tensor([1, 3])}]
+    pred = [{"boxes": gt[0]["boxes"].clone(), "scores": torch.tensor([0.7, 0.6]),
+             "labels": gt[0]["labels"].clone()}]
+    assert B.mean_average_precision(pred, gt, 4, B.COCO_THRESHOLDS)["map"] == pytest.approx(1.0)
+
+
+def test_scores_from_logits_picks_softmax_or_sigmoid():
+    logits = torch.randn(2, 5, 4)
+    ssd = B.scores_from_logits(logits, num_classes=3)  # background + 3 classes
+    torch.testing.assert_close(ssd, logits.softmax(-1)[..., 1:])
+    torch.testing.assert_close(B.scores_from_logits(logits, 4), logits.sigmoid())

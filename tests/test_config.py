@@ -1,0 +1,88 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnbench import config as cfg
+from cnnbench.errors import CnnbenchError
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+# d2l zh v2, chapter 7 (and seed 003 for ResNet): lr, batch size, input size.
+BOOK = {"lenet": (0.9, 256, 28), "lenet-bn": (1.0, 256, 28), "alexnet": (0.01, 128, 224),
+        "vgg11": (0.05, 128, 224), "nin": (0.1, 128, 224), "googlenet": (0.1, 128, 96),
+        "resnet18": (0.05, 256, 96), "densenet": (0.1, 256, 96)}
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_command_line_overrides_beat_the_yaml_file(tmp_path):
+    path = write(tmp_path, "model: lenet\nlr: 0.5\nepochs: 3\nlabel_smoothing: 0.2\n")
+    config = cfg.resolve(None, path, {"lr": 0.1, "label_smoothing": None})
+    assert config["lr"] == 0.1 and config["epochs"] == 3 and config["label_smoothing"] == 0.2
+    assert config["model"] == "lenet" and config["task"] == "classification"
+
+
+def test_defaults_fill_what_the_file_leaves_out_and_input_size_comes_from_the_model(tmp_path):
+    config = cfg.resolve("densenet", write(tmp_path, "epochs: 1\n"))
+    assert config["input_size"] == [1, 96, 96] and config["optimizer"] == "sgd"
+    assert cfg.resolve("densenet", write(tmp_path, "input_size: 64\n"))["input_size"] == [1, 64, 64]
+
+
+def test_train_model_uses_its_recipe_when_there_is_one():
+    assert cfg.default_recipe("lenet") == EXPERIMENTS / "lenet.yaml"
+    from_recipe = yaml.safe_load((EXPERIMENTS / "lenet.yaml").read_text())
+    assert cfg.resolve("lenet")["lr"] == from_recipe["lr"]
+
+
+@pytest.mark.parametrize("key, suggestion", [("epoch", "epochs"), ("label_smoothin", "label_smoothing"),
+                                             ("weight_decy", "weight_decay")])
+def test_unknown_key_is_rejected_with_the_nearest_valid_key(tmp_path, key, suggestion):
+    with pytest.raises(CnnbenchError, match=f"unknown key '{key}'.*did you mean {suggestion}"):
+        cfg.resolve("lenet", write(tmp_path, f"{key}: 1\n"))
+
+
+def test_unknown_key_on_the_command_line_is_one_line_and_exit_code_2():
+    proc = subprocess.run([sys.executable, "-m", "cnnbench", "train", "lenet", "--set", "epoch=3"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "did you mean epochs" in proc.stderr
+
+
+def test_values_of_the_wrong_type_or_choice_are_rejected(tmp_path):
+    with pytest.raises(CnnbenchError, match="lr must be float"):
+        cfg.resolve("lenet", write(tmp_path, "lr: fast\n"))
+    with pytest.raises(CnnbenchError, match="optimizer must be one of"):
+        cfg.resolve("lenet", None, {"optimizer": "adam"})
+    assert cfg.resolve("lenet", write(tmp_path, "lr: 1e-3\n"))["lr"] == 0.001  # YAML 1.1 string
+
+
+def test_set_values_are_read_as_yaml_scalars():
+    assert cfg.parse_set(["lr=0.1", "hflip=true", "betas=[0.9, 0.99]", "data=/x"]) == {
+        "lr": 0.1, "hflip": True, "betas": [0.9, 0.99], "data": "/x"}
+
+
+@pytest.mark.parametrize("model", sorted(BOOK))
+def test_d2l_recipes_use_the_books_settings(model):
+    lr, batch_size, size = BOOK[model]
+    config = cfg.resolve(None, EXPERIMENTS / f"{model}-d2l.yaml")
+    assert config["model"] == model and config["optimizer"] == "sgd" and config["momentum"] == 0
+    assert config["schedule"] == "constant" and config["weight_decay"] == 0
+    assert (config["lr"], config["batch_size"], config["input_size"][1:]) == (lr, batch_size,
+                                                                             [size, size])
+    assert config["epochs"] == 10 and config["label_smoothing"] == 0
+    if model == "vgg11":
+        assert config["model_args"] == {"ratio": 4}
+
+
+def test_every_recipe_resolves_and_keeps_ten_epochs():
+    recipes = sorted(EXPERIMENTS.glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        config = cfg.resolve(None, path)
+        assert config["epochs"] == 10, path.name

@@ -79,6 +79,10 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
 
 def time_call(fn, min_run_time: float, device: torch.device, warmup: int = 2) -> dict:
     """Median and inter-quartile range (ms) of ``fn()`` with ``torch.utils.benchmark``."""
+    import logging
+
+    # torch.utils.benchmark imports cpp_extension, which warns about a missing CUDA toolkit.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.benchmark import Timer
 
     for _ in range(warmup):
@@ -215,6 +219,10 @@ def bench_model(name: str, *, batch_sizes=(1, 8, 32), input_size=None, device: s
             return False
 
     configs = _sweep_configs(sweep, list(batch_sizes), size, fits)
+    notes = []
+    if sweep == "size" and len(configs) < 2:
+        notes.append(f"{info.name} runs at {size[1]}x{size[2]} only (fixed-size dense layers): "
+                     "nothing to sweep")
     params = flops_cache[size]["total_params"] if size in flops_cache else \
         summarize(name, size, batch_size=1, depth=0, model_args=model_args)["total_params"]
 
@@ -228,7 +236,7 @@ def bench_model(name: str, *, batch_sizes=(1, 8, 32), input_size=None, device: s
         except Exception as exc:  # noqa: BLE001 - a backend can fail in many ways
             raise CnnbenchError(f"--compile failed: {str(exc).splitlines()[0]}") from None
 
-    notes = [GENERIC_LOSS_NOTE] if train else []
+    notes += [GENERIC_LOSS_NOTE] if train else []
     notes.append("peak memory: " + ("torch.cuda.max_memory_allocated above the memory in use "
                                     "before the step" if dev.type == "cuda" else
                                     "live storages created by PyTorch operators during one step "

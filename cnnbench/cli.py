@@ -119,12 +119,20 @@ def train(
 ) -> None:
     """Train a model on Fashion-MNIST: metrics, TensorBoard, checkpoints in a run folder.
 
-    Options on the command line beat the YAML recipe. Examples:
-    `cnnbench train lenet`, `cnnbench train lenet --config experiments/lenet-d2l.yaml`,
-    `cnnbench train resnet18 --epochs 3 --lr 0.05 --set label_smoothing=0.1`,
-    `cnnbench train lenet --limit 2000 --epochs 2 --quiet`,
-    `cnnbench train --resume runs/lenet-20260101-120000 --epochs 20`.
-    Watch it with `tensorboard --logdir runs`.
+    The recipe is `experiments/MODEL.yaml` when it exists (or `--config FILE`); options on the
+    command line beat it. A run lives in `runs/MODEL-YYYYmmdd-HHMMSS/`. Examples:
+
+    * `cnnbench train lenet`
+
+    * `cnnbench train --config experiments/lenet-d2l.yaml`  (the book's settings)
+
+    * `cnnbench train resnet18 --epochs 3 --lr 0.05 --set label_smoothing=0.1`
+
+    * `cnnbench train lenet --limit 2000 --epochs 2 --quiet`
+
+    * `cnnbench train --resume runs/lenet-20260101-120000 --epochs 20`
+
+    Watch a run with `tensorboard --logdir runs`; list runs with `cnnbench runs`.
     """
     from cnnbench import render
     from cnnbench import train as trainer

@@ -812,7 +812,7 @@ class _Linearised(TorchFunctionMode):
                 transposed=True)
         if name == "linear":
             out_features = _arg(args, kwargs, 1, "weight").shape[0]
-            return x.mean(-1, keepdim=True).expand(*x.shape[:-1], out_features)
+            return x.mean(-1, keepdim=True).expand(*x.shape[:-1], out_features).contiguous()
         if name == "deform_conv2d" and len(args) >= 14:
             args = list(args)
             args[1] = torch.full_like(args[1], 1.0 / args[1][0].numel())
@@ -862,8 +862,7 @@ def _constant_conv(x, weight, geometry: dict, groups: int, transposed: bool = Fa
     conv = F.conv_transpose2d if transposed else F.conv2d
     y = conv(mean, ones, groups=groups, **geometry)
     out_c = weight.shape[1] * groups if transposed else weight.shape[0]
-    return y[:, :, None].expand(n, groups, out_c // groups, *y.shape[2:]).reshape(
-        n, out_c, *y.shape[2:])
+    return y.repeat_interleave(out_c // groups, dim=1)
 
 
 class _Stop(Exception):

@@ -114,10 +114,11 @@ class TrainReporter:
     def start(self, info: dict) -> None:
         self.epochs = info["epochs"]
         what = "resuming" if info["resumed"] else "training"
+        size = "x".join(map(str, info["input_size"]))
         out.print(f"{what} {info['model']} ({info['task']}, {info['params']:,} params) on "
                   f"{info['device']}: {info['train']:,} train / {info['val']:,} val / "
-                  f"{info['test']:,} test images at {'x'.join(map(str, info['input_size']))}, "
-                  f"epochs {info['start_epoch']}-{info['epochs']}, run {info['run_dir']}", soft_wrap=True)
+                  f"{info['test']:,} test images at {size}, epochs {info['start_epoch']}-"
+                  f"{info['epochs']}, run {info['run_dir']}", soft_wrap=True)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         if self.quiet:
@@ -165,7 +166,9 @@ def runs_table(rows: list[dict]) -> None:
         return "--" if v is None else f"{v:.4f}"
 
     for r in rows:
-        epochs = f"{r['epochs']}/{r['of_epochs']}" if r["epochs"] != r["of_epochs"] else str(r["epochs"])
+        epochs = str(r["epochs"])
+        if r["epochs"] != r["of_epochs"]:
+            epochs += f"/{r['of_epochs']}"
         table.add_row(r["run"], r["model"], r["started"].replace("T", " "), epochs,
                       acc(r["best_val_acc"]), acc(r["test_acc"]), f"{r['minutes']:.1f}")
     out.print(table)
@@ -195,11 +198,11 @@ def bench_table(result: dict) -> None:
     for r in result["rows"]:
         table.add_row(str(r["infer_batch_size"]), "x".join(map(str, r["infer_input_size"])),
                       _ms(r["infer_step_time"], r["infer_step_time_iqr"]),
-                      f"{r['infer_samples_per_sec']:,.1f}", f"{r['infer_gflops_per_sec']:.1f}",
+                      f"{r['infer_samples_per_sec']:,.1f}", f"{r['infer_gflops_per_sec']:.3g}",
                       f"{r['infer_peak_mem_mb']:.1f}",
                       _ms(r.get("train_step_time"), r.get("train_step_time_iqr")),
                       f"{r['train_samples_per_sec']:,.1f}" if "train_samples_per_sec" in r else "--",
-                      f"{r['train_gflops_per_sec']:.1f}" if "train_gflops_per_sec" in r else "--",
+                      f"{r['train_gflops_per_sec']:.3g}" if "train_gflops_per_sec" in r else "--",
                       f"{r['train_peak_mem_mb']:.1f}" if "train_peak_mem_mb" in r else "--")
     out.print(table)
     rows = result["rows"]
@@ -227,7 +230,7 @@ def deformconv_table(result: dict) -> None:
     """`cnnbench bench deformconv`: the implementations side by side, fastest named below."""
     table = Table(title=f"deform_conv2d on {result['device_name']}, {result['dtype']} "
                         f"({result['layer']})", title_justify="left")
-    for col in ("impl", "shape NxCxHxW k", "fwd ms", "fwd+bwd ms", "vs torchvision",
+    for col in ("impl", "shape NxCxHxW k", "fwd ms", "fwd+bwd ms", "fwd+bwd vs torchvision",
                 "peak MiB", "max abs err"):
         table.add_column(col, justify="left" if col in ("impl", "shape NxCxHxW k") else "right",
                          no_wrap=True)
@@ -235,7 +238,8 @@ def deformconv_table(result: dict) -> None:
           for r in result["rows"] if r["impl"] == "torchvision"}
     for r in result["rows"]:
         key = (r["batch"], r["channels"], r["height"], r["width"], r["kernel"])
-        ratio = (f"{tv[key] / r['fwd_bwd_ms']:.1f}x faster" if tv.get(key) and r.get("fwd_bwd_ms")
+        ratio = ("baseline" if r["impl"] == "torchvision" else
+                 f"{tv[key] / r['fwd_bwd_ms']:.1f}x faster" if tv.get(key) and r.get("fwd_bwd_ms")
                  else "--")
         err = r.get("max_abs_err")
         table.add_row(r["impl"], f"{r['batch']}x{r['channels']}x{r['height']}x{r['width']} "

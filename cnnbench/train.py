@@ -64,7 +64,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        built = "this torch has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+        built = ("this torch has no CUDA support" if torch.version.cuda is None
+                 else "no GPU is visible")
         raise CnnbenchError(f"--device cuda asked for, but {built}; use --device cpu or auto")
     if name == "mps" and not has_mps:
         raise CnnbenchError("--device mps asked for, but Apple's MPS is not available here; "

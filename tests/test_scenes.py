@@ -126,7 +126,7 @@ def _write_voc(root):
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation",
                 "SegmentationClass"):
         (voc / sub).mkdir(parents=True)
-    names = ["000001", "000002", "000003"]
+    names = ["000001", "000002", "000003", "000004", "000005"]
     for k, name in enumerate(names):
         Image.fromarray(np.full((50, 100, 3), 40 * k, dtype=np.uint8)).save(
             voc / "JPEGImages" / f"{name}.jpg")
@@ -136,7 +136,7 @@ def _write_voc(root):
         for tag, v in (("width", 100), ("height", 50), ("depth", 3)):
             ET.SubElement(size, tag).text = str(v)
         for cls, box, difficult in (("dog", (11, 6, 60, 45), 0), ("person", (1, 1, 10, 10), 1),
-                                    ("car", (51, 26, 100, 50), 0))[:k + 1]:
+                                    ("car", (51, 26, 100, 50), 0))[:min(k, 2) + 1]:
             obj = ET.SubElement(ann, "object")
             ET.SubElement(obj, "name").text = cls
             ET.SubElement(obj, "difficult").text = str(difficult)
@@ -151,7 +151,7 @@ def _write_voc(root):
         seg.putpalette([0, 0, 0] * 256)
         seg.save(voc / "SegmentationClass" / f"{name}.png")
     for kind in ("Main", "Segmentation"):
-        (voc / "ImageSets" / kind / "train.txt").write_text("\n".join(names[:2]) + "\n")
+        (voc / "ImageSets" / kind / "train.txt").write_text("\n".join(names[:2] + names[3:]))
         (voc / "ImageSets" / kind / "val.txt").write_text(names[2] + "\n")
     return voc
 
@@ -160,10 +160,13 @@ def test_voc_detection_reads_boxes_scaled_to_the_image(tmp_path):
     from cnnbench.data import voc
 
     _write_voc(tmp_path)
-    images, targets = voc.load_detection(tmp_path / "VOCdevkit", "train", 64)
+    images, targets = voc.load_detection(tmp_path / "VOCdevkit", "train", 64, limit=2)
     assert images.shape == (2, 3, 64, 64) and images.dtype == torch.uint8
     # Image 2 has a dog and a difficult person (left out): one box each, no padding needed.
     assert targets["labels"].tolist() == [[voc.VOC_CLASSES.index("dog")]] * 2
+    _, targets = voc.load_detection(tmp_path / "VOCdevkit", "train", 64)
+    dog, car = voc.VOC_CLASSES.index("dog"), voc.VOC_CLASSES.index("car")
+    assert targets["labels"].tolist() == [[dog, -1], [dog, -1], [dog, car], [dog, car]]
     # VOC's 1-based inclusive (11, 6, 60, 45) on 100x50 -> pixel edges (10, 5, 60, 45) x 0.64/1.28.
     expected = torch.tensor([10 * 0.64, 5 * 1.28, 60 * 0.64, 45 * 1.28])
     torch.testing.assert_close(targets["boxes"][0, 0], expected)

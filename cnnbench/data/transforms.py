@@ -57,7 +57,7 @@ def shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> 
     return padded[batch, chans, rows, cols]
 
 
-def random_crop(x: torch.Tensor, padding: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+def random_crop(x: torch.Tensor, padding: int) -> tuple[torch.Tensor, tuple]:
     """torchvision's ``RandomCrop(size, padding)`` for a batch: returns the image and its shifts."""
     if padding <= 0:
         zero = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)

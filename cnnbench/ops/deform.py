@@ -292,7 +292,8 @@ class _DeformIm2col(torch.autograd.Function):
             else:
                 grad_cols = _ungroup_columns(torch.bmm(go_c, wmat_t), geo).reshape(-1, cg)
             if grad_pos is not None:
-                # d(sample)/dy, d(sample)/dx and the unmasked sample: each a 4-corner sum.
+                # d(sample)/dy, d(sample)/dx and the unmasked sample: each a 4-corner sum,
+                # as k bags per sample, then k dot products with the sample's column gradient.
                 factors = []
                 if need_py:
                     factors.append(taps.d_dy(bags) if mc is None else taps.d_dy(bags) * mc)
@@ -301,9 +302,11 @@ class _DeformIm2col(torch.autograd.Function):
                 if need_mask:
                     factors.append(taps.bilinear(bags))
                 k = len(factors)
-                samples = F.embedding_bag(taps.index[bags].repeat(k, 1), rows,
-                                          per_sample_weights=torch.cat(factors), mode="sum")
-                grad_pos[:, bags] = torch.linalg.vecdot(samples.view(k, -1, cg), grad_cols)
+                index = taps.index[bags].unsqueeze(1).expand(-1, k, -1).reshape(-1, 4)
+                samples = F.embedding_bag(index, rows, mode="sum",
+                                          per_sample_weights=torch.stack(factors, 1).view(-1, 4))
+                dots = torch.bmm(samples.view(-1, k, cg), grad_cols.unsqueeze(-1))
+                grad_pos[:, bags] = dots.view(-1, k).t()
             if need_x:
                 # The chunk's corners all lie in its own images' rows.
                 lo = start // per_image * rows_per_image

@@ -114,5 +114,6 @@ class Classification(Task):
         per_class = confusion.diag().float() / confusion.sum(dim=1).clamp(min=1).float()
         return {
             "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted
-            "per_class_acc": {name: round(a, 4) for name, a in zip(class_names, per_class.tolist())},
+            "per_class_acc": {name: round(acc, 4)
+                              for name, acc in zip(class_names, per_class.tolist())},
         }

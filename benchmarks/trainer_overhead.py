@@ -1,0 +1,162 @@
+"""How much the cnnbench trainer costs over a bare loop, and what it saves over d2l's pipeline.
+
+One training epoch of LeNet on Fashion-MNIST (the 55,000 training images of cnnbench's split),
+same model, same initial weights, same optimizer (plain SGD) and batch size, three ways, in one
+process, interleaved over ``--rounds`` rounds (the best round of each counts):
+
+* ``cnnbench``: ``Trainer.train_epoch()``, the loop ``cnnbench train`` runs (shuffling, the task's
+  ``prepare``, loss, top-1/top-5 metrics summed on the device, the schedule, the grad scaler).
+* ``hand``: a minimal loop over the same in-memory uint8 tensors: index a shuffled batch, scale to
+  [0, 1], forward, cross-entropy, backward, step. Nothing else.
+* ``d2l``: d2l's ``load_data_fashion_mnist``: a Dataset that turns each image into a PIL image
+  and back through ``ToTensor`` (as torchvision's FashionMNIST does), a shuffling DataLoader with
+  d2l's 4 worker processes, and the hand loop over its batches.
+
+It then times the data path alone (batches ready for the model, no model) both ways.
+
+Run: ``.venv/bin/python benchmarks/trainer_overhead.py`` (about 3 epochs' time per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+class PILFashionMNIST(torch.utils.data.Dataset):
+    """Item by item through PIL and ToTensor, the way d2l's data loader reads Fashion-MNIST."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        from torchvision import transforms
+
+        self.images, self.labels = images[:, 0].numpy(), labels.numpy()
+        self.to_tensor = transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.to_tensor(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
+
+
+def fresh(trainer, lr: float):
+    from cnnbench.registry import get_model
+
+    torch.manual_seed(0)
+    model = get_model(trainer.config["model"])
+    return model, torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def step(model, optimizer, x, y) -> None:
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def hand_epoch(trainer, lr: float, batch_size: int) -> float:
+    model, optimizer = fresh(trainer, lr)
+    images, labels = trainer.train_split.images, trainer.train_split.targets
+    t0 = time.perf_counter()
+    perm = torch.randperm(len(labels))
+    for s in range(0, len(labels), batch_size):
+        idx = perm[s:s + batch_size]
+        step(model, optimizer, images[idx].float().div_(255.0), labels[idx])
+    return time.perf_counter() - t0
+
+
+def d2l_epoch(trainer, lr: float, batch_size: int, workers: int) -> float:
+    model, optimizer = fresh(trainer, lr)
+    dataset = PILFashionMNIST(trainer.train_split.images, trainer.train_split.targets)
+    t0 = time.perf_counter()  # the DataLoader's worker start-up is part of every d2l epoch
+    loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, num_workers=workers)
+    for x, y in loader:
+        step(model, optimizer, x, y)
+    return time.perf_counter() - t0
+
+
+def cnnbench_batches(trainer, batch_size: int) -> float:
+    """The data path alone: shuffled batches through the task's ``prepare``, no model."""
+    split = trainer.train_split
+    t0 = time.perf_counter()
+    perm = torch.randperm(len(split))
+    for s in range(0, len(split), batch_size):
+        images, targets = split.take(perm[s:s + batch_size])
+        trainer.task.prepare(images, targets, train=True)
+    return time.perf_counter() - t0
+
+
+def d2l_batches(trainer, batch_size: int, workers: int) -> float:
+    dataset = PILFashionMNIST(trainer.train_split.images, trainer.train_split.targets)
+    t0 = time.perf_counter()
+    for _ in torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, num_workers=workers):
+        pass
+    return time.perf_counter() - t0
+
+
+def cnnbench_epoch(trainer, init: dict) -> float:
+    trainer.model.load_state_dict(init)
+    _, seconds, _, _ = trainer.train_epoch()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="lenet")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.9)
+    parser.add_argument("--workers", type=int, default=4, help="d2l's get_dataloader_workers()")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="fewer images (a quick check)")
+    args = parser.parse_args()
+
+    from cnnbench import config as cfg
+    from cnnbench.train import Trainer
+
+    # d2l's LeNet recipe: plain SGD, [0, 1] pixels, no augmentation.
+    config = cfg.resolve(args.model, "experiments/lenet-d2l.yaml", dict(
+        batch_size=args.batch_size, lr=args.lr, val_size=5000, limit=args.limit,
+        log_graph=False, log_images=False, device="cpu"))
+    trainer = Trainer(config)
+    init = fresh(trainer, args.lr)[0].state_dict()  # the same first weights as the others
+    n = len(trainer.train_split)
+    print(f"{args.model}, {n:,} training images, batch {args.batch_size}, plain SGD, "
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds", flush=True)
+
+    times = {"cnnbench": [], "hand": [], "d2l": []}
+    for r in range(args.rounds):
+        for name, run in (("cnnbench", lambda: cnnbench_epoch(trainer, init)),
+                          ("hand", lambda: hand_epoch(trainer, args.lr, args.batch_size)),
+                          ("d2l", lambda: d2l_epoch(trainer, args.lr, args.batch_size,
+                                                    args.workers))):
+            seconds = run()
+            times[name].append(seconds)
+            print(f"round {r + 1}  {name:<9} {seconds:7.2f} s  {n / seconds:8,.0f} img/s",
+                  flush=True)
+    data = {"cnnbench_batches": cnnbench_batches(trainer, args.batch_size),
+            "d2l_batches": d2l_batches(trainer, args.batch_size, args.workers)}
+    for name, seconds in data.items():
+        print(f"data only  {name:<16} {seconds:7.2f} s  {n / seconds:10,.0f} img/s", flush=True)
+    best = {k: min(v) for k, v in times.items()}
+    result = {
+        "images": n, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+        "seconds": best, "all_seconds": times,
+        "cnnbench_over_hand": best["cnnbench"] / best["hand"],
+        "d2l_over_cnnbench": best["d2l"] / best["cnnbench"],
+        "data_seconds": data,
+        "data_d2l_over_cnnbench": data["d2l_batches"] / data["cnnbench_batches"],
+    }
+    print(f"cnnbench / hand-written loop: {result['cnnbench_over_hand']:.3f}  (target <= 1.05)")
+    print(f"d2l pipeline / cnnbench:      {result['d2l_over_cnnbench']:.2f}x  (target >= 2)")
+    print(f"data path alone, d2l / cnnbench: {result['data_d2l_over_cnnbench']:.1f}x")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

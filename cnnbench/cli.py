@@ -250,6 +250,70 @@ def bench(
 
 # --- receptive-field (issue 5) ---
 
+@app.command("receptive-field")
+def receptive_field(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l",
+                                        help="Only this layer (qualified module name)."),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
+    verify: bool = typer.Option(False, "--verify", help=(
+        "Check every field against the input gradient of one unit of a linearised copy.")),
+    grid: bool = typer.Option(False, "--grid", help=(
+        "Show which input region each grid cell of each feature map sees (detection heads).")),
+    erf: Optional[str] = typer.Option(None, "--erf", help=(
+        "Write the effective receptive field's heat map with the theoretical box to this PNG.")),
+    effective: bool = typer.Option(False, "--effective", help=(
+        "Measure the effective receptive field (implied by --erf).")),
+    samples: int = typer.Option(32, "--samples", "-n", help="Inputs to average the ERF over."),
+    data: str = typer.Option("auto", "--data", help=(
+        "ERF inputs: fashion-mnist, random, or auto (Fashion-MNIST if present).")),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=(
+        "Trained weights for the ERF (a state dict, or the trainer's checkpoint).")),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Receptive field, stride and start of every layer, on the model's real graph.
+
+    Examples: `cnnbench receptive-field resnet18`,
+    `cnnbench receptive-field torchvision:resnet50 --layer layer4`,
+    `cnnbench receptive-field googlenet -i 64 --verify`,
+    `cnnbench receptive-field ssd --grid`,
+    `cnnbench receptive-field resnet18 --erf erf.png --checkpoint runs/x/best.pt`,
+    `cnnbench receptive-field unet -m width=16 --json`.
+    """
+    from cnnbench import render
+    from cnnbench import receptive_field as rf
+    from cnnbench.inputs import parse_input_size, parse_model_args
+    from cnnbench.registry import get_model_info
+
+    size = parse_input_size(input_size, get_model_info(model))
+    options = parse_model_args(model_arg)
+    if grid:
+        result = rf.grid_view(model, size, model_args=options)
+        render.print_json(result) if as_json else render.grid_table(result)
+        return
+    result = rf.receptive_fields(model, size, model_args=options, layer=layer)
+    checks = (rf.verify(model, size, model_args=options, layers=[layer] if layer else None)
+              if verify else None)
+    measured = None
+    if effective or erf:
+        measured = rf.effective_field(model, size, model_args=options, layer=layer,
+                                      samples=samples, checkpoint=checkpoint, data=data)
+        if erf:
+            rf.save_erf_png(measured, erf)
+    if as_json:
+        if checks is not None:
+            result["verify"] = checks
+        if measured is not None:
+            result["effective"] = {k: v for k, v in measured.items() if k != "heat"}
+        render.print_json(result)
+        return
+    render.receptive_field_table(result, checks)
+    if measured is not None:
+        render.effective_field_lines(measured)
+        if erf:
+            render.out.print(f"Heat map written to {erf}")
+
 
 def main() -> None:
     try:

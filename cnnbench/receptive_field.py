@@ -106,7 +106,7 @@ def join_axes(axes: list[Axis], n: int) -> Axis:
     return Axis(np.min([a.lo[i] for a, i in pick], axis=0), np.max([a.hi[i] for a, i in pick], axis=0),
                 np.min([a.real_lo[i] for a, i in pick], axis=0),
                 np.max([a.real_hi[i] for a, i in pick], axis=0),
-                max(a.jump for a in axes))
+                max(a.jump for a in axes if a.n == n or n == 1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -314,7 +314,10 @@ class _Trace(TorchFunctionMode):
         if name == "stack":
             return self.join(inputs, y, shift_from=_arg(args, kwargs, 1, "dim", 0))
         if name in RESHAPE:
-            return fx.moved(_reshaped_dims(fx.dims, x.shape, y.shape))
+            dims = _reshaped_dims(fx.dims, x.shape, y.shape)
+            if dims is None and fx.dims is not None:
+                self.grid_sources.append(fx)
+            return fx.moved(dims)
         if name in ("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"):
             return fx.moved(_permuted_dims(name, args, kwargs, fx.dims, x.dim()))
         if name in REDUCE or name in ("softmax", "log_softmax", "cumsum"):
@@ -350,6 +353,9 @@ class _Trace(TorchFunctionMode):
                 raise _Unknown("paths of different sizes")
             axes.append(join_axes(group, n[k]))
         self.check_alignment(fields, n)
+        if any(f.axes[k].n == 1 < n[k] for f in fields for k in range(2)):
+            self.note("a 1x1 map (global context, e.g. squeeze-excitation) is broadcast: "
+                      "every unit reads the whole input")
         return Field(tuple(axes), dims[0], flags)
 
     def check_alignment(self, fields, n):
@@ -707,17 +713,17 @@ def _analyse(name: str, size=None, model_args=None) -> Analysis:
 
 
 def _grid_maps(trace: _Trace, output) -> list[tuple[str, Field]]:
-    last_row = {}
+    last_row = {}  # a reshape or permute moves a field's axes but keeps them
     for row in trace.rows:
-        last_row[id(row.field)] = row.name
+        last_row[id(row.field.axes[0])] = row.name
     fields = [f for f in trace.grid_sources]
     fields += [trace.get(t) for t in _tensors(output)
                if trace.get(t) is not None and trace.get(t).dims is not None]
     maps, seen = [], set()
     for f in fields:
-        if id(f) not in seen and f.axes[0].n * f.axes[1].n > 1:
-            seen.add(id(f))
-            maps.append((last_row.get(id(f), "(model output)"), f))
+        if id(f.axes[0]) not in seen:
+            seen.add(id(f.axes[0]))
+            maps.append((last_row.get(id(f.axes[0]), "(model output)"), f))
     return maps
 
 
@@ -838,6 +844,10 @@ class _Linearised(TorchFunctionMode):
         stride = _pair(_arg(args, kwargs, 2, "stride"), kernel)
         padding = _pair(_arg(args, kwargs, 3, "padding", 0))
         dilation = _pair(_arg(args, kwargs, 4, "dilation", 1))
+        if dilation == (1, 1):
+            y = F.avg_pool2d(x, kernel, stride, padding, ceil_mode=bool(
+                _arg(args, kwargs, 5, "ceil_mode", False)), count_include_pad=True)
+            return (y, real[1]) if isinstance(real, tuple) else y
         extra = [max(0, (shape[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1
                      - x.shape[-2 + k] - 2 * padding[k]) for k in range(2)]
         padded = F.pad(x, (padding[1], padding[1] + extra[1], padding[0], padding[0] + extra[0]))
@@ -965,3 +975,212 @@ def _verify_group(model, modules, trace_names, group, size, dtype) -> list[dict]
                               "clipped field differs (padding or dilation at the border)")
         out.append(result)
     return out
+
+
+# --- the grid view (detection heads) ---
+
+def grid_view(name: str, input_size=None, *, model_args: dict | None = None) -> dict:
+    """Which input region each cell of each feature map sees (the fast.ai lesson's view).
+
+    The maps are those whose layout a head flattens into per-anchor predictions, and the
+    spatial maps a model returns (FPN). Cell ``(i, j)`` sees rows ``rows[i]`` and columns
+    ``cols[j]`` of the input, clipped to it.
+    """
+    a = _analyse(name, input_size, model_args)
+    maps = []
+    for layer, f in a.grid_maps:
+        h, w = f.axes
+        rows = [_clip(h.lo[i], h.hi[i], a.size[1]) for i in range(h.n)]
+        cols = [_clip(w.lo[j], w.hi[j], a.size[2]) for j in range(w.n)]
+        same = next((m for m in maps if m["rows"] == rows and m["cols"] == cols), None)
+        if same is not None:
+            same["layers"].append(layer)
+            continue
+        maps.append({"layers": [layer], "grid": [h.n, w.n], **f.summary(),
+                     "cell_pixels": [a.size[1] / h.n, a.size[2] / w.n],
+                     "rows": rows, "cols": cols})
+    if not maps:
+        raise CnnbenchError(f"{a.name} has no grid of cells: no feature map is flattened into "
+                            "per-cell predictions or returned (try a detection model, e.g. ssd)")
+    return {"model": a.name, "task": a.task, "input_size": list(a.size), "maps": maps}
+
+
+# --- the effective receptive field (Luo et al., 2016) ---
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a bare state dict or the trainer's ``{"model": state_dict, ...}``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CnnbenchError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # a corrupt or foreign file: torch raises many kinds
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CnnbenchError(f"cannot read checkpoint {path}: {first}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise CnnbenchError(f"{path} holds no state dict (a dict of tensors, or one under 'model')")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CnnbenchError(f"{path} does not fit this model: {first}") from None
+
+
+def _erf_inputs(source: str, n: int, size, seed: int) -> tuple[torch.Tensor, str]:
+    """``n`` inputs: Fashion-MNIST test images (resized, standardised) or Gaussian noise."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = size
+    if source in ("auto", "fashion-mnist"):
+        try:
+            from cnnbench.data.fashion_mnist import load_split
+
+            images = load_split("test")[0]
+            pick = torch.randperm(images.shape[0], generator=g)[:n]
+            x = images[pick].float() / 255
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            x = ((x - x.mean()) / x.std()).expand(-1, c, -1, -1).contiguous()
+            return x, f"{n} Fashion-MNIST test images"
+        except (ImportError, CnnbenchError, OSError) as exc:
+            if source == "fashion-mnist":
+                raise CnnbenchError(f"Fashion-MNIST is not available: {exc}") from None
+            reason = str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+            from cnnbench import render
+
+            render.err.print(f"Fashion-MNIST not available ({reason}); using random inputs")
+    elif source != "random":
+        raise CnnbenchError(f"unknown --data {source!r}: use auto, fashion-mnist or random")
+    return torch.randn((n, c, h, w), generator=g), f"{n} random N(0, 1) inputs"
+
+
+def effective_field(name: str, input_size=None, *, model_args: dict | None = None,
+                    layer: str | None = None, samples: int = 32, checkpoint: str | None = None,
+                    data: str = "auto", seed: int = 0) -> dict:
+    """The mean |gradient| of a layer's centre unit with respect to the input, over inputs.
+
+    Returns the heat map and the sides of the smallest squares, centred on the unit's
+    theoretical centre, that hold 50, 90 and 99 % of the gradient mass, beside the theoretical
+    field. The default layer is the last one still laid out as a map larger than 1x1.
+    """
+    if samples < 1:
+        raise CnnbenchError("--samples must be >= 1")
+    a = _analyse(name, input_size, model_args)
+    if layer is None:
+        maps = [r for r in a.rows if r.field.dims is not None]
+        big = [r for r in maps if r.field.axes[0].n * r.field.axes[1].n > 1]
+        if not maps:
+            raise CnnbenchError(f"{a.name} has no spatial layer")
+        row = (big or maps)[-1]
+    else:
+        row = _pick(a, layer)[0]
+    if row.field.dims is None:
+        raise CnnbenchError(f"layer {row.name} is flattened: no centre unit (pick a map layer)")
+    model, _ = build(name, model_args, in_channels=a.size[0], device="cpu")
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    model.eval()
+    x, described = _erf_inputs(data, samples, a.size, seed)
+    x.requires_grad_(True)
+    module, count, index = row.call
+    target = dict(model.named_modules())[_module_name(a, module)]
+    captured, calls = [], [0]
+
+    def hook(m, args, output):
+        calls[0] += 1
+        if calls[0] == count:
+            captured.append(_tensors(output)[index])
+            raise _Stop
+
+    handle = target.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    out = captured[0]
+    unit = _centre(row.field)
+    sel = [slice(None)] * out.dim()
+    for d, u in zip(row.field.dims, unit):
+        sel[d] = u
+    (grad,) = torch.autograd.grad(out[tuple(sel)].sum(), x)
+    heat = grad.abs().sum(1).mean(0).double()
+    centre = [min(max(round((ax.lo[u] + ax.hi[u]) / 2), 0), n - 1)
+              for ax, u, n in zip(row.field.axes, unit, a.size[1:])]
+    total = float(heat.sum())
+    sides = {}
+    for frac in (0.5, 0.9, 0.99):
+        sides[f"{round(frac * 100)}%"] = _mass_side(heat, centre, frac * total) if total else None
+    return {"model": a.name, "input_size": list(a.size), "layer": row.name, "type": row.type,
+            "unit": list(unit), "centre": centre, "inputs": described,
+            "checkpoint": checkpoint, **row.field.summary(),
+            "seen": [b[1] - b[0] + 1 if b else 0 for b in _seen_box(row.field, a.size)],
+            "seen_box": _seen_box(row.field, a.size), "mass_sides": sides,
+            "heat": heat.tolist()}
+
+
+def _module_name(a: Analysis, module) -> str:
+    return next(r.name.split("[")[0].split("#")[0] for r in a.rows if r.call[0] is module)
+
+
+def _mass_side(heat: torch.Tensor, centre, mass: float) -> list[int]:
+    """Height and width of the smallest square centred on ``centre`` (clipped to the input)
+    whose pixels hold ``mass``."""
+    h, w = heat.shape
+    cy, cx = centre
+    for r in range(max(h, w)):
+        box = heat[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]
+        if float(box.sum()) >= mass * (1 - 1e-9):
+            return list(box.shape)
+    return [h, w]
+
+
+def _half_side(side, centre, size) -> int:
+    """The half-width r of the clipped centred square whose clipped size is ``side``."""
+    for r in range(max(size)):
+        shape = [min(c + r, n - 1) - max(c - r, 0) + 1 for c, n in zip(centre, size)]
+        if shape == list(side):
+            return r
+    return max(size)
+
+
+def save_erf_png(erf: dict, path: str, scale: int | None = None) -> None:
+    """Heat map (sqrt of the gradient mass, black to yellow) with the theoretical field in cyan
+    and the 50/90/99 % squares in white, green and magenta."""
+    from PIL import Image, ImageDraw
+
+    heat = torch.tensor(erf["heat"])
+    h, w = heat.shape
+    scale = scale or max(1, 384 // max(h, w))
+    v = (heat / heat.max()).sqrt() if float(heat.max()) > 0 else heat
+    # A small black-red-yellow-white ramp, enough to read where the mass lies.
+    r = (3 * v).clamp(0, 1)
+    g = (3 * v - 1).clamp(0, 1)
+    b = (3 * v - 2).clamp(0, 1)
+    rgb = (torch.stack((r, g, b), dim=-1) * 255).round().to(torch.uint8).numpy()
+    image = Image.fromarray(rgb, "RGB").resize((w * scale, h * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+
+    def square(y0, y1, x0, x1, colour, width=2):
+        draw.rectangle([x0 * scale, y0 * scale, (x1 + 1) * scale - 1, (y1 + 1) * scale - 1],
+                       outline=colour, width=width)
+
+    (ry, rx) = erf["seen_box"]
+    if ry and rx:
+        square(ry[0], ry[1], rx[0], rx[1], (0, 255, 255), 3)
+    cy, cx = erf["centre"]
+    for key, colour in (("50%", (255, 255, 255)), ("90%", (0, 255, 0)), ("99%", (255, 0, 255))):
+        side = erf["mass_sides"].get(key)
+        if side:
+            half = _half_side(side, erf["centre"], (h, w))
+            square(max(cy - half, 0), min(cy + half, h - 1), max(cx - half, 0),
+                   min(cx + half, w - 1), colour, 1)
+    draw.text((4, 4), f"{erf['model']} {erf['layer']}: theoretical "
+              f"{erf['receptive_field'][0]}x{erf['receptive_field'][1]} (cyan, clipped); "
+              "; 50/90/99% of the mass: " + " / ".join(
+                  "x".join(map(str, erf["mass_sides"][k] or [0])) for k in ("50%", "90%", "99%")),
+              fill=(0, 255, 255))
+    try:
+        image.save(path, format="PNG")
+    except (OSError, ValueError) as exc:
+        raise CnnbenchError(f"cannot write {path}: {exc}") from None

@@ -162,15 +162,16 @@ def runs_table(rows: list[dict]) -> None:
                          ("minutes", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
 
-    def acc(v):
-        return "--" if v is None else f"{v:.4f}"
+    def score(v, monitor):  # other tasks name their metric (e.g. "0.6120 miou")
+        return "--" if v is None else f"{v:.4f}" + ("" if monitor == "acc" else f" {monitor}")
 
     for r in rows:
         epochs = str(r["epochs"])
         if r["epochs"] != r["of_epochs"]:
             epochs += f"/{r['of_epochs']}"
         table.add_row(r["run"], r["model"], r["started"].replace("T", " "), epochs,
-                      acc(r["best_val_acc"]), acc(r["test_acc"]), f"{r['minutes']:.1f}")
+                      score(r["best_val"], r["monitor"]), score(r["test"], r["monitor"]),
+                      f"{r['minutes']:.1f}")
     out.print(table)
     if not rows:
         out.print("No runs yet: `cnnbench train lenet` makes one.")
@@ -253,3 +254,96 @@ def deformconv_table(result: dict) -> None:
         out.print(line)
     out.print("max abs err: largest difference of the output and of every gradient from "
               "torchvision's op; conv2d is the plain-convolution floor (no sampling).")
+
+
+# --- receptive fields (issue 5) ---
+
+def _hw(pair) -> str:
+    return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in pair)
+
+
+def receptive_field_table(result: dict, checks: dict | None = None) -> None:
+    """One row per layer: field, stride (jump), start, what the centre unit sees, notes."""
+    size = result["input_size"]
+    table = Table(title=f"{result['model']}  receptive fields (input {_hw(size)})",
+                  title_justify="left")
+    for col, justify in (("layer", "left"), ("type", "left"), ("RF h x w", "right"),
+                         ("stride", "right"), ("start", "right"), ("seen", "right"),
+                         ("notes", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "notes")
+    if checks is not None:
+        table.add_column("verify", justify="center", no_wrap=True)
+    by_name = {c["name"]: c for c in (checks or {}).get("checked", [])}
+    for layer in result["layers"]:
+        row = [layer["name"], layer["type"], _hw(layer["receptive_field"]), _hw(layer["stride"]),
+               _hw(layer["start"]), _hw(layer["seen"]) + (" all" if layer["whole_input"] else ""),
+               "; ".join(layer["notes"])]
+        if checks is not None:
+            check = by_name.get(layer["name"])
+            row.append("--" if check is None else "[green]ok[/]" if check["agree"] else
+                       f"[red]{_box(check['gradient'])}[/]")
+        table.add_row(*row)
+    out.print(table)
+    for note in result.get("notes", []):
+        out.print(f"Note: {note}")
+    out.print("RF: receptive field (largest unit, extending into padding); stride: input pixels "
+              "between neighbouring units; start: centre of the first unit's field (h, w); "
+              "seen: the centre unit's field inside the input ('all': the whole input).")
+    if checks is not None:
+        bad = [c for c in checks["checked"] if not c["agree"]]
+        out.print(f"Verify ({checks['dtype']}, linearised model, gradient of one unit): "
+                  f"{len(checks['checked']) - len(bad)}/{len(checks['checked'])} layers agree; "
+                  "'--': same field as the layer before it, not checked again.")
+        for c in bad:
+            out.print(f"  {c['name']}: analytic {_box(c['analytic'])} gradient "
+                      f"{_box(c['gradient'])}" + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _box(box) -> str:
+    if not box or box[0] is None or box[1] is None:
+        return "none"
+    (y0, y1), (x0, x1) = box
+    return f"rows {y0}-{y1}, cols {x0}-{x1}"
+
+
+def effective_field_lines(erf: dict) -> None:
+    sides = erf["mass_sides"]
+    out.print(f"Effective receptive field of {erf['model']} layer {erf['layer']} "
+              f"({erf['type']}), centre unit {tuple(erf['unit'])} at input pixel "
+              f"{tuple(erf['centre'])}; {erf['inputs']}, "
+              + (f"weights from {erf['checkpoint']}" if erf["checkpoint"] else "untrained weights"))
+    table = Table(title_justify="left", show_header=True)
+    table.add_column("measure")
+    table.add_column("h x w", justify="right")
+    table.add_row("theoretical field", _hw(erf["receptive_field"]))
+    table.add_row("theoretical, inside the input", _hw(erf["seen"]))
+    for key in ("50%", "90%", "99%"):
+        table.add_row(f"square holding {key} of |gradient|", _hw(sides[key] or [0, 0]))
+    out.print(table)
+
+
+def grid_table(result: dict, cells: int = 4) -> None:
+    """Per feature map: grid, cell stride, field; the input region of a few cells."""
+    table = Table(title=f"{result['model']}  what each grid cell sees (input "
+                        f"{_hw(result['input_size'])})", title_justify="left")
+    for col in ("map (layers)", "grid", "RF", "stride", "cell (0,0)", "centre cell", "last cell"):
+        table.add_column(col, no_wrap=col != "map (layers)")
+    for m in result["maps"]:
+        rows, cols = m["rows"], m["cols"]
+        ci, cj = (len(rows) - 1) // 2, (len(cols) - 1) // 2
+
+        def cell(i, j):
+            return _box([rows[i], cols[j]])
+
+        table.add_row(", ".join(m["layers"]), _hw(m["grid"]), _hw(m["receptive_field"]),
+                      _hw(m["stride"]), cell(0, 0), f"({ci},{cj}) {cell(ci, cj)}",
+                      cell(len(rows) - 1, len(cols) - 1))
+    out.print(table)
+    for m in result["maps"]:
+        if max(m["grid"]) <= cells:
+            out.print(f"{', '.join(m['layers'])}: {_hw(m['grid'])} cells, each row: rows "
+                      + ", ".join(f"{r[0]}-{r[1]}" for r in m["rows"] if r) + "; cols "
+                      + ", ".join(f"{c[0]}-{c[1]}" for c in m["cols"] if c))
+    out.print("A cell's region is its receptive field clipped to the image; the anchors of "
+              "a cell are centred in it, but the network sees the whole region (more weight "
+              "near the centre: see --erf).")

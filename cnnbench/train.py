@@ -505,6 +505,7 @@ class Trainer:
         monitor = self.task.monitor
         results = {
             "model": self.config["model"], "task": self.task.name, "run_dir": str(self.run_dir),
+            "monitor": monitor,
             "device": str(self.device), "params": self.params, "epochs": self.epoch,
             "started": self.started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "best_epoch": self.best_epoch, f"best_val_{monitor}": self.best,
@@ -622,16 +623,25 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
             results = json.loads(results_path.read_text()) if results_path.is_file() else {}
         except (CnnbenchError, ValueError, OSError):
             continue
-        vals = [r.get("val_acc") for r in metrics if r.get("val_acc") is not None]
+        monitor = results.get("monitor") or _monitor(config.get("task"))
+        vals = [r[f"val_{monitor}"] for r in metrics if r.get(f"val_{monitor}") is not None]
         rows.append({
             "run": folder.name, "model": config.get("model"), "task": config.get("task"),
             "started": results.get("started") or time.strftime(
                 "%Y-%m-%dT%H:%M:%S", time.localtime(run.stat().st_mtime)),
             "epochs": len(metrics), "of_epochs": config.get("epochs"),
-            "best_val_acc": max(vals) if vals else None,
-            "test_acc": results.get("test_acc"),
+            "monitor": monitor,  # the task's validation metric: acc for classification
+            "best_val": max(vals) if vals else None,
+            "test": results.get(f"test_{monitor}"),
             "minutes": sum(r.get("epoch_seconds", 0.0) for r in metrics) / 60,
             "finished": bool(results),
             "path": str(folder),
         })
     return sorted(rows, key=lambda r: r["started"], reverse=True)
+
+
+def _monitor(task: str | None) -> str:
+    try:
+        return type(get_task(task or "classification", {})).monitor
+    except CnnbenchError:
+        return "acc"

@@ -101,3 +101,55 @@ def test_missing_voc_folder_is_a_clear_error(tmp_path):
     config = cfg.resolve("unet", None, {**TINY, "data": f"voc:{tmp_path / 'none'}"})
     with pytest.raises(CnnbenchError, match="VOCdevkit"):
         Trainer(config, tmp_path / "run")
+
+
+def test_segmentation_iou_hand_computed():
+    from cnnbench.tasks.segmentation import confusion_matrix, iou_from_confusion
+
+    true = torch.tensor([0, 0, 1, 1, 2, 2, 255])
+    pred = torch.tensor([0, 1, 1, 1, 2, 0, 2])  # the void pixel (255) is not counted
+    cm = confusion_matrix(pred, true, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    iou = iou_from_confusion(cm)
+    # class 0: 1 / (2 + 2 - 1); class 1: 2 / (2 + 3 - 2); class 2: 1 / (2 + 1 - 1)
+    torch.testing.assert_close(iou, torch.tensor([1 / 3, 2 / 3, 1 / 2], dtype=torch.float64))
+
+
+def test_label_average_precision_hand_computed():
+    from cnnbench.tasks.multi_label import f1_per_class, label_average_precision
+
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.2]])
+    truth = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    ap = label_average_precision(scores, truth)
+    assert ap[0].item() == pytest.approx((1 + 2 / 3) / 2)  # hits at ranks 1 and 3
+    assert torch.isnan(ap[1])  # no positive image
+    f1 = f1_per_class(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([1.0]))
+    assert f1.item() == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+
+
+def test_largest_object_ignores_padding():
+    from cnnbench.tasks.single_object import largest_object
+
+    boxes = torch.tensor([[[0, 0, 0.2, 0.2], [0.1, 0.1, 0.6, 0.5], [0, 0, 1, 1]]])
+    box, label = largest_object(boxes, torch.tensor([[3, 7, -1]]))
+    assert label.tolist() == [7] and torch.equal(box, boxes[:, 1])
+
+
+def test_ssd_loss_counts_only_the_hardest_negatives():
+    from torch.nn import functional as F
+
+    from cnnbench.tasks.detection import ssd_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 20, 3, generator=g)
+    cls_target = torch.zeros(1, 20, dtype=torch.long)
+    cls_target[0, 4] = 2
+    offsets = torch.zeros(1, 20, 4)
+    box_target = torch.zeros(1, 20, 4)
+    box_target[0, 4] = torch.tensor([0.5, 0.0, 0.0, 0.0])
+    loc, cls = ssd_loss(logits, offsets, cls_target, box_target, neg_ratio=3.0)
+    ce = F.cross_entropy(logits[0], cls_target[0], reduction="none")
+    negatives = torch.cat((ce[:4], ce[5:])).sort(descending=True).values
+    # One object: max(3 x 1, 8) = 8 negatives, the ones with the largest loss.
+    assert cls.item() == pytest.approx((ce[4] + negatives[:8].sum()).item(), rel=1e-5)
+    assert loc.item() == pytest.approx(0.5 * 0.5 ** 2)  # smooth-L1 (beta 1) of 0.5

@@ -20,9 +20,9 @@ them, multiplies back through the weight, and then needs two sparse steps:
 
 * the gradient of the sample positions and of the mask: the derivative of a bilinear sample
   along y (or x) is itself a weighted sum of the same four corners, so ``embedding_bag`` with
-  the derivative weights, then a row-wise dot product with the column gradient;
+  the derivative weights, then a dot product with the sample's column gradient (``bmm``);
 * the gradient of the input, a scatter-add of the column gradient into the corners, done
-  without atomics or a serial loop: sort the chunk's corner indices and let ``embedding_bag``
+  without atomics or a serial loop: sort the corner indices once and let ``embedding_bag``
   sum, for every input pixel, the column-gradient rows that touched it.
 
 Positions are computed in the input's float type exactly as torchvision does
@@ -54,8 +54,9 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     """
     geometry = _Geometry.of(input, offset, weight, stride, padding, dilation, mask)
     # Tools that interpret a model op by op through a TorchFunctionMode (the receptive-field
-    # tracer) and the meta device see torchvision's single op; the numbers are the same.
-    if input.device.type == "meta" or torch._C._is_torch_function_mode_enabled():
+    # tracer) see torchvision's single op; the numbers are the same. (On the meta device ours
+    # runs, so FlopCounterMode counts the matrix product: a plain conv's FLOPs.)
+    if torch._C._is_torch_function_mode_enabled():
         return torchvision_deform_conv2d(input, offset, weight, bias, stride, padding, dilation,
                                          mask)
     if input.is_cuda:
@@ -115,24 +116,27 @@ class _Geometry:
 # --- ours -------------------------------------------------------------------------------------
 
 def _ours(geo, x, offset, weight, bias, mask):
+    # Half precision (and mixed dtypes under autocast) is computed in float32 and cast back;
+    # float64 stays float64.
     dtype = x.dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        # The sampling weights and sums need float32; cast in and out.
-        x, offset, weight = x.float(), offset.float(), weight.float()
-        bias = bias.float() if bias is not None else None
-        mask = mask.float() if mask is not None else None
-    py, px = _sample_positions(geo, offset)
-    if mask is not None:  # to the samples' order: [N, H_out, W_out, kh*kw, offset_groups]
-        g, kk = geo.offset_groups, geo.taps
-        mask = mask.view(geo.batch, g, kk, geo.h_out, geo.w_out).permute(0, 3, 4, 2, 1)
-    out = _DeformIm2col.apply(x, py, px, mask, weight, bias, geo)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    # Autocast off inside: the products would otherwise drop to half precision.
+    with torch.autocast(x.device.type, enabled=False):
+        x, offset, weight = x.to(work), offset.to(work), weight.to(work)
+        bias = bias.to(work) if bias is not None else None
+        mask = mask.to(work) if mask is not None else None
+        py, px = _sample_positions(geo, offset)
+        if mask is not None:  # to the samples' order: [N, H_out, W_out, kh*kw, offset_groups]
+            g, kk = geo.offset_groups, geo.taps
+            mask = mask.reshape(geo.batch, g, kk, geo.h_out, geo.w_out).permute(0, 3, 4, 2, 1)
+        out = _DeformIm2col.apply(x, py, px, mask, weight, bias, geo)
     return out.to(dtype)
 
 
 def _sample_positions(geo, offset):
     """Sample rows and columns ``[N, H_out, W_out, kh*kw, offset_groups]`` (differentiable)."""
     g, kh, kw = geo.offset_groups, geo.kh, geo.kw
-    off = offset.view(geo.batch, g, kh * kw, 2, geo.h_out, geo.w_out).permute(0, 4, 5, 2, 1, 3)
+    off = offset.reshape(geo.batch, g, kh * kw, 2, geo.h_out, geo.w_out).permute(0, 4, 5, 2, 1, 3)
     dev = offset.device
     tap_y = torch.arange(kh, device=dev).repeat_interleave(kw) * geo.dilation[0]
     tap_x = torch.arange(kw, device=dev).repeat(kh) * geo.dilation[1]
@@ -155,37 +159,47 @@ class _Taps:
     """
 
     def __init__(self, geo, py, px):
-        h, w, g = geo.height, geo.width, geo.offset_groups
-        py = torch.nan_to_num(py.reshape(-1), nan=-2.0, posinf=h + 1.0, neginf=-2.0)
-        px = torch.nan_to_num(px.reshape(-1), nan=-2.0, posinf=w + 1.0, neginf=-2.0)
-        y0, x0 = py.floor(), px.floor()
-        self.ly, self.lx = py - y0, px - x0
-        hp, wp = h + 2, w + 2
-        # Shift by the one-pixel border; clamping sends every outside corner onto a zero row.
-        r0 = (y0.clamp(-1, h) + 1).long()
-        r1 = (y0.clamp(-2, h - 1) + 2).long()
-        c0 = (x0.clamp(-1, w) + 1).long()
-        c1 = (x0.clamp(-2, w - 1) + 2).long()
-        bags = torch.arange(py.numel(), device=py.device)
-        image = bags // (geo.h_out * geo.w_out * geo.taps * g)
-        group = bags % g
-        row0 = (image * hp + r0) * wp
-        row1 = (image * hp + r1) * wp
-        self.index = torch.stack([(row0 + c0) * g + group, (row0 + c1) * g + group,
-                                  (row1 + c0) * g + group, (row1 + c1) * g + group], dim=1)
+        b, g = geo.batch, geo.offset_groups
+        # [N, H_out * W_out * taps, groups]: the batch and group parts of a row are broadcast.
+        py, px = py.reshape(b, -1, g), px.reshape(b, -1, g)
+        hp, wp = geo.height + 2, geo.width + 2
+        r0, r1, self.ly = _corner_lines(py, geo.height)
+        c0, c1, self.lx = _corner_lines(px, geo.width)
+        image_and_group = (torch.arange(b, device=py.device).view(b, 1, 1) * (hp * wp * g)
+                           + torch.arange(g, device=py.device).view(1, 1, g))
+        first = (r0 * wp + c0) * g + image_and_group
+        right = (c1 - c0) * g  # 0 where both columns sit on the border
+        down = (r1 - r0) * (wp * g)
+        self.index = torch.stack([first, first + right, first + down, first + down + right],
+                                 dim=-1).view(-1, 4)
+        self.ly, self.lx = self.ly.reshape(-1), self.lx.reshape(-1)
 
-    def bilinear(self, sl=slice(None)):
-        ly, lx = self.ly[sl], self.lx[sl]
+    def bilinear(self):
+        ly, lx = self.ly, self.lx
         hy, hx = 1 - ly, 1 - lx
         return torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], 1)
 
-    def d_dy(self, sl=slice(None)):
-        lx = self.lx[sl]
+    def d_dy(self):
+        lx = self.lx
         return torch.stack([lx - 1, -lx, 1 - lx, lx], 1)
 
-    def d_dx(self, sl=slice(None)):
-        ly = self.ly[sl]
+    def d_dx(self):
+        ly = self.ly
         return torch.stack([ly - 1, 1 - ly, -ly, ly], 1)
+
+
+def _corner_lines(p, size):
+    """Bordered rows (or columns) of the two corners around ``p``, and ``p``'s fraction.
+
+    Clamping to ``[-1, size]`` (then + 1 for the border) sends a corner outside the input onto
+    a zero border line. Positions are first clamped to ``[-2, size + 1]``, still wholly
+    outside, so that infinities stay finite; NaN stays NaN in the weights.
+    """
+    p = p.clamp(-2, size + 1)
+    low = p.floor()
+    frac = p - low
+    low = low.nan_to_num_(nan=-2.0).long()
+    return low.clamp(-1, size).add_(1), low.clamp(-2, size - 1).add_(2), frac
 
 
 def _table(x):
@@ -235,12 +249,11 @@ class _DeformIm2col(torch.autograd.Function):
         wmat = _weight_matrix(weight, geo.weight_groups)
         per_pos = geo.taps * geo.offset_groups  # bags per output position
         taps = _Taps(geo, py, px)
-        m = mask.reshape(-1, 1) if mask is not None else None
+        weights = taps.bilinear() if mask is None else taps.bilinear() * mask.reshape(-1, 1)
         out = x.new_empty(geo.batch * geo.h_out * geo.w_out, geo.c_out)
         for start, stop in _chunks(geo, x.element_size(), x.device):
             bags = slice(start * per_pos, stop * per_pos)
-            weights = taps.bilinear(bags) if m is None else taps.bilinear(bags) * m[bags]
-            cols = F.embedding_bag(taps.index[bags], rows, per_sample_weights=weights,
+            cols = F.embedding_bag(taps.index[bags], rows, per_sample_weights=weights[bags],
                                    mode="sum").view(stop - start, -1)
             if geo.weight_groups == 1:
                 torch.mm(cols, wmat[0], out=out[start:stop])
@@ -252,7 +265,9 @@ class _DeformIm2col(torch.autograd.Function):
         ctx.geo, ctx.taps, ctx.has_bias = geo, taps, bias is not None
         ctx.save_for_backward(x, mask, weight)
         ctx.position_shape = py.shape
-        return out.view(geo.batch, geo.h_out, geo.w_out, geo.c_out).permute(0, 3, 1, 2)
+        # Contiguous like torchvision's result, so that callers may .view() it.
+        return out.view(geo.batch, geo.h_out, geo.w_out, geo.c_out).permute(0, 3, 1, 2) \
+            .contiguous()
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -269,53 +284,51 @@ class _DeformIm2col(torch.autograd.Function):
         go = grad_out.permute(0, 2, 3, 1).reshape(-1, wg, geo.c_out // wg).to(x.dtype)
         n_bags = taps.index.shape[0]
         grad_wmat = torch.zeros_like(wmat) if need_w else None
-        grad_rows = torch.zeros_like(rows) if need_x else None
         wanted = [need_py, need_px, need_mask]
-        grad_pos = x.new_empty(sum(wanted), n_bags) if any(wanted) else None
+        grad_pos = x.new_empty(n_bags, sum(wanted)) if any(wanted) else None
+        # Every bag's column gradient, for one scatter into the input at the end.
+        grad_cols = x.new_empty(n_bags, cg) if need_x else None
         wmat_t = wmat.transpose(1, 2).contiguous()
-        rows_per_image = (geo.height + 2) * (geo.width + 2) * geo.offset_groups
-        per_image = geo.h_out * geo.w_out
+        weights = taps.bilinear() if m is None else taps.bilinear() * m
+        if grad_pos is not None:
+            # d(sample)/dy, d(sample)/dx and the unmasked sample, each a 4-corner sum: k bags
+            # per sample, then k dot products with the sample's column gradient.
+            factors = []
+            if need_py:
+                factors.append(taps.d_dy() if m is None else taps.d_dy() * m)
+            if need_px:
+                factors.append(taps.d_dx() if m is None else taps.d_dx() * m)
+            if need_mask:
+                factors.append(taps.bilinear())
+            k = len(factors)
+            factors = torch.stack(factors, 1)  # [bags, k, 4]
 
         for start, stop in _chunks(geo, x.element_size(), x.device):
             bags = slice(start * per_pos, stop * per_pos)
-            mc = m[bags] if m is not None else None
-            weights = taps.bilinear(bags) if mc is None else taps.bilinear(bags) * mc
             go_c = go[start:stop].transpose(0, 1)  # [groups, n, C_out/groups]
             if need_w:
-                cols = F.embedding_bag(taps.index[bags], rows, per_sample_weights=weights,
+                cols = F.embedding_bag(taps.index[bags], rows, per_sample_weights=weights[bags],
                                        mode="sum").view(stop - start, -1)
                 grad_wmat.baddbmm_(_group_columns(cols, geo).transpose(1, 2), go_c)
             if not (need_x or grad_pos is not None):
                 continue
-            if wg == 1:
-                grad_cols = torch.mm(go_c[0], wmat_t[0]).view(-1, cg)
+            if wg == 1 and grad_cols is not None:
+                chunk_grad = grad_cols[bags]
+                torch.mm(go_c[0], wmat_t[0], out=chunk_grad.view(stop - start, -1))
             else:
-                grad_cols = _ungroup_columns(torch.bmm(go_c, wmat_t), geo).reshape(-1, cg)
+                chunk_grad = _ungroup_columns(torch.bmm(go_c, wmat_t), geo).reshape(-1, cg)
+                if grad_cols is not None:
+                    grad_cols[bags] = chunk_grad
             if grad_pos is not None:
-                # d(sample)/dy, d(sample)/dx and the unmasked sample: each a 4-corner sum,
-                # as k bags per sample, then k dot products with the sample's column gradient.
-                factors = []
-                if need_py:
-                    factors.append(taps.d_dy(bags) if mc is None else taps.d_dy(bags) * mc)
-                if need_px:
-                    factors.append(taps.d_dx(bags) if mc is None else taps.d_dx(bags) * mc)
-                if need_mask:
-                    factors.append(taps.bilinear(bags))
-                k = len(factors)
                 index = taps.index[bags].unsqueeze(1).expand(-1, k, -1).reshape(-1, 4)
-                samples = F.embedding_bag(index, rows, mode="sum",
-                                          per_sample_weights=torch.stack(factors, 1).view(-1, 4))
-                dots = torch.bmm(samples.view(-1, k, cg), grad_cols.unsqueeze(-1))
-                grad_pos[:, bags] = dots.view(-1, k).t()
-            if need_x:
-                # The chunk's corners all lie in its own images' rows.
-                lo = start // per_image * rows_per_image
-                hi = ((stop - 1) // per_image + 1) * rows_per_image
-                grad_rows[lo:hi] += _scatter_rows(taps.index[bags] - lo, weights, grad_cols,
-                                                  hi - lo)
+                samples = F.embedding_bag(index, rows, per_sample_weights=factors[bags].view(-1, 4),
+                                          mode="sum")
+                torch.bmm(samples.view(-1, k, cg), chunk_grad.unsqueeze(-1),
+                          out=grad_pos[bags].unsqueeze(-1))
 
         grad_x = None
         if need_x:
+            grad_rows = _scatter_rows(taps.index, weights, grad_cols, rows.shape[0])
             h, w = geo.height, geo.width
             grad_x = grad_rows.view(geo.batch, h + 2, w + 2, geo.channels)[:, 1:h + 1, 1:w + 1] \
                 .permute(0, 3, 1, 2)
@@ -325,7 +338,8 @@ class _DeformIm2col(torch.autograd.Function):
             grad_weight = grad_wmat.view(wg, kh * kw, cpg, c_out // wg).permute(0, 3, 2, 1) \
                 .reshape(c_out, cpg, kh, kw)
         grad_bias = go.sum(0).reshape(-1) if need_b and ctx.has_bias else None
-        pos_grads = iter(grad_pos.view(-1, *ctx.position_shape)) if grad_pos is not None else None
+        pos_grads = iter(grad_pos.t().reshape(-1, *ctx.position_shape)) \
+            if grad_pos is not None else None
         grad_py, grad_px, grad_m = (next(pos_grads) if want else None for want in wanted)
         return grad_x, grad_py, grad_px, grad_m, grad_weight, grad_bias, None
 
@@ -383,7 +397,10 @@ def _time_both(geo, x, offset, weight, bias, mask, grad, repeats=3):
 
     timings = {}
     for name, fn in (("ours", ours), ("torchvision", theirs)):
-        run(fn)  # warm-up
+        try:
+            run(fn)  # warm-up
+        except RuntimeError:  # e.g. torchvision has no bfloat16 kernel
+            continue
         torch.cuda.synchronize(x.device)
         start = time.perf_counter()
         for _ in range(repeats):

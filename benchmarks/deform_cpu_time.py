@@ -1,0 +1,85 @@
+"""Deformable convolution on the CPU: wall-clock and CPU time of each implementation.
+
+`cnnbench bench deformconv` reports wall-clock medians. On a machine shared with other jobs the
+wall clock also counts the time this process waits for a core, and with several threads every
+parallel region waits for its slowest thread, which punishes code made of many operators more
+than one big kernel. This script prints both clocks: with ``--threads 1`` the thread's CPU time
+(``time.thread_time``) is the work itself, whatever else runs on the machine.
+
+    .venv/bin/python benchmarks/deform_cpu_time.py                 # 1 thread, default shape
+    .venv/bin/python benchmarks/deform_cpu_time.py --threads 2 --repeats 5
+    .venv/bin/python benchmarks/deform_cpu_time.py --shape 8,128,28,28,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+
+def measure(fn, repeats: int) -> tuple[float, float]:
+    """Best wall-clock and best thread CPU time of ``fn()`` in ms, after one warm-up call."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.thread_time()
+        fn()
+        cpu.append(time.thread_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return min(wall) * 1e3, min(cpu) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="8,64,56,56,3", help="N,C,H,W[,K]")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--impls", default="ours,torchvision,notes,conv2d")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from cnnbench.bench import _deform_inputs, deform_impls, parse_shape
+
+    shape = parse_shape(args.shape)
+    data = _deform_inputs(shape, torch.device("cpu"), torch.float32)
+    available = deform_impls()
+    names = ("input", "offset", "mask", "weight", "bias")
+    leaves = {k: data[k].clone().requires_grad_() for k in names}
+    pad = data["padding"]
+
+    def call(impl, t):
+        if impl == "conv2d":
+            return torch.nn.functional.conv2d(t["input"], t["weight"], t["bias"], padding=pad)
+        return available[impl](t["input"], t["offset"], t["weight"], t["bias"], padding=pad,
+                               mask=t["mask"])
+
+    print(f"shape {shape}, {args.threads} thread(s), best of {args.repeats}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'impl':<12} {'fwd wall':>9} {'fwd cpu':>9} {'f+b wall':>9} {'f+b cpu':>9}  (ms)")
+    results = {}
+    for impl in args.impls.split(","):
+        with torch.no_grad():
+            fwd = measure(lambda: call(impl, data), args.repeats)
+
+        def fwd_bwd():
+            for t in leaves.values():
+                t.grad = None
+            call(impl, leaves).backward(data["grad"])
+
+        both = measure(fwd_bwd, args.repeats)
+        results[impl] = (fwd, both)
+        print(f"{impl:<12} {fwd[0]:9.1f} {fwd[1]:9.1f} {both[0]:9.1f} {both[1]:9.1f}", flush=True)
+    if "ours" in results:
+        ours = results["ours"]
+        for impl, (fwd, both) in results.items():
+            if impl != "ours":
+                print(f"ours vs {impl}: forward+backward {both[0] / ours[1][0]:.2f}x (wall), "
+                      f"{both[1] / ours[1][1]:.2f}x (cpu); forward {fwd[0] / ours[0][0]:.2f}x "
+                      f"(wall), {fwd[1] / ours[0][1]:.2f}x (cpu)")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ inside an operator and code compiled by ``--compile`` are not seen).
 from __future__ import annotations
 
 import math
+import os
 import weakref
 
 import torch
@@ -393,7 +394,24 @@ def bench_deformconv(shape=DEFORM_SHAPE, *, device: str = "auto", precision: str
             "dtype": str(dtype).removeprefix("torch."), "sweep": sweep,
             "threads": torch.get_num_threads(), "min_run_time": min_run_time,
             "layer": "CxC KxK kernel, stride 1, padding K//2, 1 offset group, mask and bias",
-            "rows": rows, "summary": deform_summary(rows)}
+            "rows": rows, "summary": deform_summary(rows), "notes": _machine_notes(dev)}
+
+
+def _machine_notes(dev: torch.device) -> list[str]:
+    """Warn when other jobs compete for the cores: threaded timings are then unreliable."""
+    notes = ["peak memory on the CPU: storages created by PyTorch operators (scratch memory "
+             "inside one operator, e.g. torchvision's column buffer, is not seen)"
+             if dev.type == "cpu" else "peak memory: torch.cuda.max_memory_allocated"]
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except OSError:
+        return notes
+    if dev.type == "cpu" and load > cores:
+        notes.append(f"the machine is busy (load {load:.1f} on {cores} cores): with several "
+                     "threads, OpenMP's spin-waiting slows code made of many operators far more "
+                     "than one big kernel; --threads 1 or OMP_WAIT_POLICY=passive give steadier "
+                     "figures")
+    return notes
 
 
 def _bench_deform_shape(shape, dev, dtype, min_run_time, impls, available):
@@ -427,10 +445,13 @@ def _bench_deform_shape(shape, dev, dtype, min_run_time, impls, available):
                "batch": n, "channels": c, "height": h, "width": w, "kernel": k}
         try:
             got = reference if impl == "torchvision" else results(impl)
-            errors = None
+            errors = relative = None
             if impl != "conv2d" and reference is not None:
                 errors = {k_: (got[k_].float() - reference[k_].float()).abs().max().item()
                           for k_ in got}
+                # Sums over many terms (weight, bias gradients) are large: scale matters.
+                relative = max(errors[k_] / max(reference[k_].abs().max().item(), 1e-30)
+                               for k_ in got)
             plain = {k_: data[k_] for k_ in names}
             with torch.no_grad():
                 fwd = time_call(lambda: call(impl, plain), min_run_time, dev, warmup=0)
@@ -447,7 +468,7 @@ def _bench_deform_shape(shape, dev, dtype, min_run_time, impls, available):
                        fwd_ms_iqr=round(fwd["iqr_ms"], 3), fwd_bwd_ms_iqr=round(both["iqr_ms"], 3),
                        peak_mem_mb=round(peak_memory_mb(fwd_bwd, dev), 2),
                        max_abs_err=max(errors.values()) if errors else None,
-                       errors=errors)
+                       max_rel_err=relative, errors=errors)
         except RuntimeError as exc:
             row.update(fwd_ms=None, fwd_bwd_ms=None, peak_mem_mb=None, max_abs_err=None,
                        error=str(exc).strip().splitlines()[0][:200])

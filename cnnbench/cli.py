@@ -146,7 +146,8 @@ def train(
         input_size=input_size).items() if v is not None})
     if model_arg:
         overrides["model_args"] = parse_model_args(model_arg)
-    reporter = render.TrainReporter(quiet=quiet or as_json)
+    reporter = render.TrainReporter(quiet=quiet or as_json,
+                                    console=render.err if as_json else None)
     if resume:
         if model or config:
             raise CnnbenchError("--resume takes the model and config from the run folder; "

@@ -105,8 +105,9 @@ def epoch_line(row: dict, epochs: int | None = None) -> str:
 class TrainReporter:
     """The trainer's progress: a rich bar per epoch (on stderr) and one line per epoch."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
+        self.console = console or out  # stderr when stdout carries JSON
         self.live = not quiet
         self.epochs = None
         self._bar = self._task = None
@@ -115,10 +116,11 @@ class TrainReporter:
         self.epochs = info["epochs"]
         what = "resuming" if info["resumed"] else "training"
         size = "x".join(map(str, info["input_size"]))
-        out.print(f"{what} {info['model']} ({info['task']}, {info['params']:,} params) on "
-                  f"{info['device']}: {info['train']:,} train / {info['val']:,} val / "
-                  f"{info['test']:,} test images at {size}, epochs {info['start_epoch']}-"
-                  f"{info['epochs']}, run {info['run_dir']}", soft_wrap=True)
+        self.console.print(
+            f"{what} {info['model']} ({info['task']}, {info['params']:,} params) on "
+            f"{info['device']}: {info['train']:,} train / {info['val']:,} val / "
+            f"{info['test']:,} test images at {size}, epochs {info['start_epoch']}-"
+            f"{info['epochs']}, run {info['run_dir']}", soft_wrap=True)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         if self.quiet:
@@ -145,14 +147,15 @@ class TrainReporter:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        out.print(epoch_line(row, self.epochs), soft_wrap=True)
+        self.console.print(epoch_line(row, self.epochs), soft_wrap=True)
 
     def finish(self, results: dict) -> None:
         tests = "  ".join(f"{k[5:]} {v:.4f}" for k, v in results.items()
                           if k.startswith("test_") and k != "test_seconds"
                           and isinstance(v, float))
-        out.print(f"test  {tests}  ({results['minutes']:.1f} min training, best val epoch "
-                  f"{results['best_epoch']}) -> {results['run_dir']}", soft_wrap=True)
+        self.console.print(f"test  {tests}  ({results['minutes']:.1f} min training, best val "
+                           f"epoch {results['best_epoch']}) -> {results['run_dir']}",
+                           soft_wrap=True)
 
 
 def runs_table(rows: list[dict]) -> None:
@@ -253,7 +256,10 @@ def deformconv_table(result: dict) -> None:
     for line in result["summary"]:
         out.print(line)
     out.print("max abs err: largest difference of the output and of every gradient from "
-              "torchvision's op; conv2d is the plain-convolution floor (no sampling).")
+              "torchvision's op (JSON: per tensor, and relative); conv2d is the plain-convolution "
+              "floor (no sampling).")
+    for note in result.get("notes", []):
+        out.print(f"Note  {note}")
 
 
 # --- receptive fields (issue 5) ---

@@ -278,6 +278,7 @@ class Trainer:
             raise CnnbenchError("the training split is empty (check --limit and --data)")
 
         info = get_model_info(c["model"])
+        torch.manual_seed(c["seed"])  # the first weights do not depend on how data were made
         model_args = {**self.task.model_args(info, data), **c["model_args"]}
         model, self.info = build(c["model"], model_args, in_channels=c["input_size"][0])
         self.channels_last = self.cuda and c["channels_last"]

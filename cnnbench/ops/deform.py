@@ -22,7 +22,7 @@ them, multiplies back through the weight, and then needs two sparse steps:
   along y (or x) is itself a weighted sum of the same four corners, so ``embedding_bag`` with
   the derivative weights, then a dot product with the sample's column gradient (``bmm``);
 * the gradient of the input, a scatter-add of the column gradient into the corners, done
-  without atomics or a serial loop: sort the corner indices once and let ``embedding_bag``
+  without atomics or a serial loop: sort a chunk's corner indices and let ``embedding_bag``
   sum, for every input pixel, the column-gradient rows that touched it.
 
 Positions are computed in the input's float type exactly as torchvision does
@@ -286,8 +286,9 @@ class _DeformIm2col(torch.autograd.Function):
         grad_wmat = torch.zeros_like(wmat) if need_w else None
         wanted = [need_py, need_px, need_mask]
         grad_pos = x.new_empty(n_bags, sum(wanted)) if any(wanted) else None
-        # Every bag's column gradient, for one scatter into the input at the end.
-        grad_cols = x.new_empty(n_bags, cg) if need_x else None
+        grad_rows = torch.zeros_like(rows) if need_x else None
+        rows_per_image = (geo.height + 2) * (geo.width + 2) * geo.offset_groups
+        per_image = geo.h_out * geo.w_out
         wmat_t = wmat.transpose(1, 2).contiguous()
         weights = taps.bilinear() if m is None else taps.bilinear() * m
         if grad_pos is not None:
@@ -312,23 +313,25 @@ class _DeformIm2col(torch.autograd.Function):
                 grad_wmat.baddbmm_(_group_columns(cols, geo).transpose(1, 2), go_c)
             if not (need_x or grad_pos is not None):
                 continue
-            if wg == 1 and grad_cols is not None:
-                chunk_grad = grad_cols[bags]
-                torch.mm(go_c[0], wmat_t[0], out=chunk_grad.view(stop - start, -1))
+            if wg == 1:
+                chunk_grad = torch.mm(go_c[0], wmat_t[0]).view(-1, cg)
             else:
                 chunk_grad = _ungroup_columns(torch.bmm(go_c, wmat_t), geo).reshape(-1, cg)
-                if grad_cols is not None:
-                    grad_cols[bags] = chunk_grad
             if grad_pos is not None:
                 index = taps.index[bags].unsqueeze(1).expand(-1, k, -1).reshape(-1, 4)
                 samples = F.embedding_bag(index, rows, per_sample_weights=factors[bags].view(-1, 4),
                                           mode="sum")
                 torch.bmm(samples.view(-1, k, cg), chunk_grad.unsqueeze(-1),
                           out=grad_pos[bags].unsqueeze(-1))
+            if need_x:
+                # A chunk's corners all lie in the rows of its own images.
+                lo = start // per_image * rows_per_image
+                hi = ((stop - 1) // per_image + 1) * rows_per_image
+                grad_rows[lo:hi] += _scatter_rows(taps.index[bags] - lo, weights[bags],
+                                                  chunk_grad, hi - lo)
 
         grad_x = None
         if need_x:
-            grad_rows = _scatter_rows(taps.index, weights, grad_cols, rows.shape[0])
             h, w = geo.height, geo.width
             grad_x = grad_rows.view(geo.batch, h + 2, w + 2, geo.channels)[:, 1:h + 1, 1:w + 1] \
                 .permute(0, 3, 1, 2)

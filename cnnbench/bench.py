@@ -92,7 +92,8 @@ def time_call(fn, min_run_time: float, device: torch.device, warmup: int = 2) ->
         torch.cuda.synchronize(device)
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_run_time)
-    return {"median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "runs": m.number_per_run * len(m.raw_times)}
+    return {"median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3,
+            "runs": m.number_per_run * len(m.raw_times)}
 
 
 class _LiveTensorBytes(TorchDispatchMode):
@@ -159,7 +160,7 @@ def _float_outputs(output):
 
 
 def generic_loss(output, labels=None) -> torch.Tensor:
-    """Cross-entropy for ``[N, classes]`` logits with labels, else the mean square of all outputs."""
+    """Cross-entropy for ``[N, classes]`` logits with labels, else the mean square of outputs."""
     if labels is not None and isinstance(output, torch.Tensor) and output.dim() == 2:
         return torch.nn.functional.cross_entropy(output.float(), labels)
     tensors = _float_outputs(output)
@@ -253,7 +254,7 @@ def bench_model(name: str, *, batch_sizes=(1, 8, 32), input_size=None, device: s
             "device_name": _device_name(dev), "precision": precision,
             "channels_last": channels_last, "compile": compile, "sweep": sweep,
             "threads": torch.get_num_threads(), "min_run_time": min_run_time,
-            "rows": rows, "notes": notes}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "rows": rows, "notes": notes}
 
 
 def _bench_config(name, info, runner, model, batch, size, dev, amp, memory_format, min_run_time,
@@ -393,6 +394,7 @@ def bench_deformconv(shape=DEFORM_SHAPE, *, device: str = "auto", precision: str
     return {"op": "deform_conv2d", "device": str(dev), "device_name": _device_name(dev),
             "dtype": str(dtype).removeprefix("torch."), "sweep": sweep,
             "threads": torch.get_num_threads(), "min_run_time": min_run_time,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "layer": "CxC KxK kernel, stride 1, padding K//2, 1 offset group, mask and bias",
             "rows": rows, "summary": deform_summary(rows), "notes": _machine_notes(dev)}
 
@@ -407,10 +409,11 @@ def _machine_notes(dev: torch.device) -> list[str]:
     except OSError:
         return notes
     if dev.type == "cpu" and load > cores:
-        notes.append(f"the machine is busy (load {load:.1f} on {cores} cores): with several "
-                     "threads, OpenMP's spin-waiting slows code made of many operators far more "
-                     "than one big kernel; --threads 1 or OMP_WAIT_POLICY=passive give steadier "
-                     "figures")
+        policy = os.environ.get("OMP_WAIT_POLICY", "unset (spinning)")
+        notes.append(f"the machine is busy (load {load:.1f} on {cores} cores; "
+                     f"OMP_WAIT_POLICY={policy}): threaded timings wait for descheduled threads, "
+                     "which hurts code made of many operators more than one big kernel; "
+                     "--threads 1 gives the steadiest figures")
     return notes
 
 

@@ -217,6 +217,11 @@ def bench(
     `cnnbench bench deformconv`, `cnnbench bench deformconv --shape 4,32,28,28 --json`,
     `cnnbench bench deformconv --sweep shape --plot dcn.png`.
     """
+    import os
+
+    # Before torch loads OpenMP: its default spin-waiting makes every parallel region wait for
+    # a descheduled thread on a busy machine. Set OMP_WAIT_POLICY=active to measure that.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     import torch
 
     from cnnbench import bench as benchmarks

@@ -362,16 +362,19 @@ class _Trace(TorchFunctionMode):
         if len(fields) < 2:
             return
         for k, axis in enumerate("hw"):
-            maps = [f.axes[k] for f in fields if f.axes[k].n == n[k] and n[k] > 1]
+            # A map whose units all read the same region (after a global context) has no grid.
+            maps = [f.axes[k] for f in fields if f.axes[k].n == n[k] > 1
+                    and np.ptp(f.axes[k].centres()) > 0]
             if len(maps) < 2:
                 continue
             first = maps[0]
             for other in maps[1:]:
                 if (abs(other.jump - first.jump) > 1e-9
                         or not np.allclose(other.centres(), first.centres())):
-                    self.note(f"paths misaligned on {axis}: stride {_num(first.jump)} vs "
-                              f"{_num(other.jump)}, start {_num(first.start())} vs "
-                              f"{_num(other.start())}")
+                    shift = float(np.abs(other.centres() - first.centres()).max())
+                    self.note(f"paths misaligned on {axis}: unit centres differ by up to "
+                              f"{_num(shift)} px (strides {_num(first.jump)} and "
+                              f"{_num(other.jump)})")
                     break
 
     def spatial_dims(self, fx, x):
@@ -809,7 +812,7 @@ class _Linearised(TorchFunctionMode):
 
     Activations, dropout and normalisation become the identity, max pooling becomes averaging
     over the same windows, convolution and dense weights become positive (1/fan-in) without
-    bias, deformable offsets become zero. Every path then adds positive gradient, so the
+    bias, deformable offsets become zero (the regular grid's field is what is checked). Every path then adds positive gradient, so the
     non-zero input gradient of a unit is exactly the set of pixels it depends on.
     """
 
@@ -840,12 +843,9 @@ class _Linearised(TorchFunctionMode):
             out_features = _arg(args, kwargs, 1, "weight").shape[0]
             return x.mean(-1, keepdim=True).expand(*x.shape[:-1], out_features).contiguous()
         if name == "deform_conv2d" and len(args) >= 14:
-            args = list(args)
-            args[1] = torch.full_like(args[1], 1.0 / args[1][0].numel())
-            args[2] = torch.zeros_like(args[2])
-            args[3] = torch.ones_like(args[3])
-            args[4] = torch.zeros_like(args[4])
-            return func(*args, **kwargs)
+            # With zero offsets and a unit mask it is the plain convolution of its regular grid.
+            return _constant_conv(x, args[1], dict(stride=args[5:7], padding=args[7:9],
+                                                   dilation=args[9:11]), int(args[11]))
         if name in ("max_pool2d", "max_pool2d_with_indices"):
             return self.average(func, args, kwargs)
         if name.startswith("adaptive_max_pool2d"):
@@ -1040,8 +1040,9 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     except FileNotFoundError:
         raise CnnbenchError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # a corrupt or foreign file: torch raises many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CnnbenchError(f"cannot read checkpoint {path}: {first}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise CnnbenchError(f"cannot read checkpoint {path} (not a PyTorch state dict?): "
+                            f"{first}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
@@ -1101,6 +1102,7 @@ def effective_field(name: str, input_size=None, *, model_args: dict | None = Non
         row = _pick(a, layer)[0]
     if row.field.dims is None:
         raise CnnbenchError(f"layer {row.name} is flattened: no centre unit (pick a map layer)")
+    torch.manual_seed(seed)  # the same untrained weights on every run
     model, _ = build(name, model_args, in_channels=a.size[0], device="cpu")
     if checkpoint:
         load_checkpoint(model, checkpoint)
@@ -1201,11 +1203,17 @@ def save_erf_png(erf: dict, path: str, scale: int | None = None) -> None:
             half = _half_side(side, erf["centre"], (h, w))
             square(max(cy - half, 0), min(cy + half, h - 1), max(cx - half, 0),
                    min(cx + half, w - 1), colour, 1)
-    draw.text((4, 4), f"{erf['model']} {erf['layer']}: theoretical "
-              f"{erf['receptive_field'][0]}x{erf['receptive_field'][1]} (cyan, clipped); "
-              "; 50/90/99% of the mass: " + " / ".join(
-                  "x".join(map(str, erf["mass_sides"][k] or [0])) for k in ("50%", "90%", "99%")),
-              fill=(0, 255, 255))
+    sides = " / ".join("x".join(map(str, erf["mass_sides"][k] or [0]))
+                       for k in ("50%", "90%", "99%"))
+    caption = [f"{erf['model']} layer {erf['layer']}: theoretical field "
+               f"{erf['receptive_field'][0]}x{erf['receptive_field'][1]} (cyan, clipped)",
+               f"squares holding 50/90/99% of |grad| (white/green/magenta): {sides}"]
+    framed = Image.new("RGB", (image.width, image.height + 30), (0, 0, 0))
+    framed.paste(image, (0, 0))
+    draw = ImageDraw.Draw(framed)
+    for k, line in enumerate(caption):
+        draw.text((4, image.height + 2 + 14 * k), line, fill=(255, 255, 255))
+    image = framed
     try:
         image.save(path, format="PNG")
     except (OSError, ValueError) as exc:

@@ -242,9 +242,12 @@ def deformconv_table(result: dict) -> None:
           for r in result["rows"] if r["impl"] == "torchvision"}
     for r in result["rows"]:
         key = (r["batch"], r["channels"], r["height"], r["width"], r["kernel"])
-        ratio = ("baseline" if r["impl"] == "torchvision" else
-                 f"{tv[key] / r['fwd_bwd_ms']:.1f}x faster" if tv.get(key) and r.get("fwd_bwd_ms")
-                 else "--")
+        ratio = "--"
+        if r["impl"] == "torchvision":
+            ratio = "baseline"
+        elif tv.get(key) and r.get("fwd_bwd_ms"):
+            speedup = tv[key] / r["fwd_bwd_ms"]
+            ratio = f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
         err = r.get("max_abs_err")
         table.add_row(r["impl"], f"{r['batch']}x{r['channels']}x{r['height']}x{r['width']} "
                                  f"k{r['kernel']}",
@@ -286,8 +289,9 @@ def receptive_field_table(result: dict, checks: dict | None = None) -> None:
                "; ".join(layer["notes"])]
         if checks is not None:
             check = by_name.get(layer["name"])
-            row.append("--" if check is None else "[green]ok[/]" if check["agree"] else
-                       f"[red]{_box(check['gradient'])}[/]")
+            row.append("--" if check is None else
+                       ("[green]ok*[/]" if check.get("note") else "[green]ok[/]")
+                       if check["agree"] else f"[red]{_box(check['gradient'])}[/]")
         table.add_row(*row)
     out.print(table)
     for note in result.get("notes", []):
@@ -300,6 +304,10 @@ def receptive_field_table(result: dict, checks: dict | None = None) -> None:
         out.print(f"Verify ({checks['dtype']}, linearised model, gradient of one unit): "
                   f"{len(checks['checked']) - len(bad)}/{len(checks['checked'])} layers agree; "
                   "'--': same field as the layer before it, not checked again.")
+        if any(c.get("note") for c in checks["checked"]):
+            out.print("ok*: the gradient box equals the pixels the unit really reads; the "
+                      "field clipped to the input is larger at the border, where only padding "
+                      "units (ceil-mode pooling, padding, dilation) would add pixels.")
         for c in bad:
             out.print(f"  {c['name']}: analytic {_box(c['analytic'])} gradient "
                       f"{_box(c['gradient'])}" + (f" ({c['note']})" if c.get("note") else ""))
@@ -347,8 +355,9 @@ def grid_table(result: dict, cells: int = 4) -> None:
     out.print(table)
     for m in result["maps"]:
         if max(m["grid"]) <= cells:
-            out.print(f"{', '.join(m['layers'])}: {_hw(m['grid'])} cells, each row: rows "
-                      + ", ".join(f"{r[0]}-{r[1]}" for r in m["rows"] if r) + "; cols "
+            out.print(f"{', '.join(m['layers'])}: {_hw(m['grid'])} cells; cell rows see input "
+                      "rows " + ", ".join(f"{r[0]}-{r[1]}" for r in m["rows"] if r)
+                      + "; cell columns see input columns "
                       + ", ".join(f"{c[0]}-{c[1]}" for c in m["cols"] if c))
     out.print("A cell's region is its receptive field clipped to the image; the anchors of "
               "a cell are centred in it, but the network sees the whole region (more weight "

@@ -155,13 +155,12 @@ def light_options(name: str) -> dict:
 def test_analytic_field_equals_gradient_box(name):
     size = smallest_input(name)
     options = light_options(name)
-    layers = None
-    if size[1] > 128:
-        # Large fixed inputs (dense heads at 224 px, SSD's 352 px): check the maps the heads
-        # read and a spread of layers rather than all of them, to stay fast.
-        result = rf.receptive_fields(name, size, model_args=options)
-        distinct = [l["name"] for l in result["layers"]]
-        layers = sorted(set(distinct[:: max(1, len(distinct) // 6)] + distinct[-2:]))
+    names = [l["name"] for l in rf.receptive_fields(name, size, model_args=options)["layers"]]
+    # To stay fast, deep models and large fixed inputs (dense heads at 224 px, SSD's 352 px)
+    # check a spread of layers, always including the last ones, rather than every layer.
+    most = 4 if size[1] > 128 else 32
+    layers = None if len(names) <= most else sorted(
+        set(names[:: len(names) // most + 1] + names[-2:]))
     checked = rf.verify(name, size, model_args=options, layers=layers)
     bad = [c for c in checked["checked"] if not c["agree"]]
     assert checked["checked"] and not bad, bad[:3]
@@ -179,7 +178,8 @@ def test_grid_view_of_ssd_lists_six_maps():
 def test_effective_field_is_inside_the_theoretical_one(tmp_path):
     erf = rf.effective_field("lenet", layer="3", samples=4, data="random")
     sides = [erf["mass_sides"][k] for k in ("50%", "90%", "99%")]
-    assert sides == sorted(sides) and sides[-1][0] <= erf["seen"][0] == 14
+    # A square centred on a pixel covers an even-sized field (14) with 15 pixels at most.
+    assert sides == sorted(sides) and sides[-1][0] <= erf["seen"][0] + 1 == 15
     path = tmp_path / "erf.png"
     rf.save_erf_png(erf, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

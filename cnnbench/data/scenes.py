@@ -10,7 +10,8 @@ Dense-prediction data that exists on a machine with no network. Each scene gives
 - ``multi_hot`` float ``[N, 10]`` which classes appear (multi-label targets).
 
 Items are drawn one after the other, each over the ones before it (overlaps are resolved by
-drawing order). An item that later items hide almost entirely is left out, so every labelled
+drawing order); an item's pixels are those brighter than ``threshold``, so its dark pixels are
+transparent and an item below can show through them. An item that later items hide almost entirely is left out, so every labelled
 object can be seen. Train scenes use the training images, test scenes the test images.
 Generation is vectorised (one ``grid_sample`` per item slot) and cached on disk under
 ``~/.cache/cnnbench/scenes/<hash>.pt`` keyed by every parameter below.

@@ -208,7 +208,7 @@ def _table(x):
 
 
 def _weight_matrix(weight, groups):
-    """``[groups, kh*kw*C/groups, C_out/groups]``: the weight in the columns' (tap, channel) order."""
+    """``[groups, kh*kw*C/groups, C_out/groups]``: the weight in the columns' order."""
     c_out, cpg, kh, kw = weight.shape
     return weight.view(groups, c_out // groups, cpg, kh * kw).permute(0, 3, 2, 1) \
         .reshape(groups, kh * kw * cpg, c_out // groups)
@@ -367,7 +367,7 @@ _CUDA_CHOICE: dict = {}
 
 
 def _cuda_pick(geo, x, offset, weight, bias, mask):
-    """Time ours and torchvision's once per shape (forward+backward when training); keep the winner."""
+    """Time ours and torchvision's once per shape (with backward when training); keep the winner."""
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, offset, weight, bias, mask))
     key = geo.key(x, mask, bias, grad)

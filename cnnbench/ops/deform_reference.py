@@ -117,7 +117,8 @@ def _gather(x, q, n, taps_of):
 
 
 def _reshape_taps(sampled, kh, kw):
-    """``[b, c, h, w, kh*kw]`` -> ``[b, c, h*kh, w*kw]``, tap (i, j) of (y, x) at (y*kh+i, x*kw+j)."""
+    """``[b, c, h, w, kh*kw]`` -> ``[b, c, h*kh, w*kw]``; tap (i, j) of (y, x) goes to
+    (y*kh + i, x*kw + j)."""
     b, c, h, w, _ = sampled.shape
     rows = [sampled[..., s:s + kw].contiguous().view(b, c, h, w * kw)
             for s in range(0, kh * kw, kw)]

@@ -122,8 +122,13 @@ def _torchvision_info(tv_name: str) -> ModelInfo:
             "classification" if module.count(".") == 2 else "feature-extraction")
     size = 299 if tv_name == "inception_v3" else 224
 
+    accepts = inspect.signature(tvm.get_model_builder(tv_name)).parameters
+
     def builder(**options):
+        # No weights: nothing may be downloaded, not even a backbone's.
         options.setdefault("weights", None)
+        if "weights_backbone" in accepts:
+            options.setdefault("weights_backbone", None)
         return tvm.get_model(tv_name, **options)
 
     return ModelInfo(f"{TORCHVISION_PREFIX}{tv_name}", builder, task, (3, size, size),

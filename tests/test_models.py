@@ -257,3 +257,13 @@ def test_scratch_batchnorm_matches_torch(dims, reference):
     y = torch.randn(shape)
     torch.testing.assert_close(ours(y), ref(y), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(ours(y), BatchNorm(5, num_dims=dims).train()(y))
+
+
+def test_torchvision_models_build_without_any_download():
+    # Segmentation models would fetch backbone weights unless told not to.
+    with torch.device("meta"):
+        model = get_model("torchvision:fcn_resnet50")
+    # torchvision's published 35,322,218 includes the auxiliary FCNHead(1024, 21), which is off
+    # without weights: 3x3 conv 1024->256 (no bias), batch norm 256, 1x1 conv 256->21.
+    aux = 1024 * 256 * 9 + bn(256) + conv(256, 21, 1)
+    assert count(model) == 35_322_218 - aux

@@ -140,24 +140,14 @@ class SingleObject(nn.Module):
         return self.head(self.pool(self.body(x)))
 
 
-class ConcatPool(nn.Module):
-    """fast.ai's ``AdaptiveConcatPool2d``: global average and global max side by side.
-
-    The max keeps a small object's evidence that an average over the whole image would dilute.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)), 1)
-
-
 class MultiLabel(nn.Module):
-    """ResNet body, concat pooling, one logit per class (sigmoid, not softmax)."""
+    """ResNet body, global average pooling, one logit per class (sigmoid, not softmax)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
         super().__init__()
         self.body = resnet_body(in_channels, width)
-        self.head = nn.Sequential(ConcatPool(), nn.Flatten(), nn.Dropout(0.25),
-                                  nn.Linear(16 * width, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.25),
+                                  nn.Linear(8 * width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

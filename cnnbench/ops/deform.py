@@ -31,6 +31,7 @@ Positions are computed in the input's float type exactly as torchvision does
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -121,7 +122,9 @@ def _ours(geo, x, offset, weight, bias, mask):
     dtype = x.dtype
     work = torch.float64 if dtype == torch.float64 else torch.float32
     # Autocast off inside: the products would otherwise drop to half precision.
-    with torch.autocast(x.device.type, enabled=False):
+    no_autocast = (torch.autocast(x.device.type, enabled=False)
+                   if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+    with no_autocast:
         x, offset, weight = x.to(work), offset.to(work), weight.to(work)
         bias = bias.to(work) if bias is not None else None
         mask = mask.to(work) if mask is not None else None

@@ -23,7 +23,8 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-MODEL_HELP = "A registered name (see `cnnbench models`) or torchvision:<name>."
+MODEL_HELP = ("A registered name (see `cnnbench models`) or torchvision:NAME "
+              "(e.g. torchvision:resnet50).")
 INPUT_HELP = "Input size CxHxW, HxW or one number (default: the model's own)."
 MODEL_ARG_HELP = "KEY=VALUE passed to the model's builder (repeatable), e.g. ratio=4."
 JSON_HELP = "Print JSON on stdout instead of a table."

@@ -46,6 +46,7 @@ TRAINER_KEYS: dict[str, tuple[Any, type | tuple | None, tuple | None]] = {
     "channels_last": (True, bool, None),    # CUDA only
     "compile": (False, bool, None),
     "seed": (0, int, None),
+    "threads": (None, int, None),           # CPU threads for torch (default: torch's own choice)
     "log_graph": (True, bool, None),
     "log_images": (True, bool, None),
 }

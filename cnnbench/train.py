@@ -265,6 +265,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.reporter = reporter or Reporter()
         self.device = resolve_device(c["device"])
+        if c.get("threads"):
+            torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
         self.cuda = self.device.type == "cuda"
         seed_everything(c["seed"])
         self.shuffle = torch.Generator().manual_seed(c["seed"])

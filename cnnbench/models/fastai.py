@@ -140,14 +140,30 @@ class SingleObject(nn.Module):
         return self.head(self.pool(self.body(x)))
 
 
-class MultiLabel(nn.Module):
-    """ResNet body, global average pooling, one logit per class (sigmoid, not softmax)."""
+class ConcatPool(nn.Module):
+    """fast.ai's ``AdaptiveConcatPool2d``: global average and global max side by side.
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
+    The max keeps a small object's evidence that an average over the whole image dilutes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)), 1)
+
+
+class MultiLabel(nn.Module):
+    """ResNet body, global pooling (``avg`` or ``concat``: average and max), one logit per
+    class (sigmoid, not softmax)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
+                 pool: str = "avg"):
         super().__init__()
+        if pool not in ("avg", "concat"):
+            raise ValueError(f"pool must be avg or concat, not {pool!r}")
         self.body = resnet_body(in_channels, width)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.25),
-                                  nn.Linear(8 * width, num_classes))
+        pooling = ConcatPool() if pool == "concat" else nn.AdaptiveAvgPool2d(1)
+        features = 8 * width * (2 if pool == "concat" else 1)
+        self.head = nn.Sequential(pooling, nn.Flatten(), nn.Dropout(0.25),
+                                  nn.Linear(features, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -173,6 +189,7 @@ def single_object(in_channels: int = 1, num_classes: int = 10, width: int = 32) 
 
 @register_model("multi-label", task="multi-label", input_size=(1, 96, 96), num_classes=10,
                 source="seeds 002: fast.ai multi-label classification")
-def multi_label(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> MultiLabel:
+def multi_label(in_channels: int = 1, num_classes: int = 10, width: int = 32,
+                pool: str = "avg") -> MultiLabel:
     """Which classes are in the image: a ResNet-18 body with one sigmoid output per class."""
-    return MultiLabel(in_channels, num_classes, width)
+    return MultiLabel(in_channels, num_classes, width, pool)

@@ -53,7 +53,11 @@ def models(task: Optional[str] = typer.Option(None, help="Only models of this ta
            as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List every registered model: task, default input, parameter count and source.
 
-    Examples: `cnnbench models`, `cnnbench models --task detection --json`.
+    Examples:
+
+    * `cnnbench models`
+
+    * `cnnbench models --task detection --json`
     """
     from cnnbench import render
     from cnnbench.registry import model_rows
@@ -73,8 +77,15 @@ def summary(
 ) -> None:
     """Layer table: output shape, parameters and FLOPs of every layer, with totals.
 
-    Examples: `cnnbench summary densenet`, `cnnbench summary vgg11 -m ratio=4 --depth 1`,
-    `cnnbench summary unet -i 1x64x64 --json`, `cnnbench summary torchvision:resnet50`.
+    FLOPs count one multiply-add as 2 (torch.utils.flop_counter). Examples:
+
+    * `cnnbench summary densenet`
+
+    * `cnnbench summary vgg11 -m ratio=4 --depth 1`
+
+    * `cnnbench summary unet -i 1x64x64 --json`
+
+    * `cnnbench summary torchvision:resnet50 --batch-size 8`
     """
     from cnnbench import render
     from cnnbench.inputs import parse_input_size, parse_model_args

@@ -15,6 +15,9 @@ process, interleaved over ``--rounds`` rounds (the best round of each counts):
 It then times the data path alone (batches ready for the model, no model) both ways.
 
 Run: ``.venv/bin/python benchmarks/trainer_overhead.py`` (about 3 epochs' time per round).
+Measured here (2-core CPU shared with other work, one torch thread): cnnbench / hand 0.97,
+d2l / cnnbench 1.72x, data path alone 54x. LeNet's arithmetic dominates an epoch on a CPU, so
+the gap the data path opens shows fully only where the model is fast (a GPU).
 """
 
 from __future__ import annotations
@@ -114,7 +117,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="d2l's get_dataloader_workers()")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="fewer images (a quick check)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0: torch's default); on a shared 2-core machine two "
+                             "threads ran LeNet ~10x slower than one, for all three loops alike")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from cnnbench import config as cfg
     from cnnbench.train import Trainer

@@ -98,6 +98,14 @@ def check_input_fits(model: torch.nn.Module, name: str, size: tuple[int, int, in
                         f"{c}x{smallest}x{smallest} and larger squares)")
 
 
+def ensure_input_fits(model: torch.nn.Module, name: str, size: tuple[int, int, int],
+                      model_args: dict | None = None, device="cpu") -> None:
+    """One forward pass of a single input; if it fails, say which sizes work (see above)."""
+    if not _runs(model, (1, *size), device):
+        meta_model, _ = build(name, model_args, in_channels=size[0], device="meta")
+        check_input_fits(meta_model, name, size, device="meta")
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     was_training = model.training

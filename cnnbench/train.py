@@ -257,7 +257,7 @@ class Trainer:
 
     def __init__(self, config: dict, run_dir: Path | None = None,
                  reporter: Reporter | None = None, checkpoint: dict | None = None):
-        from cnnbench.inputs import build
+        from cnnbench.inputs import build, ensure_input_fits
         from cnnbench.ops.deform import param_groups
         from cnnbench.registry import get_model_info
 
@@ -286,6 +286,7 @@ class Trainer:
         self.channels_last = self.cuda and c["channels_last"]
         self.model = model.to(self.device, memory_format=(
             torch.channels_last if self.channels_last else torch.preserve_format))
+        ensure_input_fits(self.model, c["model"], tuple(c["input_size"]), model_args, self.device)
         self.forward = torch.compile(self.model) if c["compile"] else self.model
         self.params = sum(p.numel() for p in self.model.parameters())
 

@@ -201,3 +201,9 @@ def test_every_classifier_takes_a_training_step(tmp_path, data_dir, model):
     assert output.shape == (2, info.num_classes) and torch.isfinite(loss)
     after = list(trainer.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_an_input_too_small_for_the_model_says_the_minimum(tmp_path, data_dir):
+    with pytest.raises(CnnbenchError, match="smallest that works is 1x200x200"):
+        run_tiny(tmp_path, data_dir, model="alexnet", input_size=[1, 100, 100])
+    assert not (tmp_path / "run").exists()

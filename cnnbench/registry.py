@@ -143,7 +143,7 @@ def model_rows(task: str | None = None) -> list[dict]:
     if task is not None and task not in TASKS:
         raise CnnbenchError(f"unknown task {task!r}{did_you_mean(task, TASKS)}")
     rows = []
-    for name in list_models(task):
+    for name in sorted(list_models(task), key=lambda n: (TASKS.index(_REGISTRY[n].task), n)):
         info = _REGISTRY[name]
         with torch.device("meta"):
             params = sum(p.numel() for p in info.builder().parameters())

@@ -95,8 +95,10 @@ def epoch_line(row: dict, epochs: int | None = None) -> str:
     for split in ("train", "val"):
         if f"{split}_loss" in row:
             parts.append(f"{split} loss {row[f'{split}_loss']:.4f}")
-        if f"{split}_acc" in row:
-            parts.append(f"acc {row[f'{split}_acc']:.4f}")
+        # Then the task's own metrics: acc for classifiers, miou, map50, f1, ... for the others.
+        parts += [f"{key.removeprefix(split + '_')} {value:.4f}" for key, value in row.items()
+                  if key.startswith(split + "_") and key != f"{split}_loss"
+                  and isinstance(value, float)]
     parts.append(f"{row['epoch_seconds']:.1f} s")
     parts.append(f"{row['images_per_second']:,.0f} img/s")
     return "  ".join(parts)

@@ -28,3 +28,13 @@ def grid_anchors(height: int, width: int, sizes, ratios, device=None) -> torch.T
     centres = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)
     half = torch.stack((-ws, -hs, ws, hs), dim=-1) / 2
     return (centres + half).reshape(-1, 4)
+
+
+def anchor_notes(feature_maps, sizes_per_map, ratios, names) -> list[str]:
+    """Lines for `cnnbench summary`: how many anchors each feature map carries."""
+    lines = []
+    for feat, sizes, name in zip(feature_maps, sizes_per_map, names):
+        h, w = feat.shape[-2:]
+        a = anchors_per_cell(sizes, ratios)
+        lines.append(f"anchors on {name}: {h}x{w} cells x {a} = {h * w * a}")
+    return lines

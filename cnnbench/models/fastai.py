@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cnnbench.anchors import anchors_per_cell, grid_anchors
+from cnnbench.anchors import anchor_notes, anchors_per_cell, grid_anchors
 from cnnbench.models.resnet import resnet_block
 from cnnbench.models.ssd import flatten_prediction
 from cnnbench.registry import register_model
@@ -114,12 +114,8 @@ class SSDResNet(nn.Module):
         return torch.cat(anchors), torch.cat(cls_preds, 1), torch.cat(box_preds, 1)
 
     def summary_notes(self, x: torch.Tensor) -> list[str]:
-        lines = []
-        for k, (grid, sizes) in enumerate(zip(self.grids(x), self.sizes), start=1):
-            h, w = grid.shape[2:]
-            a = anchors_per_cell(sizes, self.ratios)
-            lines.append(f"anchors on grid {k}: {h}x{w} cells x {a} = {h * w * a}")
-        return lines
+        names = [f"grid {k}" for k in range(1, len(self.sizes) + 1)]
+        return anchor_notes(self.grids(x), self.sizes, self.ratios, names)
 
 
 class SingleObject(nn.Module):

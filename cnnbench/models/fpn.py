@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cnnbench.anchors import anchors_per_cell, grid_anchors
+from cnnbench.anchors import anchor_notes, anchors_per_cell, grid_anchors
 from cnnbench.registry import register_model
 
 
@@ -159,12 +159,8 @@ class RetinaNet(nn.Module):
         return torch.cat(anchors), torch.cat(cls_preds, 1), torch.cat(box_preds, 1)
 
     def summary_notes(self, x: torch.Tensor) -> list[str]:
-        lines = []
-        for k, (p, sizes) in enumerate(zip(self.fpn(x), self.sizes), start=2):
-            h, w = p.shape[2:]
-            a = anchors_per_cell(sizes, self.ratios)
-            lines.append(f"anchors on P{k}: {h}x{w} cells x {a} = {h * w * a}")
-        return lines
+        names = [f"P{k}" for k in range(2, len(self.sizes) + 2)]
+        return anchor_notes(self.fpn(x), self.sizes, self.ratios, names)
 
 
 @register_model("fpn", task="feature-extraction", input_size=(3, 224, 224), num_classes=None,

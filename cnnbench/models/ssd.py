@@ -5,7 +5,7 @@ import itertools
 import torch
 from torch import nn
 
-from cnnbench.anchors import anchors_per_cell, grid_anchors
+from cnnbench.anchors import anchor_notes, anchors_per_cell, grid_anchors
 from cnnbench.errors import CnnbenchError
 from cnnbench.models.vgg import VGG19_ARCH, vgg_features
 from cnnbench.registry import register_model
@@ -72,12 +72,8 @@ class SSD(nn.Module):
         return torch.cat(anchors), torch.cat(cls_preds, dim=1), torch.cat(box_preds, dim=1)
 
     def summary_notes(self, x: torch.Tensor) -> list[str]:
-        lines = []
-        for k, (feat, sizes) in enumerate(zip(self.extract(x), self.sizes), start=1):
-            h, w = feat.shape[2:]
-            a = anchors_per_cell(sizes, self.ratios)
-            lines.append(f"anchors on map {k}: {h}x{w} cells x {a} = {h * w * a}")
-        return lines
+        names = [f"map {k}" for k in range(1, len(self.sizes) + 1)]
+        return anchor_notes(self.extract(x), self.sizes, self.ratios, names)
 
     def load_backbone(self, path: str) -> None:
         """Load VGG19 ``features`` weights from a local file (a torchvision ``vgg19`` state dict)."""

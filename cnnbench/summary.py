@@ -41,12 +41,27 @@ META_PARAMS = 40_000_000
 
 
 def _flop_counter():
-    """``FlopCounterMode``, without the ``torch._dynamo`` import its dispatch triggers.
+    """``FlopCounterMode``, without the two imports it would cost a summary.
 
-    Its ``__torch_dispatch__`` is wrapped to disable dynamo, and the wrapper imports
-    ``torch._dynamo`` (1.3 s, half of a summary's run time) on first use. Outside
-    ``torch.compile`` the disabling changes nothing, so mark the function as already wrapped.
+    * Importing ``torch.utils.flop_counter`` imports Triton (0.2 s with CUDA builds of torch) only
+      to recognise Triton kernels, which an eager forward pass never runs: hide Triton while the
+      module loads (it then counts Triton kernels as nothing) and unhide it at once.
+    * Its ``__torch_dispatch__`` is wrapped to disable dynamo, and the wrapper imports
+      ``torch._dynamo`` (1.3 s) on first use. Outside ``torch.compile`` the disabling changes
+      nothing, so mark the function as already wrapped.
     """
+    import logging
+    import sys
+
+    if "torch.utils.flop_counter" not in sys.modules and "triton" not in sys.modules:
+        logger = logging.getLogger("torch.utils.flop_counter")
+        level, logger.level = logger.level, logging.ERROR  # its "triton not found" warning
+        sys.modules["triton"] = None  # makes ``import triton...`` raise ImportError
+        try:
+            import torch.utils.flop_counter  # noqa: F401
+        finally:
+            del sys.modules["triton"]
+            logger.setLevel(level)
     from torch.utils import flop_counter
 
     for cls in vars(flop_counter).values():

@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.inputs import resolve_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SWEEPS = ("batch", "size")
@@ -35,20 +36,6 @@ GENERIC_LOSS_NOTE = ("training step: cross-entropy against fixed random labels f
 
 
 # --- shared pieces ------------------------------------------------------------------------------
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for an absent CUDA is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CnnbenchError("--device cuda: no CUDA device is available here "
-                                "(use --device cpu or auto)")
-        return torch.device(device)
-    if device == "cpu":
-        return torch.device("cpu")
-    raise CnnbenchError(f"bad --device {device!r}: use auto, cpu or cuda")
-
 
 def parse_precision(precision: str):
     if precision not in PRECISIONS:
@@ -201,7 +188,7 @@ def bench_model(name: str, *, batch_sizes=(1, 8, 32), input_size=None, device: s
     from cnnbench.summary import summarize
 
     info = get_model_info(name)
-    dev = resolve_device(device)
+    dev = resolve_device(device, allow_mps=False)
     amp = parse_precision(precision)
     if min_run_time <= 0:
         raise CnnbenchError("--min-run-time must be positive")
@@ -377,7 +364,7 @@ def bench_deformconv(shape=DEFORM_SHAPE, *, device: str = "auto", precision: str
     outside the image. ``max_abs_err`` is the largest absolute difference of the output and of
     every gradient (input, offset, mask, weight, bias) from torchvision's op.
     """
-    dev = resolve_device(device)
+    dev = resolve_device(device, allow_mps=False)
     if precision not in PRECISIONS:
         parse_precision(precision)
     dtype = PRECISIONS[precision] or torch.float32

@@ -31,6 +31,7 @@ import torch
 
 from cnnbench import config as cfg
 from cnnbench.errors import CnnbenchError
+from cnnbench.inputs import resolve_device
 from cnnbench.tasks.base import Split, get_task, targets_to
 
 PROGRESS_EVERY = 0.5  # seconds between progress-bar updates; each reads the metric (one sync)
@@ -56,24 +57,6 @@ class Reporter:
 
 
 # --- devices, seeds, run folders, checkpoints ---
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; asking for an absent device is an error."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        built = ("this torch has no CUDA support" if torch.version.cuda is None
-                 else "no GPU is visible")
-        raise CnnbenchError(f"--device cuda asked for, but {built}; use --device cpu or auto")
-    if name == "mps" and not has_mps:
-        raise CnnbenchError("--device mps asked for, but Apple's MPS is not available here; "
-                            "use --device cpu or auto")
-    if name not in ("cpu", "cuda", "mps"):
-        raise CnnbenchError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
-    return torch.device(name)
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

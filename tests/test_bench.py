@@ -20,13 +20,8 @@ TIMM_COLUMNS = {"infer_samples_per_sec", "infer_step_time", "infer_batch_size", 
 QUICK = ["--min-run-time", "0.01", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny workloads: threads only add synchronisation (and the machine may be shared).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny workloads: threads only add synchronisation (and the machine may be shared).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _json(args):

@@ -62,13 +62,8 @@ def _max_errors(a, b):
     return {k: (a[k] - b[k]).abs().max().item() for k in a}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: threads only add synchronisation (and the machine may be shared).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny workloads: threads only add synchronisation (and the machine may be shared).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

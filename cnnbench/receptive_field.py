@@ -1035,14 +1035,9 @@ def grid_view(name: str, input_size=None, *, model_args: dict | None = None) -> 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
     """Load a bare state dict or the trainer's ``{"model": state_dict, ...}``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CnnbenchError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:  # a corrupt or foreign file: torch raises many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-        raise CnnbenchError(f"cannot read checkpoint {path} (not a PyTorch state dict?): "
-                            f"{first}") from None
+    from cnnbench.checkpoints import read_checkpoint
+
+    state = read_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from cnnbench import config as cfg
+from cnnbench.checkpoints import read_checkpoint
 from cnnbench.errors import CnnbenchError
 from cnnbench.inputs import resolve_device
 from cnnbench.tasks.base import Split, get_task, targets_to
@@ -124,15 +125,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CnnbenchError(f"no checkpoint at {path}: nothing to resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a damaged zip/pickle
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise CnnbenchError(f"{path} is truncated or damaged and cannot be loaded ({reason}); "
-                            "resume from another run or start a new one") from None
+    state = read_checkpoint(path)
     if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= set(state):
         raise CnnbenchError(f"{path} is not a cnnbench checkpoint")
     return state

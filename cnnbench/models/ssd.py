@@ -77,10 +77,9 @@ class SSD(nn.Module):
 
     def load_backbone(self, path: str) -> None:
         """Load VGG19 ``features`` weights from a local file (a torchvision ``vgg19`` state dict)."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise CnnbenchError(f"cannot read backbone weights {path}: {exc}") from None
+        from cnnbench.checkpoints import read_checkpoint
+
+        state = read_checkpoint(path)
         state = {k.removeprefix("features."): v for k, v in state.items()
                  if k.startswith("features.") or k[0].isdigit()}
         try:

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.inputs import resolve_device
+from cnnbench.devices import resolve_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SWEEPS = ("batch", "size")
@@ -183,7 +183,7 @@ def bench_model(name: str, *, batch_sizes=(1, 8, 32), input_size=None, device: s
     Returns ``{"model", "device", ..., "rows": [...], "notes": [...]}``; each row has timm's
     column names plus ``*_step_time_iqr`` (ms), ``*_peak_mem_mb`` and ``*_gflops_per_sec``.
     """
-    from cnnbench.inputs import build
+    from cnnbench.building import build
     from cnnbench.registry import get_model_info
     from cnnbench.summary import summarize
 

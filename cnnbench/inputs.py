@@ -1,18 +1,15 @@
-"""Turning a user's model name, input size and options into a built model and an input shape.
+"""Parsing what a user types: ``--input-size`` and ``--model-arg``.
 
-Shared by every command, so that `summary`, `bench`, `train` and `receptive-field` parse
-``--input-size`` and ``--model-arg`` the same way and report a too-small input the same way.
+Shared by every command, so that `summary`, `bench`, `train` and `receptive-field` parse them the
+same way.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
-
-import torch
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.registry import ModelInfo, get_model, get_model_info
+from cnnbench.registry import ModelInfo
 
 
 def parse_input_size(text: str | None, info: ModelInfo) -> tuple[int, int, int]:
@@ -34,25 +31,6 @@ def parse_input_size(text: str | None, info: ModelInfo) -> tuple[int, int, int]:
     return tuple(dims)
 
 
-def resolve_device(name: str, allow_mps: bool = True) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; asking for an absent device is an error."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(allow_mps and mps and mps.is_available())
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if name.split(":")[0] == "cuda" and not torch.cuda.is_available():
-        built = ("this torch has no CUDA support" if torch.version.cuda is None
-                 else "no GPU is visible")
-        raise CnnbenchError(f"--device cuda asked for, but {built}; use --device cpu or auto")
-    choices = ("cpu", "cuda", "mps") if allow_mps else ("cpu", "cuda")
-    if name.split(":")[0] not in choices:
-        raise CnnbenchError(f"unknown device {name!r} here: use auto or {', '.join(choices)}")
-    if name == "mps" and not has_mps:
-        raise CnnbenchError("--device mps asked for, but Apple's MPS is not available here; "
-                            "use --device cpu or auto")
-    return torch.device(name)
-
-
 def parse_model_args(items: list[str] | None) -> dict:
     """``KEY=VALUE`` strings -> keyword arguments; values are Python literals or plain strings."""
     options = {}
@@ -66,70 +44,3 @@ def parse_model_args(items: list[str] | None) -> dict:
         except (ValueError, SyntaxError):
             options[key] = value.strip()
     return options
-
-
-def build(name: str, model_args: dict | None = None, *, in_channels: int | None = None,
-          device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
-    """Build ``name`` on ``device`` (``meta`` builds no real weights and costs nothing)."""
-    info = get_model_info(name)
-    options = dict(model_args or {})
-    if in_channels is not None and in_channels != info.in_channels and "in_channels" in info.options:
-        options.setdefault("in_channels", in_channels)
-    with torch.device(device):
-        model = get_model(name, **options)
-    return model, info
-
-
-def _runs(model: torch.nn.Module, shape: tuple[int, ...], device) -> bool:
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(torch.zeros(shape, device=device))
-        return True
-    except (RuntimeError, ValueError, IndexError):
-        return False
-
-
-def check_input_fits(model: torch.nn.Module, name: str, size: tuple[int, int, int],
-                     device="meta") -> None:
-    """Raise a one-line error saying which sizes work when ``size`` does not fit ``model``.
-
-    Meant for the error path: it tries square sizes on the ``meta`` device, which costs no
-    arithmetic, to find the smallest (and, for fixed-size heads, the largest) that works.
-    """
-    c, h, w = size
-    if _runs(model, (1, c, h, w), device):
-        return
-    candidates = list(range(1, 129)) + list(range(136, 1025, 8))
-    smallest = next((s for s in candidates if _runs(model, (1, c, s, s), device)), None)
-    if smallest is None:
-        raise CnnbenchError(f"{name} does not run on a {c}-channel input at any size up to 1024 "
-                            "(check --input-size's channels)")
-    largest = smallest
-    while largest < smallest + 64 and _runs(model, (1, c, largest + 1, largest + 1), device):
-        largest += 1
-    if min(h, w) < smallest:
-        raise CnnbenchError(f"input {c}x{h}x{w} is too small for {name}: the smallest that works "
-                            f"is {c}x{smallest}x{smallest}")
-    if largest < smallest + 64:
-        raise CnnbenchError(f"input {c}x{h}x{w} does not fit {name}: its fixed-size dense layers "
-                            f"take {smallest}-{largest} px only")
-    raise CnnbenchError(f"input {c}x{h}x{w} does not fit {name} (it runs at "
-                        f"{c}x{smallest}x{smallest} and larger squares)")
-
-
-def ensure_input_fits(model: torch.nn.Module, name: str, size: tuple[int, int, int],
-                      model_args: dict | None = None, device="cpu") -> None:
-    """One forward pass of a single input; if it fails, say which sizes work (see above)."""
-    if not _runs(model, (1, *size), device):
-        meta_model, _ = build(name, model_args, in_channels=size[0], device="meta")
-        check_input_fits(meta_model, name, size, device="meta")
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)

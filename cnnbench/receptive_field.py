@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from cnnbench.errors import CnnbenchError, did_you_mean
-from cnnbench.inputs import build, check_input_fits, eval_mode
+from cnnbench.building import build, check_input_fits, eval_mode
 
 INF = math.inf
 DEFORMABLE_NOTE = "deformable: regular-grid field; learned offsets can extend it"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.inputs import build, check_input_fits, eval_mode
+from cnnbench.building import build, check_input_fits, eval_mode
 
 
 def shape_of(output):

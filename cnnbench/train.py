@@ -32,7 +32,7 @@ import torch
 from cnnbench import config as cfg
 from cnnbench.checkpoints import read_checkpoint
 from cnnbench.errors import CnnbenchError
-from cnnbench.inputs import resolve_device
+from cnnbench.devices import resolve_device
 from cnnbench.tasks.base import Split, get_task, targets_to
 
 PROGRESS_EVERY = 0.5  # seconds between progress-bar updates; each reads the metric (one sync)
@@ -233,7 +233,7 @@ class Trainer:
 
     def __init__(self, config: dict, run_dir: Path | None = None,
                  reporter: Reporter | None = None, checkpoint: dict | None = None):
-        from cnnbench.inputs import build, ensure_input_fits
+        from cnnbench.building import build, ensure_input_fits
         from cnnbench.ops.deform import param_groups
         from cnnbench.registry import get_model_info
 
@@ -504,7 +504,7 @@ class Trainer:
 
     def _log_graph(self, writer) -> None:
         """The model graph, where it traces (some models do not; that is not an error)."""
-        from cnnbench.inputs import eval_mode
+        from cnnbench.building import eval_mode
 
         split = self.test_split if len(self.test_split) else self.train_split
         images, targets = split.take(slice(0, 2))
@@ -521,7 +521,7 @@ class Trainer:
         images, targets = self.test_split.take(slice(0, 256))
         if images.shape[0] == 0:
             return
-        from cnnbench.inputs import eval_mode
+        from cnnbench.building import eval_mode
 
         with eval_mode(self.model), self._autocast():
             x, y = self._input(images, targets, train=False)

@@ -2,6 +2,7 @@
 
 In the style of torchvision's ``register_model``/``get_model`` with timm-like defaults that travel
 with the name, so ``summary``, ``bench``, ``train`` and ``receptive-field`` need no per-model code.
+A builder's own keyword defaults are the single source of its ``in_channels`` and ``num_classes``.
 ``torchvision:<name>`` builds a torchvision model with ``weights=None``.
 """
 
@@ -9,15 +10,22 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import pkgutil
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
+import cnnbench.models  # the package only: its modules register themselves when loaded
 from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.tasks import TASKS as TASK_TABLE
 
-TASKS = ("classification", "segmentation", "detection", "single-object", "multi-label",
-         "feature-extraction")
+TASKS = tuple(TASK_TABLE)  # the one task list: cnnbench/tasks/__init__.py
 
+# Options that would fetch weights from the internet (torchvision's, and its older spelling).
+WEIGHTS_OPTIONS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,13 @@ _REGISTRY: dict[str, ModelInfo] = {}
 _loaded = False
 
 
-def register_model(name: str, *, task: str, input_size: tuple[int, int, int],
-                   num_classes: int | None, source: str, description: str = ""):
-    """Decorator: register ``builder`` under ``name``; a duplicate name is an error."""
+def register_model(name: str, *, task: str, image_size: tuple[int, int], source: str,
+                   description: str = ""):
+    """Decorator: register ``builder`` under ``name``; a duplicate name is an error.
+
+    The input's channels and the class count are the builder's ``in_channels`` and
+    ``num_classes`` defaults (a feature extractor has no classes); ``image_size`` is (H, W).
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}")
 
@@ -53,7 +65,11 @@ def register_model(name: str, *, task: str, input_size: tuple[int, int, int],
             p.name: p.default for p in inspect.signature(builder).parameters.values()
             if p.default is not inspect.Parameter.empty
         }
-        _REGISTRY[name] = ModelInfo(name, builder, task, tuple(input_size), num_classes, source,
+        if not isinstance(options.get("in_channels"), int):
+            raise ValueError(f"the builder of {name!r} needs an in_channels=<int> default")
+        num_classes = None if task == "feature-extraction" else options.get("num_classes")
+        _REGISTRY[name] = ModelInfo(name, builder, task, (options["in_channels"], *image_size),
+                                    num_classes, source,
                                     description or (builder.__doc__ or "").strip().split("\n")[0],
                                     options)
         return builder
@@ -65,11 +81,9 @@ def _load_families() -> None:
     """Import every module of ``cnnbench.models``: each registers its family on import."""
     global _loaded
     if not _loaded:
-        import cnnbench.models as package
-
-        for module in pkgutil.iter_modules(package.__path__):
+        for module in pkgutil.iter_modules(cnnbench.models.__path__):
             if not module.name.startswith("_"):
-                importlib.import_module(f"{package.__name__}.{module.name}")
+                importlib.import_module(f"cnnbench.models.{module.name}")
         _loaded = True
 
 
@@ -94,19 +108,80 @@ def get_model_info(name: str) -> ModelInfo:
             "`cnnbench models` lists them, or use torchvision:<name>") from None
 
 
+def format_options(options: dict) -> str:
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                    for k, v in options.items())
+
+
+def check_options(info: ModelInfo, options: dict) -> None:
+    """Refuse, in one line, an option ``info``'s builder lacks or a value of the wrong kind.
+
+    The kind comes from the builder's default: integers are counts or sizes (at least 1),
+    floats finite numbers, tuples lists of counts. Weights are never downloaded.
+    """
+    for key in WEIGHTS_OPTIONS:
+        if options.get(key) not in (None, False):
+            raise CnnbenchError(
+                f"{key}={options[key]} refused: cnnbench downloads no weights, models start "
+                "from random ones (receptive-field --checkpoint FILE and ssd's "
+                "backbone_weights=FILE load local state dicts)")
+    if info.name.startswith(TORCHVISION_PREFIX):
+        return  # torchvision's builders take **kwargs; they check their own
+    unknown = set(options) - set(info.options)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise CnnbenchError(
+            f"model {info.name!r} has no option {key!r}{did_you_mean(key, info.options)}; "
+            f"its options: {', '.join(sorted(info.options)) or 'none'}")
+    for key, value in options.items():
+        problem = _kind_problem(info.options[key], value)
+        if problem:
+            raise CnnbenchError(f"bad option {key}={value!r} for {info.name}: "
+                                f"{key} must be {problem}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _kind_problem(default, value) -> str | None:
+    """What ``value`` should be, given the builder's ``default``; None when it is fine."""
+    if default is None:
+        return None  # no kind to go by: the builder checks
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "True or False"
+    if isinstance(default, int):
+        return None if _is_count(value) else "a whole number >= 1"
+    if isinstance(default, float):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else "a finite number"
+    if isinstance(default, tuple) and all(isinstance(d, int) for d in default):
+        ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(map(_is_count, value))
+        return None if ok else "a list of whole numbers >= 1, e.g. [2, 2]"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
 def get_model(name: str, **options):
     """Build ``name`` with its defaults, overridden by ``options`` (the family's keywords)."""
     info = get_model_info(name)
-    unknown = set(options) - set(info.options)
-    if unknown and not info.name.startswith(TORCHVISION_PREFIX):
-        key = sorted(unknown)[0]
-        raise CnnbenchError(
-            f"model {name!r} has no option {key!r}{did_you_mean(key, info.options)}; "
-            f"its options: {', '.join(sorted(info.options)) or 'none'}")
+    check_options(info, options)
+    shown = format_options(options) or "its defaults"
     try:
-        return info.builder(**options)
-    except (TypeError, ValueError) as exc:
-        raise CnnbenchError(f"cannot build {name!r} with {options}: {exc}") from None
+        with warnings.catch_warnings():
+            # Empty layers are reported below, with the options that made them.
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            model = info.builder(**options)
+    except (TypeError, ValueError, ZeroDivisionError, IndexError, RuntimeError) as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CnnbenchError(f"cannot build {name} with {shown}: {message}") from None
+    empty = next((n for n, p in model.named_parameters() if p.numel() == 0), None)
+    if empty is not None:
+        raise CnnbenchError(f"{name} with {shown} has an empty layer ({empty} has shape "
+                            f"{list(model.get_parameter(empty).shape)}): pick values that "
+                            "leave every layer at least one channel")
+    return model
 
 
 def _torchvision_info(tv_name: str) -> ModelInfo:
@@ -138,8 +213,6 @@ def _torchvision_info(tv_name: str) -> ModelInfo:
 
 def model_rows(task: str | None = None) -> list[dict]:
     """One row per registered model for `cnnbench models`; parameters counted on ``meta``."""
-    import torch
-
     if task is not None and task not in TASKS:
         raise CnnbenchError(f"unknown task {task!r}{did_you_mean(task, TASKS)}")
     rows = []

@@ -5,12 +5,16 @@ conv = cin*cout*k*k (+ cout bias), linear = i*o + o, batch norm = 2*c; they do n
 builders, so a changed channel, kernel or layer shows up as a wrong count.
 """
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
+from cnnbench import registry
 from cnnbench.models.lenet import BatchNorm
-from cnnbench.registry import get_model, get_model_info, list_models
+from cnnbench.models.resnet import resnet18_body
+from cnnbench.registry import get_model, get_model_info, list_models, register_model
 
 
 def conv(cin, cout, k, bias=True):
@@ -82,15 +86,19 @@ def residual(cin, c, use_1x1, dcn=False):
             + extra)
 
 
-def resnet18_expected(dcn_stages=()):
-    total = conv(1, 64, 7) + bn(64)
-    widths = [64, 64, 128, 256, 512]
+def resnet18_body_expected(dcn_stages=(), width=64):
+    widths = [width * m for m in (1, 1, 2, 4, 8)]
+    total = conv(1, widths[0], 7) + bn(widths[0])
     for i in range(4):
         dcn = i + 2 in dcn_stages  # stage i is conv(i+2): b2..b5
         first = i == 0
         total += residual(widths[i], widths[i + 1], not first, dcn)
         total += residual(widths[i + 1], widths[i + 1], False, dcn)
-    return total + linear(512, 10)
+    return total
+
+
+def resnet18_expected(dcn_stages=()):
+    return resnet18_body_expected(dcn_stages) + linear(512, 10)
 
 
 def densenet_expected():
@@ -231,11 +239,58 @@ def test_every_registered_model_has_metadata():
 
 
 def test_duplicate_registration_is_an_error():
-    from cnnbench.registry import register_model
-
     with pytest.raises(ValueError, match="twice"):
-        register_model("lenet", task="classification", input_size=(1, 28, 28), num_classes=10,
-                       source="test")(lambda: None)
+        register_model("lenet", task="classification", image_size=(28, 28),
+                       source="test")(lambda in_channels=1: None)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_metadata_channels_and_classes_are_the_builders_defaults(name):
+    info = get_model_info(name)
+    defaults = inspect.signature(info.builder).parameters
+    assert info.in_channels == defaults["in_channels"].default
+    classes = None if info.task == "feature-extraction" else defaults["num_classes"].default
+    assert info.num_classes == classes
+
+
+def test_registration_states_channels_and_classes_only_in_the_builder(monkeypatch):
+    list_models()  # the families load before the copy below
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    # No second place to state them, so they cannot disagree.
+    with pytest.raises(TypeError):
+        register_model("test-net", task="classification", image_size=(8, 8), source="test",
+                       num_classes=10)(lambda in_channels=1, num_classes=10: None)
+    with pytest.raises(ValueError, match="in_channels"):
+        register_model("test-net", task="classification", image_size=(8, 8),
+                       source="test")(lambda num_classes=10: None)
+    register_model("test-net", task="classification", image_size=(8, 6),
+                   source="test")(lambda in_channels=3, num_classes=5, width=2: None)
+    info = get_model_info("test-net")
+    assert info.input_size == (3, 8, 6) and info.num_classes == 5
+    assert info.options == {"in_channels": 3, "num_classes": 5, "width": 2}
+
+
+@pytest.mark.parametrize("width", [8, 32, 64])
+def test_one_resnet18_body_with_a_width_option(width):
+    with torch.device("meta"):
+        body = resnet18_body(1, width)
+    assert count(body) == resnet18_body_expected(width=width)
+    assert [m.out_channels for m in body.modules() if isinstance(m, nn.Conv2d)][-1] == 8 * width
+
+
+def test_fastai_models_share_the_resnet18_body():
+    # The lesson's models are that body at width 32 and their own heads.
+    with torch.device("meta"):
+        models = {n: get_model(n) for n in ("single-object", "multi-label", "ssd-resnet")}
+    body = resnet18_body_expected(width=32)
+    assert count(models["multi-label"]) == body + linear(256, 10)
+    assert count(models["single-object"]) == (body + linear(256 * 9, 256) + bn(256)
+                                              + linear(256, 14))
+    # StdConvs from b3, b4, b5 (64, 128, 256 channels) and one below b5, to 128 channels; per
+    # grid 4 anchors (2 sizes + 3 ratios - 1), each 11 scores and 4 offsets.
+    heads = sum(conv(c, 128, 3) + bn(128) for c in (64, 128, 256, 128))
+    heads += 4 * (conv(128, 4 * 11, 3) + conv(128, 4 * 4, 3))
+    assert count(models["ssd-resnet"]) == body + heads == 3_739_056
 
 
 @pytest.mark.parametrize("dims,reference", [(2, nn.BatchNorm1d), (4, nn.BatchNorm2d)])

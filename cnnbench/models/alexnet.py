@@ -5,7 +5,7 @@ from torch import nn
 from cnnbench.registry import register_model
 
 
-@register_model("alexnet", task="classification", input_size=(1, 224, 224), num_classes=10,
+@register_model("alexnet", task="classification", image_size=(224, 224),
                 source="seeds 000/003: AlexNet")
 def alexnet(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.5) -> nn.Sequential:
     """AlexNet: 11x11/4 stem, five convolutions, three max pools, two dropout dense layers."""

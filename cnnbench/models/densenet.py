@@ -33,7 +33,7 @@ def transition_block(input_channels: int, num_channels: int) -> nn.Sequential:
                          nn.AvgPool2d(kernel_size=2, stride=2))
 
 
-@register_model("densenet", task="classification", input_size=(1, 96, 96), num_classes=10,
+@register_model("densenet", task="classification", image_size=(96, 96),
                 source="seeds 000/003: DenseNet")
 def densenet(in_channels: int = 1, num_classes: int = 10, growth_rate: int = 32,
              num_convs_in_dense_blocks: tuple = (4, 4, 4, 4)) -> nn.Sequential:

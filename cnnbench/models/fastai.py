@@ -7,8 +7,8 @@
   d2l ResNet-18 body, with anchors on several grids. ``ssd`` (ssd.py) is the notes' VGG19 SSD for
   large images (>= 352 px).
 
-The body is d2l's ResNet-18 (``resnet.py``) with a ``width`` option: the stage widths are
-``width`` x (1, 1, 2, 4, 8), 64 being the book's network, smaller ones for the CPU.
+The body is d2l's ResNet-18 (``resnet.py``'s ``resnet18_body``) narrowed by its ``width`` option:
+32 here, 64 being the book's network.
 """
 
 import torch
@@ -16,19 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from cnnbench.anchors import anchor_notes, anchors_per_cell, grid_anchors
-from cnnbench.models.resnet import resnet_block
+from cnnbench.models.resnet import resnet18_body
 from cnnbench.models.ssd import flatten_prediction
 from cnnbench.registry import register_model
-
-
-def resnet_body(in_channels: int = 1, width: int = 64) -> nn.Sequential:
-    """d2l's ResNet-18 stem ``b1`` and stages ``b2``-``b5`` (strides 4, 4, 8, 16, 32)."""
-    widths = [width * m for m in (1, 1, 2, 4, 8)]
-    b1 = nn.Sequential(nn.Conv2d(in_channels, widths[0], kernel_size=7, stride=2, padding=3),
-                       nn.BatchNorm2d(widths[0]), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    stages = [resnet_block(widths[i], widths[i + 1], 2, first_block=(i == 0)) for i in range(4)]
-    return nn.Sequential(b1, *stages)
 
 
 class StdConv(nn.Module):
@@ -78,13 +68,13 @@ class SSDResNet(nn.Module):
     like ``ssd``.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32,
                  head_channels: int = 128, sizes=SSD_RESNET_SIZES, ratios=SSD_RESNET_RATIOS,
                  bias: float = -3.0):
         super().__init__()
         self.num_classes = num_classes
         self.sizes, self.ratios = [tuple(s) for s in sizes], tuple(ratios)
-        body = resnet_body(in_channels, width)
+        body = resnet18_body(in_channels, width)
         self.stem, self.b3, self.b4, self.b5 = body[:2], body[2], body[3], body[4]
         d = head_channels
         self.drop = nn.Dropout(0.1)
@@ -121,10 +111,10 @@ class SSDResNet(nn.Module):
 class SingleObject(nn.Module):
     """ResNet body and the lesson's flattened head: ``[N, 4 + classes]`` (box first)."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32,
                  grid: int = 3, hidden: int = 256):
         super().__init__()
-        self.body = resnet_body(in_channels, width)
+        self.body = resnet18_body(in_channels, width)
         # A fixed grid before flattening, so the head does not depend on the input size.
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.head = nn.Sequential(
@@ -150,12 +140,12 @@ class MultiLabel(nn.Module):
     """ResNet body, global pooling (``avg`` or ``concat``: average and max), one logit per
     class (sigmoid, not softmax)."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32,
                  pool: str = "avg"):
         super().__init__()
         if pool not in ("avg", "concat"):
             raise ValueError(f"pool must be avg or concat, not {pool!r}")
-        self.body = resnet_body(in_channels, width)
+        self.body = resnet18_body(in_channels, width)
         pooling = ConcatPool() if pool == "concat" else nn.AdaptiveAvgPool2d(1)
         features = 8 * width * (2 if pool == "concat" else 1)
         self.head = nn.Sequential(pooling, nn.Flatten(), nn.Dropout(0.25),
@@ -165,7 +155,7 @@ class MultiLabel(nn.Module):
         return self.head(self.body(x))
 
 
-@register_model("ssd-resnet", task="detection", input_size=(1, 96, 96), num_classes=10,
+@register_model("ssd-resnet", task="detection", image_size=(96, 96),
                 source="seeds 002: fast.ai SSD_Head on a ResNet; small images (96 px)",
                 description="SSD for small images (96 px): the lesson's StdConv/OutConv heads on 4 "
                             "grids of a narrow ResNet-18 (ssd is the VGG19 one, >= 352 px)")
@@ -176,14 +166,14 @@ def ssd_resnet(in_channels: int = 1, num_classes: int = 10, width: int = 32,
     return SSDResNet(in_channels, num_classes, width, head_channels)
 
 
-@register_model("single-object", task="single-object", input_size=(1, 96, 96), num_classes=10,
+@register_model("single-object", task="single-object", image_size=(96, 96),
                 source="seeds 002: fast.ai single object detection (head_reg4, detn_loss)")
 def single_object(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> SingleObject:
     """The largest object's box and class from a ResNet-18 body and a flattened head."""
     return SingleObject(in_channels, num_classes, width)
 
 
-@register_model("multi-label", task="multi-label", input_size=(1, 96, 96), num_classes=10,
+@register_model("multi-label", task="multi-label", image_size=(96, 96),
                 source="seeds 002: fast.ai multi-label classification")
 def multi_label(in_channels: int = 1, num_classes: int = 10, width: int = 32,
                 pool: str = "avg") -> MultiLabel:

@@ -44,7 +44,7 @@ class Bottleneck(nn.Module):
 class FPN(nn.Module):
     """Bottom-up C2-C5, a 1x1 top layer on C5, lateral 1x1s, top-down bilinear adds, 3x3 smoothing."""
 
-    def __init__(self, layers=(3, 4, 6, 3), in_channels: int = 3, out_channels: int = 256):
+    def __init__(self, layers: tuple, in_channels: int, out_channels: int = 256):
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
@@ -163,7 +163,7 @@ class RetinaNet(nn.Module):
         return anchor_notes(self.fpn(x), self.sizes, self.ratios, names)
 
 
-@register_model("fpn", task="feature-extraction", input_size=(3, 224, 224), num_classes=None,
+@register_model("fpn", task="feature-extraction", image_size=(224, 224),
                 source="seeds 000: Feature Pyramid Networks")
 def fpn(in_channels: int = 3, layers: tuple = (3, 4, 6, 3), out_channels: int = 256,
         head: str | None = None, num_classes: int = 10) -> nn.Module:
@@ -180,7 +180,7 @@ def fpn(in_channels: int = 3, layers: tuple = (3, 4, 6, 3), out_channels: int = 
     raise ValueError(f"unknown head {head!r}: use retinanet or segmentation")
 
 
-@register_model("retinanet", task="detection", input_size=(1, 96, 96), num_classes=10,
+@register_model("retinanet", task="detection", image_size=(96, 96),
                 source="seeds 000: Feature Pyramid Networks (+ RetinaNet heads)",
                 description="RetinaNet: FPN (ResNet bottlenecks) with class/box subnets on P2-P5, "
                             "focal loss")
@@ -189,7 +189,7 @@ def retinanet(in_channels: int = 1, num_classes: int = 10, layers: tuple = (3, 4
     return RetinaNet(FPN(tuple(layers), in_channels, out_channels), num_classes, depth)
 
 
-@register_model("fpn-seg", task="segmentation", input_size=(1, 96, 96), num_classes=11,
+@register_model("fpn-seg", task="segmentation", image_size=(96, 96),
                 source="seeds 000: Feature Pyramid Networks (+ a semantic head)",
                 description="FPN with a semantic segmentation head (levels summed at 1/4 scale)")
 def fpn_seg(in_channels: int = 1, num_classes: int = 11, layers: tuple = (3, 4, 6, 3),

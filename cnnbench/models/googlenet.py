@@ -29,7 +29,7 @@ class Inception(nn.Module):
         return torch.cat((p1, p2, p3, p4), dim=1)
 
 
-@register_model("googlenet", task="classification", input_size=(1, 96, 96), num_classes=10,
+@register_model("googlenet", task="classification", image_size=(96, 96),
                 source="seeds 000/003: GoogLeNet")
 def googlenet(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     """GoogLeNet as in d2l: stem b1-b2, nine Inception blocks in b3-b5, global pooling."""

@@ -37,7 +37,7 @@ class BatchNorm(nn.Module):
         return self.gamma * x_hat + self.beta
 
 
-@register_model("lenet", task="classification", input_size=(1, 28, 28), num_classes=10,
+@register_model("lenet", task="classification", image_size=(28, 28),
                 source="seeds 000/003: LeNet")
 def lenet(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     """LeNet-5: 5x5 convolutions, sigmoid, 2x2 average pooling, three dense layers."""
@@ -53,7 +53,7 @@ def lenet(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     )
 
 
-@register_model("lenet-bn", task="classification", input_size=(1, 28, 28), num_classes=10,
+@register_model("lenet-bn", task="classification", image_size=(28, 28),
                 source="seeds 003: batch normalisation")
 def lenet_bn(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     """LeNet with the notes' from-scratch BatchNorm after every convolution and dense layer."""

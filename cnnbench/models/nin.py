@@ -15,7 +15,7 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: in
     )
 
 
-@register_model("nin", task="classification", input_size=(1, 224, 224), num_classes=10,
+@register_model("nin", task="classification", image_size=(224, 224),
                 source="seeds 000/003: NiN")
 def nin(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.5) -> nn.Sequential:
     """NiN: four NiN blocks, the last with one channel per class, then global average pooling."""

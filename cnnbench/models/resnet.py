@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cnnbench.ops import DeformConv2d
 from cnnbench.registry import register_model
 
 
@@ -45,12 +46,17 @@ def resnet_block(input_channels: int, num_channels: int, num_residuals: int,
     return nn.Sequential(*blocks)
 
 
-def resnet18_body(in_channels: int = 1, stage_convs=(nn.Conv2d,) * 4) -> nn.Sequential:
-    """Stem b1 and the four residual stages b2-b5 (512 channels at 1/32 of the input)."""
-    b1 = nn.Sequential(nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-                       nn.BatchNorm2d(64), nn.ReLU(),
+def resnet18_body(in_channels: int, width: int = 64,
+                  stage_convs=(nn.Conv2d,) * 4) -> nn.Sequential:
+    """Stem b1 and the four residual stages b2-b5 (strides 4, 4, 8, 16, 32).
+
+    The stage widths are ``width`` x (1, 1, 2, 4, 8): 64 is the book's network (512 channels at
+    1/32 of the input), smaller ones suit the CPU. ``stage_convs`` builds each stage's 3x3s.
+    """
+    widths = [width * m for m in (1, 1, 2, 4, 8)]
+    b1 = nn.Sequential(nn.Conv2d(in_channels, widths[0], kernel_size=7, stride=2, padding=3),
+                       nn.BatchNorm2d(widths[0]), nn.ReLU(),
                        nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    widths = (64, 64, 128, 256, 512)
     stages = [resnet_block(widths[i], widths[i + 1], 2, first_block=(i == 0), conv=stage_convs[i])
               for i in range(4)]
     return nn.Sequential(b1, *stages)
@@ -61,19 +67,18 @@ def _classifier(body: nn.Sequential, num_classes: int) -> nn.Sequential:
                          nn.Linear(512, num_classes))
 
 
-@register_model("resnet18", task="classification", input_size=(1, 96, 96), num_classes=10,
+@register_model("resnet18", task="classification", image_size=(96, 96),
                 source="seeds 000/003: ResNet")
 def resnet18(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     """ResNet-18 (d2l): 7x7 stem, four stages of two residual blocks, global pooling."""
     return _classifier(resnet18_body(in_channels), num_classes)
 
 
-@register_model("resnet18-dcn", task="classification", input_size=(1, 96, 96), num_classes=10,
+@register_model("resnet18-dcn", task="classification", image_size=(96, 96),
                 source="seeds 004: deformable convolution v2 in conv3-conv5")
 def resnet18_dcn(in_channels: int = 1, num_classes: int = 10,
                  offset_lr_mult: float = 0.1) -> nn.Sequential:
     """ResNet-18 whose 3x3 convolutions in conv3-conv5 (b3-b5) are modulated deformable (v2)."""
-    from cnnbench.ops import DeformConv2d
-
     dcn = partial(DeformConv2d, modulation=True, bias=True, offset_lr_mult=offset_lr_mult)
-    return _classifier(resnet18_body(in_channels, (nn.Conv2d, dcn, dcn, dcn)), num_classes)
+    body = resnet18_body(in_channels, stage_convs=(nn.Conv2d, dcn, dcn, dcn))
+    return _classifier(body, num_classes)

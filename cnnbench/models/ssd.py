@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cnnbench.anchors import anchor_notes, anchors_per_cell, grid_anchors
+from cnnbench.checkpoints import read_checkpoint
 from cnnbench.errors import CnnbenchError
 from cnnbench.models.vgg import VGG19_ARCH, vgg_features
 from cnnbench.registry import register_model
@@ -32,7 +33,7 @@ class SSD(nn.Module):
 
     map_channels = (512, 1024, 512, 256, 256, 256)
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 20, sizes=DEFAULT_SIZES,
+    def __init__(self, in_channels: int, num_classes: int, sizes=DEFAULT_SIZES,
                  ratios=DEFAULT_RATIOS):
         super().__init__()
         self.num_classes = num_classes
@@ -77,8 +78,6 @@ class SSD(nn.Module):
 
     def load_backbone(self, path: str) -> None:
         """Load VGG19 ``features`` weights from a local file (a torchvision ``vgg19`` state dict)."""
-        from cnnbench.checkpoints import read_checkpoint
-
         state = read_checkpoint(path)
         state = {k.removeprefix("features."): v for k, v in state.items()
                  if k.startswith("features.") or k[0].isdigit()}
@@ -95,7 +94,7 @@ def flatten_prediction(pred: torch.Tensor, per_anchor: int) -> torch.Tensor:
     return pred.permute(0, 2, 3, 1).reshape(n, -1, per_anchor)
 
 
-@register_model("ssd", task="detection", input_size=(3, 352, 352), num_classes=20,
+@register_model("ssd", task="detection", image_size=(352, 352),
                 source="seeds 000: SSD, VGG19 + extra layers; large images (>= 352 px)",
                 description="SSD for large images (>= 352 px): the notes' VGG19 extractor and 5 "
                             "extra layers (ssd-resnet is the one for 96 px)")

@@ -97,7 +97,7 @@ class UNet(nn.Module):
         return self.outc(x)
 
 
-@register_model("unet", task="segmentation", input_size=(1, 96, 96), num_classes=11,
+@register_model("unet", task="segmentation", image_size=(96, 96),
                 source="seeds 000: U-Net")
 def unet(in_channels: int = 1, num_classes: int = 11, bilinear: bool = False,
          width: int = 64) -> UNet:

@@ -26,7 +26,7 @@ def vgg_features(conv_arch, in_channels: int) -> list[nn.Sequential]:
     return blocks
 
 
-@register_model("vgg11", task="classification", input_size=(1, 224, 224), num_classes=10,
+@register_model("vgg11", task="classification", image_size=(224, 224),
                 source="seeds 000/003: VGG")
 def vgg11(in_channels: int = 1, num_classes: int = 10, ratio: int = 1,
           dropout: float = 0.5) -> nn.Sequential:

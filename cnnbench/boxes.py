@@ -129,30 +129,46 @@ def detect(anchors: torch.Tensor, scores: torch.Tensor, box_offsets: torch.Tenso
     return results
 
 
-def average_precision(tp: torch.Tensor, scores: torch.Tensor, num_gt: int,
-                      method: str = "coco") -> float:
+# COCO's 101 recall points exactly as pycocotools makes them: torch.linspace(0, 1, 101) differs in
+# the last bit at 10 of them (its 0.7 is 7/10, COCO's is one bit above), which moves a point past
+# a detection reaching recall exactly 0.7 and changes that class's AP by up to 1/101.
+COCO_RECALL_POINTS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+
+
+def _float64(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def average_precision(tp, scores, num_gt: int, method: str = "coco") -> float:
     """AP of one class from its detections (``tp`` 1/0 per detection) and their ``scores``.
 
-    ``coco``: mean of the interpolated precision at 101 recall points 0, 0.01, ..., 1 (pycocotools);
+    ``coco``: mean of the interpolated precision at COCO's 101 recall points 0, 0.01, ..., 1,
+    computed as pycocotools' ``COCOeval.accumulate`` does (same points, same ``eps`` in the
+    precision, same search, same summation), so the figures agree to the last bit;
     ``voc``: area under the interpolated precision-recall curve (all points, VOC 2010+).
     Interpolated precision at recall r is the best precision at any recall >= r.
+    Takes tensors or arrays.
     """
     if num_gt == 0:
         return float("nan")
-    order = torch.argsort(scores, descending=True, stable=True)
-    tp = tp[order].double()
-    ctp, cfp = tp.cumsum(0), (1 - tp).cumsum(0)
+    tp, scores = _float64(tp), _float64(scores)
+    tp = tp[np.argsort(-scores, kind="mergesort")]
+    ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
     recall = ctp / num_gt
-    precision = ctp / (ctp + cfp).clamp(min=1)
-    envelope = precision.flip(0).cummax(0).values.flip(0)
     if method == "voc":
-        prev = torch.cat((recall.new_zeros(1), recall[:-1]))
-        return float(((recall - prev) * envelope).sum())
-    points = torch.linspace(0, 1, 101, dtype=torch.float64)
+        precision = ctp / (ctp + cfp)  # never 0/0: the k-th detection makes k in the sum
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        return float(np.sum(np.diff(recall, prepend=0.0) * envelope))
+    precision = ctp / (ctp + cfp + np.spacing(1))
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
     # For each recall point, the first detection reaching it (or none: precision 0).
-    idx = torch.searchsorted(recall, points, side="left")
-    padded = torch.cat((envelope, envelope.new_zeros(1)))
-    return float(padded[idx].mean())
+    idx = np.searchsorted(recall, COCO_RECALL_POINTS, side="left")
+    q = np.zeros(len(COCO_RECALL_POINTS))
+    found = idx < len(recall)
+    q[found] = envelope[idx[found]]
+    return float(np.mean(q))
 
 
 def mean_average_precision(predictions: list[dict], ground_truth: list[dict], num_classes: int,
@@ -183,22 +199,23 @@ def mean_average_precision(predictions: list[dict], ground_truth: list[dict], nu
                 continue
             pi = pi[np.argsort(-p_scores[pi], kind="stable")]
             scores[c].append(p_scores[pi])
-            iou = (box_iou(pred["boxes"][pi].float().cpu(), gt["boxes"][gi].float().cpu()).numpy()
-                   if len(gi) else np.zeros((len(pi), 0)))
+            iou = (box_iou(pred["boxes"][pi].double().cpu(), gt["boxes"][gi].double().cpu())
+                   .numpy() if len(gi) else np.zeros((len(pi), 0)))
             for t, thr in enumerate(thresholds):
                 taken = np.zeros(len(gi), dtype=bool)
                 tp = np.zeros(len(pi))
                 for k in range(len(pi)):
                     row = np.where(taken, -1.0, iou[k])
                     if len(row) and row.max() >= thr:
-                        taken[row.argmax()] = True
+                        # Among equal IoUs the last object wins, as in COCOeval.evaluateImg.
+                        taken[len(row) - 1 - row[::-1].argmax()] = True
                         tp[k] = 1
                 tps[t][c].append(tp)
     table = np.full((len(thresholds), num_classes), np.nan)
     for c in range(num_classes):
-        s = torch.from_numpy(np.concatenate(scores[c])) if scores[c] else torch.zeros(0)
+        s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
         for t in range(len(thresholds)):
-            tp = torch.from_numpy(np.concatenate(tps[t][c])) if tps[t][c] else torch.zeros(0)
+            tp = np.concatenate(tps[t][c]) if tps[t][c] else np.zeros(0)
             table[t, c] = average_precision(tp, s, int(num_gt[c]), method)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN column

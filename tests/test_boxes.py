@@ -106,6 +106,17 @@ def test_average_precision_hand_computed():
     assert B.average_precision(torch.zeros(0), torch.zeros(0), 3) == 0.0
 
 
+def test_coco_recall_point_070_lies_one_bit_above_seven_tenths():
+    # Ten objects: seven hits, a miss, three hits. Recall 7/10 == 0.7 is reached at precision 1,
+    # but COCO's 71st recall point (np.linspace) is 0.7000000000000001, so it takes the best
+    # precision from recall 0.8 on: 10/11, as pycocotools reports.
+    tp = torch.tensor([1.0] * 7 + [0.0] + [1.0] * 3)
+    scores = torch.linspace(1, 0, 11)
+    assert B.COCO_RECALL_POINTS[70] > 7 / 10
+    assert B.average_precision(tp, scores, 10) == pytest.approx((70 + 31 * 10 / 11) / 101,
+                                                                abs=1e-15)
+
+
 def test_mean_average_precision_hand_computed():
     gt = [{"boxes": torch.tensor([_box(0, 0), _box(50, 50)]), "labels": torch.tensor([0, 1])},
           {"boxes": torch.tensor([_box(20, 20)]), "labels": torch.tensor([0])}]
@@ -146,3 +157,89 @@ def test_scores_from_logits_picks_softmax_or_sigmoid():
     ssd = B.scores_from_logits(logits, num_classes=3)  # background + 3 classes
     torch.testing.assert_close(ssd, logits.softmax(-1)[..., 1:])
     torch.testing.assert_close(B.scores_from_logits(logits, 4), logits.sigmoid())
+
+
+def _random_scene(g, num_images=12, num_classes=4):
+    """Ground truth and detections on a 0.25 px grid (exact in binary, so xywh and xyxy agree):
+    detections are jittered copies of objects (hits and near misses) plus random boxes."""
+    def boxes(n, lo=0.0, hi=80.0):
+        xy = torch.randint(int(lo * 4), int(hi * 4), (n, 2), generator=g) / 4
+        wh = torch.randint(8, 120, (n, 2), generator=g) / 4
+        return torch.cat((xy, xy + wh), 1).double()
+
+    ground_truth, predictions = [], []
+    for _ in range(num_images):
+        n_gt = int(torch.randint(0, 7, (1,), generator=g))
+        gt_boxes, gt_labels = boxes(n_gt), torch.randint(0, num_classes, (n_gt,), generator=g)
+        near = gt_boxes[torch.randint(0, max(n_gt, 1), (2 * n_gt,), generator=g)] if n_gt else \
+            gt_boxes.new_zeros(0, 4)
+        near = near + torch.randint(-12, 13, near.shape, generator=g) / 4
+        near[:, 2:] = torch.maximum(near[:, 2:], near[:, :2] + 0.25)
+        n_far = int(torch.randint(0, 6, (1,), generator=g))
+        det = torch.cat((near, boxes(n_far)))
+        labels = torch.cat((gt_labels[torch.randint(0, max(n_gt, 1), (2 * n_gt,), generator=g)]
+                            if n_gt else torch.zeros(0, dtype=torch.long),
+                            torch.randint(0, num_classes, (n_far,), generator=g)))
+        # A few detections take a wrong class.
+        wrong = torch.rand(len(labels), generator=g) < 0.15
+        other = torch.randint(0, num_classes, labels.shape, generator=g)
+        labels = torch.where(wrong, other, labels)
+        ground_truth.append({"boxes": gt_boxes, "labels": gt_labels})
+        predictions.append({"boxes": det, "labels": labels,
+                            "scores": torch.rand(len(det), generator=g, dtype=torch.float64)})
+    return predictions, ground_truth
+
+
+def _pycocotools_ap50(predictions, ground_truth, num_classes):
+    """Per-class AP at IoU 0.5 from pycocotools' COCOeval (area range all, no detection cap)."""
+    import contextlib
+    import io
+
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def xywh(b):
+        return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+
+    images = [{"id": i + 1} for i in range(len(ground_truth))]
+    annotations = [{"image_id": i + 1, "category_id": int(c) + 1, "bbox": xywh(b),
+                    "area": float((b[2] - b[0]) * (b[3] - b[1])), "iscrowd": 0}
+                   for i, gt in enumerate(ground_truth) for b, c in zip(gt["boxes"], gt["labels"])]
+    for k, a in enumerate(annotations):
+        a["id"] = k + 1  # COCOeval takes a matched ground-truth id of 0 for "unmatched"
+    detections = [{"image_id": i + 1, "category_id": int(c) + 1, "bbox": xywh(b), "score": float(s)}
+                  for i, p in enumerate(predictions)
+                  for b, c, s in zip(p["boxes"], p["labels"], p["scores"])]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": annotations,
+                           "categories": [{"id": c + 1} for c in range(num_classes)]}
+        coco_gt.createIndex()
+        evaluation = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
+        evaluation.params.iouThrs = np.array([0.5])
+        evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0, 1e10]], ["all"]
+        evaluation.params.maxDets = [10_000]
+        evaluation.evaluate()
+        evaluation.accumulate()
+    precision = evaluation.eval["precision"][0, :, :, 0, 0]  # [recall points, classes]
+    return [float(np.mean(p)) if (p > -1).all() else float("nan") for p in precision.T]
+
+
+def test_coco_map_equals_pycocotools_on_random_boxes():
+    pytest.importorskip("pycocotools", reason="pycocotools is the reference (pip install "
+                        "pycocotools, or `pip install -e '.[dev]'`)")
+    # Seed 9 gives a class of 10 objects whose recall reaches 0.7 at a step of the envelope:
+    # torch.linspace's recall points put it 2.8e-3 away from pycocotools there.
+    g = torch.Generator().manual_seed(9)
+    worst = 0.0
+    for _ in range(3):
+        predictions, ground_truth = _random_scene(g)
+        ours = B.mean_average_precision(predictions, ground_truth, 4, (0.5,))["per_class"]
+        reference = _pycocotools_ap50(predictions, ground_truth, 4)
+        for a, b in zip(ours, reference):
+            assert math.isnan(a) == math.isnan(b)
+            if not math.isnan(a):
+                worst = max(worst, abs(a - b))
+        assert any(0 < v < 1 for v in reference)  # the scenes are neither trivial nor empty
+    assert worst <= 1e-12

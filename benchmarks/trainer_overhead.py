@@ -105,8 +105,7 @@ def d2l_batches(trainer, batch_size: int, workers: int) -> float:
 
 def cnnbench_epoch(trainer, init: dict) -> float:
     trainer.model.load_state_dict(init)
-    _, seconds, _, _ = trainer.train_epoch()
-    return seconds
+    return trainer.train_epoch().seconds
 
 
 def main() -> None:
@@ -125,13 +124,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from cnnbench import config as cfg
-    from cnnbench.train import Trainer
+    from cnnbench.training.build import build_trainer
 
     # d2l's LeNet recipe: plain SGD, [0, 1] pixels, no augmentation.
     config = cfg.resolve(args.model, "experiments/lenet-d2l.yaml", dict(
         batch_size=args.batch_size, lr=args.lr, val_size=5000, limit=args.limit,
         log_graph=False, log_images=False, device="cpu"))
-    trainer = Trainer(config)
+    trainer = build_trainer(config, callbacks=[])  # the loop alone: no run folder
     init = fresh(trainer, args.lr)[0].state_dict()  # the same first weights as the others
     n = len(trainer.train_split)
     print(f"{args.model}, {n:,} training images, batch {args.batch_size}, plain SGD, "

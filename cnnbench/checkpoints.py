@@ -1,4 +1,5 @@
-"""Reading weight files safely: ``weights_only=True`` and one clear error for a bad file."""
+"""Weight files: read safely (``weights_only=True``, one clear error for a bad file), written
+atomically."""
 
 from __future__ import annotations
 
@@ -22,3 +23,19 @@ def read_checkpoint(path: str | os.PathLike):
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise CnnbenchError(f"cannot read checkpoint {path}: it is truncated or damaged, or not "
                             f"a PyTorch weights file ({reason})") from None
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A trainer checkpoint (``last.pt``/``best.pt``): model, optimizer, epoch and the rest."""
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= set(state):
+        raise CnnbenchError(f"{path} is not a cnnbench checkpoint")
+    return state

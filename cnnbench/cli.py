@@ -14,6 +14,8 @@ import typer
 
 from cnnbench import __version__
 from cnnbench.errors import CnnbenchError
+from cnnbench.training.optimizers import OPTIMIZERS
+from cnnbench.training.schedules import SCHEDULES
 
 app = typer.Typer(
     name="cnnbench",
@@ -88,13 +90,15 @@ def summary(
     * `cnnbench summary torchvision:resnet50 --batch-size 8`
     """
     from cnnbench import render
+    from cnnbench.building import check_memory
     from cnnbench.inputs import parse_input_size, parse_model_args
     from cnnbench.registry import get_model_info
     from cnnbench.summary import summarize
 
-    size = parse_input_size(input_size, get_model_info(model))
-    result = summarize(model, size, batch_size=batch_size, depth=depth,
-                       model_args=parse_model_args(model_arg))
+    options = parse_model_args(model_arg)
+    size = parse_input_size(input_size, get_model_info(model), options)
+    check_memory(size, batch_size, name=model, model_args=options)
+    result = summarize(model, size, batch_size=batch_size, depth=depth, model_args=options)
     render.print_json(result) if as_json else render.summary_table(result)
 
 
@@ -109,15 +113,19 @@ def train(
                                          help="Epochs in total (also when resuming)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw."),
-    schedule: Optional[str] = typer.Option(None, help="constant, step, cosine or onecycle."),
+    optimizer: Optional[str] = typer.Option(None, help="; ".join(
+        f"{name}: {o.description}" for name, o in OPTIMIZERS.items()) + "."),
+    schedule: Optional[str] = typer.Option(None, help="; ".join(
+        f"{name}: {s.description}" for name, s in SCHEDULES.items()) + "."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
     amp: Optional[str] = typer.Option(None, help="none, bf16 or fp16 (CUDA only)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                             help="torch.compile the model."),
     seed: Optional[int] = typer.Option(None),
     limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Folder with the IDX files."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Folder with the IDX files, or SOURCE[:PATH]: fashion-mnist, "
+                             "scenes (dense tasks), voc:PATH (a local Pascal VOC 2007)."),
     input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
     set_: Optional[List[str]] = typer.Option(
@@ -147,8 +155,8 @@ def train(
     Watch a run with `tensorboard --logdir runs`; list runs with `cnnbench runs`.
     """
     from cnnbench import render
-    from cnnbench import train as trainer
     from cnnbench.config import parse_set
+    from cnnbench.training import build as trainer
     from cnnbench.inputs import parse_model_args
 
     overrides = parse_set(set_)
@@ -179,7 +187,7 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
     Examples: `cnnbench runs`, `cnnbench runs --json`.
     """
     from cnnbench import render
-    from cnnbench.train import list_runs
+    from cnnbench.training.runs import list_runs
 
     rows = list_runs(root)
     render.print_json(rows) if as_json else render.runs_table(rows)
@@ -189,8 +197,10 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
 
 @app.command()
 def bench(
-    model: str = typer.Argument(..., help=MODEL_HELP + " Or `deformconv` for the deformable "
-                                "convolution implementations side by side."),
+    models: List[str] = typer.Argument(..., metavar="MODEL", help=(
+        MODEL_HELP + " One or more; shell wildcards match several (quote them): 'lenet*', "
+        "'torchvision:resnet1*'. Or `deformconv` alone for the deformable convolution "
+        "implementations side by side.")),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", "-b",
                                     help="Batch sizes, comma-separated."),
     input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
@@ -201,19 +211,26 @@ def bench(
                                        help="Model and input in channels-last memory format."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
-    train_: bool = typer.Option(True, "--train/--no-train",
-                                help="Also time a training step (forward, backward, SGD step)."),
+    train_: bool = typer.Option(True, "--train/--no-train", help=(
+        "Also time a training step (forward, backward, optimizer step).")),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=(
+        f"{', '.join(OPTIMIZERS)}: the training step's optimizer (default: the model's "
+        "recipe's, experiments/MODEL.yaml, else sgd).")),
+    detail: bool = typer.Option(False, "--detail", help=(
+        "Split the training step into forward, backward and optimizer step.")),
     sweep: Optional[str] = typer.Option(
         None, "--sweep", help="Show how the cost grows: batch or size (deformconv: also shape)."),
     shape: str = typer.Option("8,64,56,56,3", "--shape",
                               help="deformconv only: N,C,H,W[,K] of the layer (C in and out)."),
     min_run_time: float = typer.Option(0.2, "--min-run-time",
                                        help="Seconds of timed runs per figure (after warm-up)."),
-    threads: Optional[int] = typer.Option(None, "--threads",
-                                          help="CPU threads (default: PyTorch's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=(
+        "CPU threads (default: 1 on a machine with 4 cores or fewer, else PyTorch's).")),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw the figures to FILE.png."),
     csv: Optional[str] = typer.Option(None, "--csv", help="Also write the rows to FILE.csv."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_file: Optional[str] = typer.Option(None, "--json-file", help=(
+        "Also write the JSON to FILE (with or without --json).")),
 ) -> None:
     """Speed figures: inference and training step per batch size, memory, FLOP/s.
 
@@ -223,7 +240,11 @@ def bench(
     conv at `--shape` (default 8,64,56,56,3: 3x3, padding 1, modulated), with the largest
     difference from torchvision's output and gradients.
 
+    Several models (or a wildcard) give one table, and JSON as a list of the per-model
+    objects. A batch that runs out of memory is retried at half the size (timm's retry).
+
     Examples: `cnnbench bench lenet`, `cnnbench bench resnet18 -b 1,16 --no-train`,
+    `cnnbench bench lenet resnet18 'torchvision:resnet1*' --detail`,
     `cnnbench bench torchvision:resnet50 --device cuda --precision bf16 --channels-last`,
     `cnnbench bench vgg11 --sweep size --plot vgg.png`, `cnnbench bench lenet --csv lenet.csv`,
     `cnnbench bench deformconv`, `cnnbench bench deformconv --shape 4,32,28,28 --json`,
@@ -239,30 +260,37 @@ def bench(
     from cnnbench import bench as benchmarks
     from cnnbench import render
 
+    for path, option in ((csv, "--csv"), (plot, "--plot"), (json_file, "--json-file")):
+        benchmarks.check_writable(path, option)
     if threads is not None:
         if threads < 1:
             raise CnnbenchError("--threads must be >= 1")
         torch.set_num_threads(threads)
-    if model == "deformconv":
+    if "deformconv" in models and len(models) > 1:
+        raise CnnbenchError("deformconv runs alone: `cnnbench bench deformconv`")
+    if models == ["deformconv"]:
         result = benchmarks.bench_deformconv(benchmarks.parse_shape(shape), device=device,
                                              precision=precision, min_run_time=min_run_time,
                                              sweep=sweep)
-        show = render.deformconv_table
+        show, rows = render.deformconv_table, result["rows"]
     else:
-        from cnnbench.inputs import parse_input_size, parse_model_args
-        from cnnbench.registry import get_model_info
+        from cnnbench.inputs import parse_model_args
 
-        result = benchmarks.bench_model(
-            model, batch_sizes=benchmarks.parse_int_list(batch_sizes, "--batch-sizes"),
-            input_size=parse_input_size(input_size, get_model_info(model)), device=device,
-            precision=precision, channels_last=channels_last, compile=compile_,
-            model_args=parse_model_args(model_arg), min_run_time=min_run_time, train=train_,
-            sweep=sweep)
-        show = render.bench_table
+        results = benchmarks.bench_models(
+            models, batch_sizes=benchmarks.parse_int_list(batch_sizes, "--batch-sizes"),
+            input_size=input_size, device=device, precision=precision,
+            channels_last=channels_last, compile=compile_, model_args=parse_model_args(model_arg),
+            min_run_time=min_run_time, train=train_, sweep=sweep, threads=threads,
+            optimizer=optimizer, detail=detail)
+        one = len(models) == 1 and not benchmarks.is_wildcard(models[0])
+        result = results[0] if one else results
+        show, rows = render.bench_table, [r for res in results for r in res["rows"]]
     if csv:
-        benchmarks.write_csv(result["rows"], csv)
+        benchmarks.write_csv(rows, csv)
     if plot:
         benchmarks.plot_sweep(result, plot)
+    if json_file:
+        benchmarks.write_json(result, json_file)
     render.print_json(result) if as_json else show(result)
 
 
@@ -300,12 +328,12 @@ def receptive_field(
     `cnnbench receptive-field unet -m width=16 --json`.
     """
     from cnnbench import render
-    from cnnbench import receptive_field as rf
+    from cnnbench import plots, rf
     from cnnbench.inputs import parse_input_size, parse_model_args
     from cnnbench.registry import get_model_info
 
-    size = parse_input_size(input_size, get_model_info(model))
     options = parse_model_args(model_arg)
+    size = parse_input_size(input_size, get_model_info(model), options)
     if grid:
         result = rf.grid_view(model, size, model_args=options)
         render.print_json(result) if as_json else render.grid_table(result)
@@ -318,7 +346,7 @@ def receptive_field(
         measured = rf.effective_field(model, size, model_args=options, layer=layer,
                                       samples=samples, checkpoint=checkpoint, data=data)
         if erf:
-            rf.save_erf_png(measured, erf)
+            plots.save_erf_png(measured, erf)
     if as_json:
         if checks is not None:
             result["verify"] = checks

@@ -13,6 +13,11 @@ from typing import Any
 import yaml
 
 from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.inputs import parse_input_size
+from cnnbench.registry import get_model_info
+from cnnbench.tasks.base import get_task
+from cnnbench.training.optimizers import OPTIMIZERS
+from cnnbench.training.schedules import SCHEDULES
 
 # key: (default, type, allowed values). The type None accepts anything YAML can hold.
 TRAINER_KEYS: dict[str, tuple[Any, type | tuple | None, tuple | None]] = {
@@ -27,13 +32,13 @@ TRAINER_KEYS: dict[str, tuple[Any, type | tuple | None, tuple | None]] = {
     "epochs": (10, int, None),
     "batch_size": (256, int, None),
     "eval_batch_size": (None, int, None),   # default: 2 x batch_size
-    "optimizer": ("sgd", str, ("sgd", "adamw")),
+    "optimizer": ("sgd", str, tuple(OPTIMIZERS)),
     "lr": (0.1, float, None),
-    "momentum": (0.0, float, None),         # SGD momentum; AdamW's beta1 is betas[0]
+    "momentum": (0.0, float, None),         # SGD momentum; Adam's beta1 is betas[0]
     "nesterov": (False, bool, None),
     "betas": ([0.9, 0.999], list, None),
     "weight_decay": (0.0, float, None),
-    "schedule": ("constant", str, ("constant", "step", "cosine", "onecycle")),
+    "schedule": ("constant", str, tuple(SCHEDULES)),
     "warmup_epochs": (0.0, float, None),    # linear warm-up (constant, step, cosine)
     "step_epochs": (3, int, None),          # step: multiply by gamma every step_epochs
     "gamma": (0.1, float, None),
@@ -45,6 +50,8 @@ TRAINER_KEYS: dict[str, tuple[Any, type | tuple | None, tuple | None]] = {
     "amp": ("none", str, ("none", "bf16", "fp16")),  # CUDA only
     "channels_last": (True, bool, None),    # CUDA only
     "compile": (False, bool, None),
+    "monitor": (None, str, None),           # the metric that picks best.pt (default: the task's)
+    "mode": ("auto", str, ("auto", "max", "min")),  # auto: minimise a loss or error, else max
     "seed": (0, int, None),
     "threads": (None, int, None),           # CPU threads for torch (default: torch's own choice)
     "log_graph": (True, bool, None),
@@ -85,9 +92,7 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def task_options(task_name: str) -> dict:
-    from cnnbench.tasks.base import get_task
-
-    return dict(type(get_task(task_name, {})).options)
+    return dict(get_task(task_name).options)
 
 
 def resolve(model: str | None = None, config_file: str | Path | None = None,
@@ -105,8 +110,6 @@ def resolve(model: str | None = None, config_file: str | Path | None = None,
     merged = {**from_file, **overrides}
     if not merged.get("model"):
         raise CnnbenchError("no model: give MODEL or a config file with a `model:` key")
-    from cnnbench.registry import get_model_info
-
     info = get_model_info(merged["model"])
     task = merged.get("task") or info.task
     options = task_options(task)
@@ -149,8 +152,6 @@ def check(key: str, value, schema: dict, source: str = "config"):
 
 
 def _input_size(value, info) -> tuple[int, int, int]:
-    from cnnbench.inputs import parse_input_size
-
     if value is None:
         return info.input_size
     if isinstance(value, (list, tuple)):

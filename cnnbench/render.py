@@ -80,6 +80,9 @@ def summary_table(s: dict) -> None:
         ("Activation memory", human(s["activation_bytes"], "B", 1024)
          + "  (estimate: outputs of all leaf layers, kept for backward)"),
     ]
+    if s.get("uncounted_ops"):
+        lines.append(("Not in FLOPs", ", ".join(s["uncounted_ops"])
+                      + "  (no FLOP formula in torch.utils.flop_counter)"))
     lines += [("Note", n) for n in s["notes"]]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
@@ -191,39 +194,76 @@ def _ms(value, spread=None) -> str:
     return text + (f" ±{spread / 2:.2g}" if spread else "")
 
 
-def bench_table(result: dict) -> None:
-    """`cnnbench bench MODEL`: one line per batch size (or swept size)."""
-    table = Table(title=f"{result['model']} on {result['device_name']}, {result['precision']}"
-                        f"{', channels-last' if result['channels_last'] else ''}"
-                        f"{', compiled' if result['compile'] else ''}",
-                  title_justify="left")
-    for col in ("batch", "input", "infer ms/step", "infer samples/s", "infer GFLOP/s",
-                "infer peak MiB", "train ms/step", "train samples/s", "train GFLOP/s",
-                "train peak MiB"):
-        table.add_column(col, justify="left" if col == "input" else "right", no_wrap=True)
-    for r in result["rows"]:
-        table.add_row(str(r["infer_batch_size"]), "x".join(map(str, r["infer_input_size"])),
+def bench_table(result: dict | list[dict]) -> None:
+    """`cnnbench bench MODEL...`: one line per batch size (or swept size), per model."""
+    results = result if isinstance(result, list) else [result]
+    first = results[0]
+    several = len(results) > 1
+    detail = any("train_fwd_time" in r for res in results for r in res["rows"])
+    threads = f"{first['threads']} CPU thread{'s' * (first['threads'] > 1)}"
+    title = (f"{first['model'] if not several else f'{len(results)} models'} on "
+             f"{first['device_name']}, {first['precision']}"
+             f"{', channels-last' if first['channels_last'] else ''}"
+             f"{', compiled' if first['compile'] else ''}, {threads}"
+             f"{' (' + first['threads_source'] + ')' if first.get('threads_source') else ''}")
+    table = Table(title=title, title_justify="left")
+    columns = (["model"] if several else []) + [
+        "batch", "input", "infer ms/step", "infer samples/s", "infer GFLOP/s", "infer peak MiB",
+        "train ms/step", *(["fwd ms", "bwd ms", "opt ms"] if detail else []), "train samples/s",
+        "train GFLOP/s", "train peak MiB"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "input") else "right",
+                         no_wrap=True)
+    for res in results:
+        for r in res["rows"]:
+            train_batch = r.get("train_batch_size", r["infer_batch_size"])
+            cells = [res["model"]] if several else []
+            cells += [_batch(r), "x".join(map(str, r["infer_input_size"])),
                       _ms(r["infer_step_time"], r["infer_step_time_iqr"]),
                       f"{r['infer_samples_per_sec']:,.1f}", f"{r['infer_gflops_per_sec']:.3g}",
                       f"{r['infer_peak_mem_mb']:.1f}",
-                      _ms(r.get("train_step_time"), r.get("train_step_time_iqr")),
-                      f"{r['train_samples_per_sec']:,.1f}" if "train_samples_per_sec" in r else "--",
+                      (f"(b{train_batch}) " if train_batch != r["infer_batch_size"] else "")
+                      + _ms(r.get("train_step_time"), r.get("train_step_time_iqr"))]
+            if detail:
+                cells += [_ms(r.get(f"train_{k}_time"), r.get(f"train_{k}_time_iqr"))
+                          for k in ("fwd", "bwd", "opt")]
+            cells += [f"{r['train_samples_per_sec']:,.1f}" if "train_samples_per_sec" in r
+                      else "--",
                       f"{r['train_gflops_per_sec']:.3g}" if "train_gflops_per_sec" in r else "--",
-                      f"{r['train_peak_mem_mb']:.1f}" if "train_peak_mem_mb" in r else "--")
+                      f"{r['train_peak_mem_mb']:.1f}" if "train_peak_mem_mb" in r else "--"]
+            table.add_row(*cells)
     out.print(table)
-    rows = result["rows"]
-    if rows:
-        out.print(f"params {rows[0]['param_count']:.3f} M; "
-                  f"{rows[0]['gmacs']:.4g} GMACs per sample at {rows[0]['infer_img_size']} px; "
-                  f"ms/step is the median ± half the IQR; {result['threads']} CPU threads")
-    if len(rows) > 1 and result.get("sweep"):
-        first, last = rows[0], rows[-1]
-        what = "batch" if result["sweep"] == "batch" else "image size"
-        out.print(f"growth over the {what} sweep: inference step x"
-                  f"{last['infer_step_time'] / first['infer_step_time']:.1f} for x"
-                  f"{_scale(first, last, result['sweep']):.1f} the work")
-    for note in result["notes"]:
+    for res in results:
+        rows = res["rows"]
+        name = f"{res['model']}: " if several else ""
+        if rows:
+            out.print(f"{name}params {rows[0]['param_count']:.3f} M; "
+                      f"{rows[0]['gmacs']:.4g} GMACs per sample at {rows[0]['infer_img_size']} px"
+                      f"{_optimizer_text(res.get('optimizer'))}")
+        if len(rows) > 1 and res.get("sweep"):
+            a, b = rows[0], rows[-1]
+            what = "batch" if res["sweep"] == "batch" else "image size"
+            out.print(f"{name}growth over the {what} sweep: inference step x"
+                      f"{b['infer_step_time'] / a['infer_step_time']:.1f} for x"
+                      f"{_scale(a, b, res['sweep']):.1f} the work")
+    out.print("ms/step is the median ± half the IQR")
+    for note in dict.fromkeys(n for res in results for n in res["notes"]):
         out.print(f"Note  {note}")
+
+
+def _batch(row: dict) -> str:
+    """The batch asked for, and the one measured after out-of-memory retries (32→16)."""
+    failed = row.get("infer_oom_batch_sizes")
+    return f"{failed[0]}→{row['infer_batch_size']}" if failed else str(row["infer_batch_size"])
+
+
+def _optimizer_text(settings: dict | None) -> str:
+    if not settings:
+        return ""
+    values = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in settings.items()
+                       if k not in ("name", "source", "betas", "nesterov") and v)
+    return f"; training step with {settings['name']} ({values}) from {settings['source']}"
 
 
 def _scale(first, last, sweep) -> float:
@@ -234,7 +274,12 @@ def _scale(first, last, sweep) -> float:
 
 def deformconv_table(result: dict) -> None:
     """`cnnbench bench deformconv`: the implementations side by side, fastest named below."""
-    table = Table(title=f"deform_conv2d on {result['device_name']}, {result['dtype']} "
+    tf32 = result.get("tf32")
+    tf32_text = "" if tf32 is None else (
+        ", TF32 " + ("on" if any(tf32.values()) else "off") + " in the timings"
+        + (f" (matmul {_on(tf32['matmul'])}, cuDNN {_on(tf32['cudnn'])})"
+           if any(tf32.values()) else ""))
+    table = Table(title=f"deform_conv2d on {result['device_name']}, {result['dtype']}{tf32_text} "
                         f"({result['layer']})", title_justify="left")
     for col in ("impl", "shape NxCxHxW k", "fwd ms", "fwd+bwd ms", "fwd+bwd vs torchvision",
                 "peak MiB", "max abs err"):
@@ -261,10 +306,16 @@ def deformconv_table(result: dict) -> None:
     for line in result["summary"]:
         out.print(line)
     out.print("max abs err: largest difference of the output and of every gradient from "
-              "torchvision's op (JSON: per tensor, and relative); conv2d is the plain-convolution "
-              "floor (no sampling).")
+              "torchvision's op, computed with TF32 off (JSON: per tensor, and relative); conv2d "
+              "is the plain-convolution floor (no sampling)"
+              + ("; ours dispatches to triton on CUDA." if any(
+                  r["impl"] == "triton" for r in result["rows"]) else "."))
     for note in result.get("notes", []):
         out.print(f"Note  {note}")
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 # --- receptive fields (issue 5) ---

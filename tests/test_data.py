@@ -5,9 +5,8 @@ import torch
 
 from cnnbench.data import fashion_mnist as fm
 from cnnbench.data import transforms as T
-from cnnbench.data.splits import head, holdout
+from cnnbench.data.splits import Split, head, holdout
 from cnnbench.errors import CnnbenchError
-from cnnbench.tasks.base import Split
 from idx_files import write_fashion_mnist
 
 

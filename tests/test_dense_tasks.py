@@ -1,6 +1,7 @@
 """The dense tasks through the shared trainer: two training steps and every run artefact.
 
 Tiny widths and sizes keep each run to seconds; the real recipes are experiments/<model>.yaml.
+Scenes are drawn from the synthetic IDX files of ``fmnist_dir`` (conftest.py): no real data.
 """
 
 import json
@@ -10,24 +11,11 @@ import torch
 
 from cnnbench import config as cfg
 from cnnbench.errors import CnnbenchError
-from cnnbench.train import Trainer
+from cnnbench.training.build import build_trainer
 
 from test_scenes import _write_voc
 
-
-@pytest.fixture(autouse=True)
-def scene_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("CNNBENCH_SCENES_CACHE", str(tmp_path_factory.getbasetemp() / "scenes"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def need_fashion_mnist():
-    from cnnbench.data import fashion_mnist
-
-    try:
-        fashion_mnist.find_dir()
-    except CnnbenchError:
-        pytest.skip("Fashion-MNIST is not installed")
+pytestmark = pytest.mark.usefixtures("scene_cache")
 
 
 TINY = {"limit": 8, "val_size": 4, "epochs": 1, "batch_size": 4, "log_graph": False}
@@ -45,20 +33,21 @@ CASES = {
 }
 
 
-def _run(model, model_args, extra, run_dir):
-    overrides = {**TINY, **extra, "model_args": model_args}
+def _run(model, model_args, extra, run_dir, data_dir=None):
+    data = {"data": str(data_dir)} if data_dir else {}
+    overrides = {**TINY, **data, **extra, "model_args": model_args}
     config = cfg.resolve(model, None, overrides)
-    trainer = Trainer(config, run_dir)
+    trainer = build_trainer(config, run_dir)
     results = trainer.fit()
     return trainer, results
 
 
 @pytest.mark.parametrize("model", list(CASES))
-def test_dense_model_takes_two_steps_and_writes_its_run(model, tmp_path):
+def test_dense_model_takes_two_steps_and_writes_its_run(model, tmp_path, fmnist_dir):
     model_args, extra, metrics = CASES[model]
-    trainer, results = _run(model, model_args, extra, tmp_path / "run")
+    trainer, results = _run(model, model_args, extra, tmp_path / "run", fmnist_dir)
     run = tmp_path / "run"
-    assert trainer.schedule.step_count == 2  # 8 training scenes in batches of 4
+    assert trainer.schedule.last_epoch == 2  # 8 training scenes in batches of 4
     for path in ("config.yaml", "metrics.jsonl", "results.json", "checkpoints/last.pt",
                  "checkpoints/best.pt"):
         assert (run / path).is_file(), path
@@ -71,17 +60,15 @@ def test_dense_model_takes_two_steps_and_writes_its_run(model, tmp_path):
     assert saved["task"] == trainer.task.name
 
 
-def test_detection_images_are_drawn(tmp_path):
+def test_detection_images_are_drawn(tmp_path, fmnist_dir):
     from torch.utils.tensorboard import SummaryWriter
 
-    trainer, _ = _run("ssd-resnet", {"width": 4, "head_channels": 16}, {}, tmp_path / "run")
+    trainer, _ = _run("ssd-resnet", {"width": 4, "head_channels": 16}, {}, tmp_path / "run",
+                      fmnist_dir)
     images, targets = trainer.test_split.take(slice(0, 4))
-    x, y = trainer.task.prepare(images, targets, train=False)
-    with torch.no_grad():
-        trainer.model.eval()
-        output = trainer.model(x)
+    output, y = trainer.predict(images, targets)
     with SummaryWriter(str(tmp_path / "tb")) as writer:
-        trainer.task.log_images(writer, 1, images, output, y, trainer.class_names)
+        trainer.task.log_images(writer, 1, images, output, y)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
@@ -92,7 +79,7 @@ def test_voc_data_trains_a_colour_model(model, model_args, tmp_path):
     extra = {"data": f"voc:{tmp_path / 'voc'}", "limit": 4, "val_size": 1, "batch_size": 2,
              "input_size": "3x64x64"}
     trainer, results = _run(model, model_args, extra, tmp_path / "run")
-    assert len(trainer.class_names) == 20
+    assert trainer.task.context.num_classes == 20 and trainer.task.context.channels == 3
     assert trainer.train_split.images.shape[1:] == (3, 64, 64)
     assert (tmp_path / "run" / "results.json").is_file()
 
@@ -100,11 +87,11 @@ def test_voc_data_trains_a_colour_model(model, model_args, tmp_path):
 def test_missing_voc_folder_is_a_clear_error(tmp_path):
     config = cfg.resolve("unet", None, {**TINY, "data": f"voc:{tmp_path / 'none'}"})
     with pytest.raises(CnnbenchError, match="VOCdevkit"):
-        Trainer(config, tmp_path / "run")
+        build_trainer(config, tmp_path / "run")
 
 
 def test_segmentation_iou_hand_computed():
-    from cnnbench.tasks.segmentation import confusion_matrix, iou_from_confusion
+    from cnnbench.tasks.metrics import confusion_matrix, iou_from_confusion
 
     true = torch.tensor([0, 0, 1, 1, 2, 2, 255])
     pred = torch.tensor([0, 1, 1, 1, 2, 0, 2])  # the void pixel (255) is not counted
@@ -116,7 +103,7 @@ def test_segmentation_iou_hand_computed():
 
 
 def test_label_average_precision_hand_computed():
-    from cnnbench.tasks.multi_label import f1_per_class, label_average_precision
+    from cnnbench.tasks.metrics import f1_per_class, label_average_precision
 
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.2]])
     truth = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])

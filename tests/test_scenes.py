@@ -58,7 +58,7 @@ def test_scene_boxes_are_tight_and_masks_match(items):
 
 
 def test_scenes_are_cached_on_disk(tmp_path, monkeypatch, items):
-    monkeypatch.setattr(S.fashion_mnist, "load_split", lambda split, data_dir=None: items)
+    monkeypatch.setattr(S.fashion_mnist, "load_split", lambda split, data_dir=None, strict_count=True: items)
     params = S.SceneParams(split="test", count=16, size=48)
     first = S.load_scenes(params, cache_dir=tmp_path)
     assert (tmp_path / f"{params.key()}.pt").is_file()
@@ -68,14 +68,10 @@ def test_scenes_are_cached_on_disk(tmp_path, monkeypatch, items):
     assert torch.equal(first["images"], again["images"])
 
 
-def test_real_scenes_come_from_their_split():
+def test_scenes_come_from_their_split(fmnist_dir):
     from cnnbench.data import fashion_mnist
 
-    try:
-        fashion_mnist.find_dir()
-    except CnnbenchError:
-        pytest.skip("Fashion-MNIST is not installed")
-    test_items = fashion_mnist.load_split("test")
+    test_items = fashion_mnist.load_split("test", fmnist_dir, strict_count=False)
     out = S.generate(S.SceneParams(split="test", count=8), *test_items)
     assert out["images"].shape == (8, 1, 96, 96) and out["images"].max() > 100
 

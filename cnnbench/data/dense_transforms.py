@@ -73,3 +73,19 @@ def _move_boxes(boxes, labels, a_inv, t, w, h, min_visible):
     keep = (labels >= 0) & (area(clipped) >= min_visible * area(moved)) & (area(clipped) > 1)
     clipped = torch.where(keep[..., None], clipped, torch.zeros_like(clipped))
     return clipped, torch.where(keep, labels, torch.full_like(labels, -1))
+
+
+def multi_hot(targets: dict, num_classes: int) -> torch.Tensor:
+    """Which classes an image holds ``[N, num_classes]``: from its ``labels`` (``-1`` pads), or
+    from its ``masks`` (0 background, 255 void) where there are no labels (VOC segmentation)."""
+    if "labels" in targets:
+        labels = targets["labels"]
+        hot = torch.zeros(labels.shape[0], num_classes + 1, device=labels.device)
+        hot.scatter_(1, (labels + 1).clamp(min=0), 1.0)  # padding (-1) lands in column 0
+        return hot[:, 1:]
+    masks = targets["masks"].long()
+    flat = masks.flatten(1)
+    flat = torch.where(flat == 255, torch.zeros_like(flat), flat)
+    hot = torch.zeros(masks.shape[0], num_classes + 1, device=masks.device)
+    hot.scatter_(1, flat, 1.0)
+    return hot[:, 1:]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnbench.data.splits import DataBundle, Split, head, holdout
 from cnnbench.errors import CnnbenchError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -94,12 +95,9 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None,
 
 
 def load_bundle(data_dir: str | os.PathLike | None = None, val_size: int = 5000,
-                limit: int | None = None):
+                limit: int | None = None) -> DataBundle:
     """Train/val/test splits: val is a fixed hold-out of the training set, test the official
     10,000; ``limit`` keeps at most that many images of each split (for quick runs and tests)."""
-    from cnnbench.data.splits import head, holdout
-    from cnnbench.tasks.base import DataBundle, Split
-
     folder = find_dir(data_dir)
     full = Split(*load_split("train", folder, strict_count=limit is None))
     test = Split(*load_split("test", folder, strict_count=limit is None))

@@ -144,8 +144,11 @@ def _draw(items, labels, side, x0, y0, present, params: SceneParams, return_inst
     return result
 
 
-def load_scenes(params: SceneParams, data_dir=None, cache_dir=None) -> dict[str, torch.Tensor]:
-    """The scenes for ``params``, from the disk cache or drawn once and cached (atomic write)."""
+def load_scenes(params: SceneParams, data_dir=None, cache_dir=None,
+                strict_count: bool = True) -> dict[str, torch.Tensor]:
+    """The scenes for ``params``, from the disk cache or drawn once and cached (atomic write).
+
+    ``strict_count=False`` accepts Fashion-MNIST files of any length (quick runs and tests)."""
     cache_dir = Path(cache_dir or os.environ.get("CNNBENCH_SCENES_CACHE") or CACHE_DIR)
     path = cache_dir / f"{params.key()}.pt"
     if path.is_file():
@@ -153,7 +156,7 @@ def load_scenes(params: SceneParams, data_dir=None, cache_dir=None) -> dict[str,
             return torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError):
             pass  # a damaged cache file is simply drawn again
-    items, labels = fashion_mnist.load_split(params.split, data_dir)
+    items, labels = fashion_mnist.load_split(params.split, data_dir, strict_count)
     scenes = generate(params, items, labels)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")

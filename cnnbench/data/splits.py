@@ -1,12 +1,57 @@
-"""Cutting in-memory splits: a validation hold-out with a fixed seed, and ``--limit``."""
+"""In-memory splits: ``Split`` and ``DataBundle``, the validation hold-out and ``--limit``.
+
+Data stay in memory as tensors (images uint8 ``[N, C, H, W]``) and are batched by indexing.
+Targets are a tensor or any pytree of tensors (a dict of boxes, labels, masks...) indexed along
+dim 0 like the images.
+"""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, field
+from typing import Any
 
-from cnnbench.tasks.base import Split, index_targets
+import torch
+from torch.utils._pytree import tree_map
+
+Targets = Any  # a tensor, or a pytree of tensors indexed along dim 0 like the images
 
 SPLIT_SEED = 0  # the validation split never changes with the run's seed
+
+
+def index_targets(targets: Targets, idx) -> Targets:
+    return tree_map(lambda t: t[idx], targets)
+
+
+def targets_to(targets: Targets, device) -> Targets:
+    return tree_map(lambda t: t.to(device, non_blocking=True), targets)
+
+
+@dataclass
+class Split:
+    """One split held in memory: ``images[i]`` goes with ``index_targets(targets, i)``."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    targets: Targets
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def take(self, idx) -> tuple[torch.Tensor, Targets]:
+        return self.images[idx], index_targets(self.targets, idx)
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), targets_to(self.targets, device))
+
+
+@dataclass
+class DataBundle:
+    """What a data source returns: three splits and what describes them."""
+
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    info: dict = field(default_factory=dict)  # free-form: source path, generator params, ...
 
 
 def holdout(split: Split, n_val: int, seed: int = SPLIT_SEED) -> tuple[Split, Split]:
@@ -22,5 +67,4 @@ def head(split: Split, limit: int | None) -> Split:
     """The first ``limit`` images of ``split`` (all of them when ``limit`` is None)."""
     if limit is None or limit >= len(split):
         return split
-    idx = torch.arange(int(limit))
-    return Split(split.images[idx], index_targets(split.targets, idx))
+    return Split(*split.take(torch.arange(int(limit))))

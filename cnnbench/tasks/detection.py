@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from cnnbench import boxes as B
-from cnnbench.tasks.base import Metric, register_task
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
+from cnnbench.tasks.metrics import MeanAP
 
 
 def ssd_loss(cls_logits, box_offsets, cls_target, box_target, neg_ratio: float = 3.0,
@@ -54,37 +54,6 @@ def _box_loss(pred, target, kind: str):
     return F.smooth_l1_loss(pred, target, reduction="sum", beta=1.0)
 
 
-class DetectionMetric(Metric):
-    """Loss on every pass; detections and mAP only where there is no gradient (evaluation)."""
-
-    def __init__(self, task: "Detection"):
-        self.task = task
-        self.loss_sum, self.count = None, 0
-        self.predictions, self.ground_truth = [], []
-
-    def update(self, output, targets, loss) -> None:
-        n = targets["labels"].shape[0]
-        lsum = loss.detach().float() * n
-        self.loss_sum = lsum if self.loss_sum is None else self.loss_sum + lsum
-        self.count += n
-        if output[1].requires_grad:
-            return
-        self.predictions += [{k: v.cpu() for k, v in d.items()} for d in self.task.detect(output)]
-        for b, lab in zip(targets["boxes"].cpu(), targets["labels"].cpu()):
-            keep = lab >= 0
-            self.ground_truth.append({"boxes": b[keep], "labels": lab[keep]})
-
-    def compute(self) -> dict[str, float]:
-        out = {"loss": float(self.loss_sum) / self.count if self.count else float("nan")}
-        if self.predictions:
-            m = B.mean_average_precision(self.predictions, self.ground_truth,
-                                         self.task.num_classes, B.COCO_THRESHOLDS)
-            out["map50"] = m["per_threshold"]["0.50"]
-            out["map"] = m["map"]
-        return out
-
-
-@register_task
 class Detection(DenseTask):
     name = "detection"
     monitor = "map50"
@@ -105,7 +74,7 @@ class Detection(DenseTask):
                                                      targets["labels"],
                                                      float(self.config.get("match_iou", 0.5)))
         box_loss = self.config.get("box_loss", "smooth_l1")
-        if cls_logits.shape[-1] == self.num_classes + 1:
+        if cls_logits.shape[-1] == self.context.num_classes + 1:
             loc, cls = ssd_loss(cls_logits.float(), box_offsets.float(), cls_target, box_target,
                                 float(self.config.get("neg_ratio", 3.0)), box_loss)
         else:
@@ -115,16 +84,17 @@ class Detection(DenseTask):
 
     def detect(self, output) -> list[dict]:
         anchors, cls_logits, box_offsets = output
-        scores = B.scores_from_logits(cls_logits.float(), self.num_classes)
+        scores = B.scores_from_logits(cls_logits.float(), self.context.num_classes)
         c = self.config
         return B.detect(anchors, scores, box_offsets.float(),
                         float(c.get("score_threshold", 0.05)), float(c.get("nms_iou", 0.45)),
                         int(c.get("max_detections", 100)))
 
-    def new_metric(self) -> Metric:
-        return DetectionMetric(self)
+    def metrics(self):
+        return {"map": MeanAP(self.detect, self.context.num_classes)}  # map50 and map
 
-    def log_images(self, writer, step, images, output, targets, class_names) -> None:
+    def log_images(self, writer, step, images, output, targets) -> None:
+        class_names = self.context.class_names
         from torchvision.utils import make_grid
 
         n = min(8, images.shape[0])
@@ -142,14 +112,16 @@ class Detection(DenseTask):
                                         zip(d["labels"][keep], d["scores"][keep])]))
         writer.add_image("test/boxes", make_grid(torch.stack(pictures), nrow=4), step)
 
-    def final_report(self, output_targets, class_names) -> dict:
+    def final_report(self, output_targets) -> dict:
+        class_names = self.context.class_names
         predictions, truth = [], []
         for output, targets in output_targets:
             predictions += self.detect(output)
             for b, lab in zip(targets["boxes"], targets["labels"]):
                 truth.append({"boxes": b[lab >= 0], "labels": lab[lab >= 0]})
-        m = B.mean_average_precision(predictions, truth, self.num_classes, B.COCO_THRESHOLDS)
-        ap50 = B.mean_average_precision(predictions, truth, self.num_classes, (0.5,))
+        m = B.mean_average_precision(predictions, truth, self.context.num_classes,
+                                     B.COCO_THRESHOLDS)
+        ap50 = B.mean_average_precision(predictions, truth, self.context.num_classes, (0.5,))
         return {"map50": m["per_threshold"]["0.50"], "map": m["map"],
                 "map75": m["per_threshold"]["0.75"],
                 "per_class_ap50": {n: round(v, 4) for n, v in zip(class_names,

@@ -10,59 +10,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from cnnbench.tasks.base import Metric, register_task
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
+from cnnbench.tasks.metrics import F1, LabelAP, f1_per_class, label_average_precision
 
 
-def f1_per_class(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    return 2 * tp / (2 * tp + fp + fn).clamp(min=1)
-
-
-def label_average_precision(scores: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """AP per class ``[C]``: mean precision at each positive when images are ranked by score
-    (NaN for a class with no positive image)."""
-    order = scores.argsort(0, descending=True)
-    hits = truth.gather(0, order).double()
-    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)[:, None]
-    positives = hits.sum(0)
-    ap = (precision * hits).sum(0) / positives.clamp(min=1)
-    return torch.where(positives > 0, ap, torch.full_like(ap, float("nan")))
-
-
-class MultiLabelMetric(Metric):
-    def __init__(self, threshold: float = 0.5):
-        self.threshold = threshold
-        self.sums, self.loss_sum, self.count = None, None, 0
-        self.scores, self.truth = [], []
-
-    def update(self, output, targets, loss) -> None:
-        truth = targets["multi_hot"]
-        with torch.no_grad():
-            pred = (output.detach().float().sigmoid() > self.threshold).float()
-            counts = torch.stack([(pred * truth).sum(0), (pred * (1 - truth)).sum(0),
-                                  ((1 - pred) * truth).sum(0)])
-            n = truth.shape[0]
-            lsum = loss.detach().float() * n
-        self.sums = counts if self.sums is None else self.sums + counts
-        self.loss_sum = lsum if self.loss_sum is None else self.loss_sum + lsum
-        self.count += n
-        if not output.requires_grad:  # the ranking metric only on evaluation passes
-            self.scores.append(output.detach().float().cpu())
-            self.truth.append(truth.cpu())
-
-    def compute(self) -> dict[str, float]:
-        if not self.count:
-            return {"loss": float("nan"), "f1": float("nan")}
-        tp, fp, fn = self.sums.cpu()
-        out = {"loss": float(self.loss_sum) / self.count,
-               "f1": float(f1_per_class(tp, fp, fn).mean())}
-        if self.scores:
-            out["map"] = float(label_average_precision(torch.cat(self.scores),
-                                                       torch.cat(self.truth)).nanmean())
-        return out
-
-
-@register_task
 class MultiLabel(DenseTask):
     name = "multi-label"
     monitor = "f1"
@@ -75,10 +26,11 @@ class MultiLabel(DenseTask):
     def loss(self, output, targets):
         return F.binary_cross_entropy_with_logits(output.float(), targets["multi_hot"])
 
-    def new_metric(self) -> Metric:
-        return MultiLabelMetric(float(self.config.get("threshold", 0.5)))
+    def metrics(self):
+        return {"f1": F1(float(self.config.get("threshold", 0.5))), "map": LabelAP()}
 
-    def log_images(self, writer, step, images, output, targets, class_names) -> None:
+    def log_images(self, writer, step, images, output, targets) -> None:
+        class_names = self.context.class_names
         from torchvision.utils import make_grid
 
         n = min(16, images.shape[0])
@@ -92,7 +44,8 @@ class MultiLabel(DenseTask):
             lines.append(f"| {i} | {', '.join(true)} | {', '.join(pred)} |")
         writer.add_text("test/labels", "\n".join(lines), step)
 
-    def final_report(self, output_targets, class_names) -> dict:
+    def final_report(self, output_targets) -> dict:
+        class_names = self.context.class_names
         scores = torch.cat([o.float() for o, _ in output_targets])
         truth = torch.cat([t["multi_hot"] for _, t in output_targets])
         pred = (scores.sigmoid() > float(self.config.get("threshold", 0.5))).float()

@@ -11,24 +11,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from cnnbench.tasks.base import Metric, register_task
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
-
-IGNORE = 255
-
-
-def confusion_matrix(pred: torch.Tensor, true: torch.Tensor, k: int) -> torch.Tensor:
-    """``[k, k]`` counts, rows the true class, columns the predicted; void pixels are skipped."""
-    keep = true != IGNORE
-    return torch.bincount(true[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
-
-
-def iou_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
-    """IoU per class (NaN where a class is neither present nor predicted)."""
-    confusion = confusion.double()
-    inter = confusion.diag()
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+from cnnbench.tasks.metrics import (IGNORE, MeanIoU, PixelAccuracy, confusion_matrix,
+                                    iou_from_confusion)
 
 
 def dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -43,40 +28,15 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> to
     return 1 - ((2 * inter + eps) / (total + eps)).mean()
 
 
-class SegmentationMetric(Metric):
-    def __init__(self, num_classes: int):
-        self.k = num_classes
-        self.confusion = None
-        self.loss_sum, self.count = None, 0
-
-    def update(self, output, targets, loss) -> None:
-        with torch.no_grad():
-            cm = confusion_matrix(output.detach().argmax(1).flatten(),
-                                  targets["masks"].flatten(), self.k)
-            n = targets["masks"].shape[0]
-            lsum = loss.detach().float() * n
-        self.confusion = cm if self.confusion is None else self.confusion + cm
-        self.loss_sum = lsum if self.loss_sum is None else self.loss_sum + lsum
-        self.count += n
-
-    def compute(self) -> dict[str, float]:
-        if not self.count:
-            return {"loss": float("nan"), "miou": float("nan"), "pixel_acc": float("nan")}
-        cm = self.confusion.cpu()
-        iou = iou_from_confusion(cm)
-        return {"loss": float(self.loss_sum) / self.count, "miou": float(iou.nanmean()),
-                "pixel_acc": float(cm.diag().sum() / cm.sum().clamp(min=1))}
-
-
-@register_task
 class Segmentation(DenseTask):
     name = "segmentation"
     monitor = "miou"
     voc_kind = "Segmentation"
     options = {**DENSE_OPTIONS, "dice_weight": 0.0}
 
-    def model_classes(self) -> int:
-        return self.num_classes + 1  # the background is class 0
+    @classmethod
+    def model_classes(cls, num_classes: int) -> int:
+        return num_classes + 1  # the background is class 0
 
     def loss(self, output, targets):
         masks = targets["masks"]
@@ -85,23 +45,25 @@ class Segmentation(DenseTask):
             loss = loss + float(self.config["dice_weight"]) * dice_loss(output.float(), masks)
         return loss
 
-    def new_metric(self) -> Metric:
-        return SegmentationMetric(self.num_classes + 1)
+    def metrics(self):
+        k = self.model_classes(self.context.num_classes)
+        return {"miou": MeanIoU(k), "pixel_acc": PixelAccuracy(k)}
 
-    def log_images(self, writer, step, images, output, targets, class_names) -> None:
-        pictures = overlay_masks(images[:8], output[:8].argmax(1), self.num_classes + 1)
-        truth = overlay_masks(images[:8], targets["masks"][:8], self.num_classes + 1)
+    def log_images(self, writer, step, images, output, targets) -> None:
+        k = self.model_classes(self.context.num_classes)
+        pictures = overlay_masks(images[:8], output[:8].argmax(1), k)
+        truth = overlay_masks(images[:8], targets["masks"][:8], k)
         from torchvision.utils import make_grid
 
         writer.add_image("test/predicted_masks", make_grid(pictures, nrow=8), step)
         writer.add_image("test/true_masks", make_grid(truth, nrow=8), step)
 
-    def final_report(self, output_targets, class_names) -> dict:
-        k = self.num_classes + 1
+    def final_report(self, output_targets) -> dict:
+        k = self.model_classes(self.context.num_classes)
         cm = sum(confusion_matrix(o.argmax(1).flatten(), t["masks"].flatten(), k)
                  for o, t in output_targets)
         iou = iou_from_confusion(cm)
-        names = ["background", *class_names]
+        names = ["background", *self.context.class_names]
         return {"per_class_iou": {n: round(float(v), 4) for n, v in zip(names, iou)},
                 "miou": float(iou.nanmean()),
                 "pixel_acc": float(cm.diag().sum() / cm.sum().clamp(min=1))}

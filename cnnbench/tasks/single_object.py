@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from cnnbench.boxes import paired_iou
-from cnnbench.tasks.base import Metric, register_task
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
+from cnnbench.tasks.metrics import BoxIoU, BoxL1, ClassAccuracy
 
 
 def largest_object(boxes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,30 +24,6 @@ def largest_object(boxes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return boxes[rows, k], labels[rows, k]
 
 
-class SingleObjectMetric(Metric):
-    def __init__(self):
-        self.sums, self.count = None, 0
-
-    def update(self, output, targets, loss) -> None:
-        with torch.no_grad():
-            box, label = targets["box"], targets["label"]
-            pred_box = output[:, :4].detach().float().sigmoid()
-            iou = paired_iou(pred_box, box)
-            hit = output[:, 4:].argmax(1) == label
-            n = label.shape[0]
-            values = torch.stack([loss.detach().float() * n, hit.sum().float(), iou.sum(),
-                                  (pred_box - box).abs().mean(1).sum()])
-        self.sums = values if self.sums is None else self.sums + values
-        self.count += n
-
-    def compute(self) -> dict[str, float]:
-        if not self.count:
-            return {"loss": float("nan"), "acc": float("nan"), "box_iou": float("nan")}
-        loss, acc, iou, l1 = (v / self.count for v in self.sums.tolist())
-        return {"loss": loss, "acc": acc, "box_iou": iou, "box_l1": l1}
-
-
-@register_task
 class SingleObject(DenseTask):
     name = "single-object"
     monitor = "box_iou"
@@ -67,10 +42,11 @@ class SingleObject(DenseTask):
                 + float(self.config.get("ce_weight", 20.0))
                 * F.cross_entropy(output[:, 4:].float(), targets["label"].clamp(min=0)))
 
-    def new_metric(self) -> Metric:
-        return SingleObjectMetric()
+    def metrics(self):
+        return {"acc": ClassAccuracy(), "box_iou": BoxIoU(), "box_l1": BoxL1()}
 
-    def log_images(self, writer, step, images, output, targets, class_names) -> None:
+    def log_images(self, writer, step, images, output, targets) -> None:
+        class_names = self.context.class_names
         from torchvision.utils import make_grid
 
         from cnnbench.tasks.detection import draw_boxes

@@ -1,0 +1,93 @@
+"""Data sources: the table the ``data`` key chooses from.
+
+``data`` is ``NAME``, ``NAME:ARGUMENT`` or a bare folder (the task's first source, reading that
+folder). Every source reads local files only and returns a :class:`DataBundle` of uint8 images.
+A task lists the sources it can train on (``Task.sources``); the first is its default.
+
+To add a source: one function ``load(argument, config, task) -> DataBundle`` and one entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from cnnbench.data import fashion_mnist, scenes, voc
+from cnnbench.data.dense_transforms import multi_hot
+from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.errors import CnnbenchError
+
+
+@dataclass(frozen=True)
+class Source:
+    load: Callable[..., DataBundle]  # (argument or None, config, task class) -> DataBundle
+    description: str
+
+
+def _fashion_mnist(folder: str | None, config: dict, task) -> DataBundle:
+    return fashion_mnist.load_bundle(folder, val_size=config.get("val_size", 5000),
+                                     limit=config.get("limit"))
+
+
+def _scenes(folder: str | None, config: dict, task) -> DataBundle:
+    size = int(config.get("scene_size", 96))
+    limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
+    counts = {"train": int(config.get("scenes", 10000)),
+              "test": int(config.get("test_scenes", 2000))}
+    if limit is not None:  # a quick run draws only what it will use
+        counts = {"train": min(counts["train"], 2 * limit + min(val_size, limit)),
+                  "test": min(counts["test"], limit)}
+    splits = {}
+    for split, count in counts.items():
+        drawn = scenes.load_scenes(scenes.SceneParams(split=split, count=count, size=size),
+                                   folder, strict_count=limit is None)
+        targets = {k: drawn[k] for k in ("boxes", "labels", "masks", "multi_hot")}
+        splits[split] = Split(drawn["images"], targets)
+    train, val = holdout(splits["train"], val_size)
+    return DataBundle(head(train, limit), head(val, limit), head(splits["test"], limit),
+                      list(scenes.CLASS_NAMES),
+                      info={"source": "fashion-mnist scenes", "scene_size": size})
+
+
+def _voc(path: str | None, config: dict, task) -> DataBundle:
+    if not path:
+        raise CnnbenchError(f"--data voc needs the folder: voc:PATH ({voc.HINT})")
+    size = int(config["input_size"][-1]) if config.get("input_size") else 224
+    limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
+    train_set, test_set = voc.splits(path, task.voc_kind)
+    load = voc.load_detection if task.voc_kind == "Main" else voc.load_segmentation
+    per_split = None if limit is None else 2 * limit + min(val_size, limit)
+    train = Split(*load(path, train_set, size, per_split))
+    test = Split(*load(path, test_set, size, limit))
+    for split in (train, test):
+        split.targets["multi_hot"] = multi_hot(split.targets, len(voc.VOC_CLASSES))
+    train, val = holdout(train, val_size)
+    return DataBundle(head(train, limit), head(val, limit), head(test, limit),
+                      list(voc.VOC_CLASSES), info={"source": f"voc:{path}"})
+
+
+SOURCES: dict[str, Source] = {
+    "fashion-mnist": Source(_fashion_mnist, "Fashion-MNIST's IDX files (fashion-mnist:FOLDER)"),
+    "scenes": Source(_scenes, "1-4 Fashion-MNIST items on a canvas, with boxes, masks and "
+                              "labels (scenes:FOLDER of the IDX files)"),
+    "voc": Source(_voc, "Pascal VOC 2007 from a local VOCdevkit (voc:PATH)"),
+}
+
+
+def parse_data(value: str | None, default: str) -> tuple[str, str | None]:
+    """``(source name, argument)`` for a ``data`` value; a bare folder goes to ``default``."""
+    if not value:
+        return default, None
+    name, sep, argument = str(value).partition(":")
+    if name in SOURCES:
+        return name, argument if sep else None
+    return default, str(value)
+
+
+def load_data(config: dict, task) -> DataBundle:
+    """The bundle the ``data`` key names, for a task class that lists its ``sources``."""
+    name, argument = parse_data(config.get("data"), task.sources[0])
+    if name not in task.sources:
+        raise CnnbenchError(f"the {task.name} task cannot train on {name} data; it takes "
+                            f"{', '.join(task.sources)}")
+    return SOURCES[name].load(argument, config, task)

@@ -1,0 +1,132 @@
+"""A trainer from a configuration, and the entry points ``cnnbench train`` calls.
+
+``build_trainer`` does, in this order: device and threads, seeds, the task's data (on the
+device), the task's context, the model (seeded again, so the first weights do not depend on how
+the data were made), the optimizer and its schedule, AMP, the callbacks and, when resuming,
+every state from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from cnnbench import config as cfg
+from cnnbench.building import build, ensure_input_fits
+from cnnbench.checkpoints import load_checkpoint
+from cnnbench.data.sources import load_data
+from cnnbench.devices import resolve_device
+from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.registry import get_model_info
+from cnnbench.tasks.base import get_task
+from cnnbench.training.callbacks import Report, standard_callbacks
+from cnnbench.training.loop import Callback, Trainer, batch_starts
+from cnnbench.training.optimizers import build_optimizer
+from cnnbench.training.rng import seed_everything
+from cnnbench.training.runs import check_run_dir, claim_run_dir, new_run_dir
+from cnnbench.training.schedules import build_schedule
+
+# Keys that may change when a run is resumed; the rest would not fit the checkpoint.
+RESUMABLE_KEYS = {"epochs", "device", "amp", "compile", "log_graph", "log_images", "data",
+                  "eval_batch_size"}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
+                  callbacks: list[Callback] | None = None, checkpoint: dict | None = None,
+                  reporter=None) -> Trainer:
+    """A ready trainer; ``callbacks`` None: the run-folder ones (``standard_callbacks``)."""
+    c = config
+    device = resolve_device(c["device"])
+    if c.get("threads"):
+        torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
+    seed_everything(c["seed"])
+    shuffle = torch.Generator().manual_seed(c["seed"])
+
+    task_cls = get_task(c["task"])
+    data = load_data(c, task_cls)
+    splits = tuple(s.to(device) for s in (data.train, data.val, data.test))
+    if len(splits[0]) == 0:
+        raise CnnbenchError("the training split is empty (check --limit and --data)")
+    info = get_model_info(c["model"])
+    context = task_cls.setup(c, data, info)
+    task = task_cls(c, context)
+    monitor = c.get("monitor") or task_cls.monitor
+    _check_monitor(monitor, task)
+
+    torch.manual_seed(c["seed"])  # the first weights do not depend on how data were made
+    model_args = {**context.model_args, **c["model_args"]}
+    model, _ = build(c["model"], model_args, in_channels=c["input_size"][0])
+    channels_last = device.type == "cuda" and c["channels_last"]
+    model = model.to(device, memory_format=(
+        torch.channels_last if channels_last else torch.preserve_format))
+    ensure_input_fits(model, c["model"], tuple(c["input_size"]), model_args, device)
+
+    optimizer = build_optimizer(model, c)
+    schedule = build_schedule(optimizer, c, len(batch_starts(len(splits[0]), c["batch_size"])))
+    amp_dtype = AMP_DTYPES.get(c["amp"]) if device.type == "cuda" else None  # CUDA only
+    callbacks = standard_callbacks(c, monitor) if callbacks is None else list(callbacks)
+    if reporter is not None:
+        callbacks.append(Report(reporter))
+    trainer = Trainer(c, task, splits, model, optimizer, schedule, device=device,
+                      forward=torch.compile(model) if c["compile"] else model,
+                      amp_dtype=amp_dtype,
+                      scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+                      shuffle=shuffle, callbacks=callbacks, run_dir=run_dir, monitor=monitor)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+    return trainer
+
+
+def _check_monitor(monitor: str, task) -> None:
+    names = ["loss"]
+    for key, metric in task.metrics().items():
+        names += list(metric.names or (key,))
+    if monitor not in names:
+        raise CnnbenchError(f"monitor {monitor!r} is not a metric of the {task.name} task "
+                            f"({', '.join(names)}){did_you_mean(monitor, names)}")
+
+
+def train(model: str | None = None, config_file: str | os.PathLike | None = None,
+          overrides: dict | None = None, run_dir: str | os.PathLike | None = None,
+          runs_root: str | os.PathLike = "runs", reporter=None,
+          callbacks: list[Callback] = ()) -> dict | None:
+    """Resolve the configuration, make a new run folder and train; returns the results."""
+    config = cfg.resolve(model, config_file, overrides)
+    if run_dir:
+        check_run_dir(run_dir)
+    trainer = build_trainer(config, reporter=reporter)  # data and model first: errors leave no
+    trainer.add_callbacks(*callbacks)  # folder
+    trainer.run_dir = claim_run_dir(run_dir) if run_dir else new_run_dir(config["model"], runs_root)
+    return trainer.fit()
+
+
+def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
+           reporter=None) -> dict | None:
+    """Continue ``run_dir`` from ``checkpoints/last.pt`` up to ``epochs`` (the total)."""
+    trainer = resume_trainer(run_dir, overrides, reporter)
+    if trainer.epoch >= trainer.config["epochs"]:
+        raise CnnbenchError(f"{run_dir} already trained {trainer.epoch} of "
+                            f"{trainer.config['epochs']} epochs: give a larger --epochs")
+    return trainer.fit()
+
+
+def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
+                   reporter=None) -> Trainer:
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    # Keys added since the run started take their defaults.
+    config = {**{k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}, **state["config"]}
+    changed = {k: v for k, v in (overrides or {}).items()
+               if v is not None and config.get(k) != v}
+    fixed = sorted(set(changed) - RESUMABLE_KEYS)
+    if fixed:
+        raise CnnbenchError(f"{fixed[0]} cannot change when resuming (only "
+                            f"{', '.join(sorted(RESUMABLE_KEYS))} can)")
+    for key, value in changed.items():
+        config[key] = cfg.check(key, value, cfg.TRAINER_KEYS, "command line")
+    return build_trainer(config, run, checkpoint=state, reporter=reporter)

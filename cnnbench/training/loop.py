@@ -1,0 +1,320 @@
+"""The training loop: step, epoch, evaluation and the trainer's state, with fastai-style events.
+
+The loop knows nothing of any model or task: it asks the task for the model's input batch, the
+loss and the metrics. Everything else a run does (``metrics.jsonl``, TensorBoard, checkpoints,
+the NaN guard, the console) is a :class:`Callback` (``callbacks.py``); ``build.py`` assembles a
+trainer from a configuration.
+
+Events, in order: ``before_fit``, then per epoch ``before_epoch``, ``after_step`` after every
+optimizer step (with the step's tensors: reading one waits for the device, so a callback does it
+rarely) and ``after_epoch`` (with the epoch's row of plain numbers, read from the device once),
+then ``after_test`` (the results, which callbacks complete) and ``after_fit`` (always, also after
+an error). A callback stops the run cleanly with :class:`CancelFitException`, or ends an epoch's
+training early with :class:`CancelEpochException`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils._pytree import tree_map_only
+
+from cnnbench.building import eval_mode
+from cnnbench.data.splits import Split
+from cnnbench.errors import CnnbenchError
+from cnnbench.tasks.base import Task
+from cnnbench.tasks.metrics import Meter
+from cnnbench.training.rng import rng_states, set_rng_states
+from cnnbench.training.schedules import jump_to
+
+
+class CancelEpochException(Exception):
+    """Raised by a callback: end this epoch's training now (validation and checkpoints follow)."""
+
+
+class CancelFitException(Exception):
+    """Raised by a callback: stop the run where it is; ``fit`` returns None."""
+
+
+class Step(NamedTuple):
+    """What ``after_step`` gets: tensors still on the device."""
+
+    epoch: int
+    batch: int  # index within the epoch
+    images: int  # batch size
+    output: Any
+    targets: Any
+    loss: torch.Tensor
+
+
+class Callback:
+    """Base: every event does nothing. ``order`` sorts callbacks (lower first)."""
+
+    order = 50
+
+    def before_fit(self, trainer: "Trainer") -> None: ...
+
+    def before_epoch(self, trainer: "Trainer", epoch: int) -> None: ...
+
+    def after_step(self, trainer: "Trainer", step: Step) -> None: ...
+
+    def after_epoch(self, trainer: "Trainer", row: dict) -> None: ...
+
+    def after_test(self, trainer: "Trainer", results: dict) -> None: ...
+
+    def after_fit(self, trainer: "Trainer") -> None: ...
+
+    def state_dict(self) -> dict:
+        """Entries for the trainer's checkpoint (top-level keys)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def batch_starts(n: int, batch_size: int) -> range:
+    starts = range(0, n, batch_size)
+    if n > 1 and n % batch_size == 1:  # a last batch of one image breaks batch normalisation
+        starts = starts[:-1]
+    return starts
+
+
+def to_cpu(tree):
+    """Detached float32 (or integer) CPU copies of every tensor in a pytree."""
+    return tree_map_only(torch.Tensor, lambda t: (
+        t.detach().float() if t.is_floating_point() else t.detach()).cpu(), tree)
+
+
+class EpochStats(NamedTuple):
+    metrics: dict
+    seconds: float
+    images: int
+    lr: float  # of the epoch's last step
+
+
+class Trainer:
+    """One run's task, data (on the device), model, optimizer, schedule and callbacks.
+
+    ``fit()`` trains up to ``config["epochs"]`` (the total, also when resuming), tests and
+    returns the results; ``train_step``, ``train_epoch`` and ``evaluate`` are public so that
+    tests and ``benchmarks/`` can time exactly the loop.
+    """
+
+    def __init__(self, config: dict, task: Task, splits: tuple[Split, Split, Split], model,
+                 optimizer, schedule, *, device: torch.device, forward=None, amp_dtype=None,
+                 scaler=None, shuffle: torch.Generator | None = None, callbacks=(),
+                 run_dir: str | Path | None = None, monitor: str | None = None):
+        self.config, self.task, self.device = config, task, device
+        self.train_split, self.val_split, self.test_split = splits
+        self.model, self.forward = model, forward or model
+        self.optimizer, self.schedule = optimizer, schedule
+        # Each group's peak lr (the schedule multiplies it): OneCycleLR's max_lr, LambdaLR's base.
+        self.base_lrs = [g.get("max_lr", g.get("initial_lr")) for g in optimizer.param_groups]
+        self.amp_dtype = amp_dtype
+        self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
+        self.channels_last = device.type == "cuda" and config.get("channels_last", False)
+        self.shuffle = shuffle or torch.Generator().manual_seed(config.get("seed", 0))
+        self.batch_size = config["batch_size"]
+        self.eval_batch_size = config.get("eval_batch_size") or 2 * config["batch_size"]
+        self.monitor = monitor or config.get("monitor") or task.monitor
+        self.params = sum(p.numel() for p in model.parameters())
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.callbacks: list[Callback] = []
+        self.add_callbacks(*callbacks)
+        self.epoch = 0  # epochs completed
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.meter: Meter | None = None  # the running training pass (a progress bar reads it)
+        self.test_metrics: dict | None = None
+        self.results: dict | None = None
+
+    def add_callbacks(self, *callbacks: Callback) -> None:
+        self.callbacks = sorted([*self.callbacks, *callbacks], key=lambda cb: cb.order)
+
+    def _event(self, name: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, name)(self, *args)
+
+    # -- one step, one epoch, one evaluation --
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def batch_starts(self) -> range:
+        return batch_starts(len(self.train_split), self.batch_size)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, images, targets, train: bool):
+        """The task's model input for a uint8 batch (channels-last on CUDA if asked)."""
+        x, y = self.task.prepare(images, targets, train=train)
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def forward_loss(self, images: torch.Tensor, targets, train: bool):
+        """(output, the task's targets, loss) for a uint8 batch on the device."""
+        x, y = self.prepare(images, targets, train=train)
+        with self.autocast():
+            output = self.forward(x)
+            return output, y, self.task.loss(output, y)
+
+    def train_step(self, images: torch.Tensor, targets):
+        """One optimizer step on a uint8 batch on the device; returns (output, targets, loss)."""
+        output, y, loss = self.forward_loss(images, targets, train=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.get("grad_clip"):
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        return output, y, loss
+
+    def train_epoch(self, epoch: int | None = None) -> EpochStats:
+        """One pass over the shuffled training split."""
+        epoch = self.epoch + 1 if epoch is None else epoch
+        self.model.train()
+        split, bs = self.train_split, self.batch_size
+        self.meter = Meter(self.task.metrics(), train=True)
+        perm = torch.randperm(len(split), generator=self.shuffle).to(self.device)
+        seen, lr = 0, self.lr
+        t0 = time.perf_counter()
+        try:
+            for i, s in enumerate(self.batch_starts()):
+                lr = self.lr
+                images, targets = split.take(perm[s:s + bs])
+                output, y, loss = self.train_step(images, targets)
+                self.meter.update(output, y, loss, images.shape[0])
+                seen += images.shape[0]
+                self._event("after_step", Step(epoch, i, images.shape[0], output, y, loss))
+        except CancelEpochException:
+            pass
+        metrics = self.meter.compute()  # reads the device: the epoch's one sync
+        return EpochStats(metrics, time.perf_counter() - t0, seen, lr)
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, collect: bool = False) -> tuple[dict, list]:
+        """Metrics of the model in eval mode on ``split``; with ``collect``, the outputs too."""
+        meter, collected = Meter(self.task.metrics(), train=False), []
+        with eval_mode(self.model):
+            for s in range(0, len(split), self.eval_batch_size):
+                images, targets = split.take(slice(s, s + self.eval_batch_size))
+                output, y, loss = self.forward_loss(images, targets, train=False)
+                meter.update(output, y, loss, images.shape[0])
+                if collect:
+                    collected.append((to_cpu(output), to_cpu(y)))
+        return meter.compute(), collected
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, targets):
+        """(output, targets) of the model in eval mode for a uint8 batch (for pictures)."""
+        with eval_mode(self.model), self.autocast():
+            x, y = self.prepare(images, targets, train=False)
+            return self.forward(x), y
+
+    # -- the whole run --
+
+    def fit(self) -> dict | None:
+        """Train the remaining epochs, then test; the results, or None if a callback cancelled."""
+        try:
+            self._event("before_fit")
+            for epoch in range(self.epoch + 1, self.config["epochs"] + 1):
+                self.fit_epoch(epoch)
+            self.results = self.test()
+        except CancelFitException:
+            pass
+        finally:
+            self._event("after_fit")
+        return self.results
+
+    def fit_epoch(self, epoch: int) -> dict:
+        self._event("before_epoch", epoch)
+        t0 = time.perf_counter()
+        stats = self.train_epoch(epoch)
+        val_metrics = self.evaluate(self.val_split)[0] if len(self.val_split) else {}
+        row = {"epoch": epoch, "lr": stats.lr}
+        row.update({f"train_{k}": v for k, v in stats.metrics.items()})
+        row.update({f"val_{k}": v for k, v in val_metrics.items()})
+        row["epoch_seconds"] = time.perf_counter() - t0
+        row["images_per_second"] = stats.images / stats.seconds if stats.seconds > 0 else 0.0
+        self.epoch = epoch
+        self._event("after_epoch", row)
+        return row
+
+    def test(self) -> dict:
+        """Metrics and the task's report on the test split; callbacks fill the ``None``s."""
+        t0 = time.perf_counter()
+        self.test_metrics, outputs = self.evaluate(self.test_split, collect=True)
+        report = self.task.final_report(outputs) if outputs else {}
+        results = {
+            "model": self.config["model"], "task": self.task.name, "run_dir": str(self.run_dir),
+            "monitor": self.monitor, "device": str(self.device), "params": self.params,
+            "epochs": self.epoch, "started": self.started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "best_epoch": None, f"best_val_{self.monitor}": None,  # the checkpoint's tracker
+            **{f"test_{k}": v for k, v in self.test_metrics.items()},
+            "train_seconds": None, "minutes": None,  # from metrics.jsonl, all epochs
+            "test_seconds": time.perf_counter() - t0,
+            "images_per_second": None,
+            "report": report,
+        }
+        self._event("after_test", results)
+        return results
+
+    def describe(self) -> dict:
+        """What a reporter prints when the run starts."""
+        return {"model": self.config["model"], "task": self.task.name, "device": str(self.device),
+                "run_dir": str(self.run_dir), "params": self.params,
+                "train": len(self.train_split), "val": len(self.val_split),
+                "test": len(self.test_split), "epochs": self.config["epochs"],
+                "start_epoch": self.epoch + 1, "resumed": self.epoch > 0,
+                "input_size": self.config["input_size"], "amp": str(self.amp_dtype or "none")}
+
+    # -- checkpoints --
+
+    def state_dict(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {"step_count": self.schedule.last_epoch, "base_lrs": self.base_lrs},
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "started": self.started,
+            "rng": rng_states(self.device, self.shuffle),
+            "config": self.config,
+        }
+        for callback in self.callbacks:
+            state.update(callback.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        # The schedule's own entries in the groups (OneCycleLR's initial_lr, max_lr, ...) follow
+        # from the configuration; an older checkpoint may not hold them.
+        derived = [{k: v for k, v in g.items() if k != "params"}
+                   for g in self.optimizer.param_groups]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0][:120]
+            raise CnnbenchError(f"the checkpoint does not fit this model/optimizer ({reason})") \
+                from None
+        for group, entries in zip(self.optimizer.param_groups, derived):
+            for key, value in entries.items():
+                group.setdefault(key, value)
+        jump_to(self.schedule, int(state["schedule"]["step_count"]))
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.started = state.get("started", self.started)
+        set_rng_states(state["rng"], self.device, self.shuffle)
+        for callback in self.callbacks:
+            callback.load_state_dict(state)

@@ -1,0 +1,59 @@
+"""The optimizers a recipe can name: a table, in the style of timm's ``OptimInfo``.
+
+Each entry names the optimizer class and the configuration keys it takes; ``config.TRAINER_KEYS``
+and ``cnnbench train --help`` list the names from here. To add an optimizer: one entry.
+
+Parameter groups come from the model: a module may define ``lr_multipliers()``, mapping some of
+its own parameters (relative names such as ``"p_conv.weight"``) to a multiple of the learning
+rate (a deformable convolution's offset branch learns at 0.1 x). Every other parameter is in the
+first group; then one group per multiplier, in the order the modules come.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from dataclasses import dataclass
+
+from cnnbench.errors import CnnbenchError
+
+
+@dataclass(frozen=True)
+class OptimInfo:
+    cls: str  # the class, imported when a run uses it
+    keys: tuple[str, ...]  # configuration keys passed on as keyword arguments (besides lr)
+    description: str
+
+
+OPTIMIZERS: dict[str, OptimInfo] = {
+    "sgd": OptimInfo("torch.optim.SGD", ("momentum", "nesterov", "weight_decay"),
+                     "SGD, with (Nesterov) momentum if asked"),
+    "adamw": OptimInfo("torch.optim.AdamW", ("betas", "weight_decay"),
+                       "Adam with decoupled weight decay (Loshchilov and Hutter)"),
+    "adam": OptimInfo("torch.optim.Adam", ("betas", "weight_decay"),
+                      "Adam (Kingma and Ba); weight decay as an L2 term"),
+}
+
+
+def param_groups(model, lr: float) -> list[dict]:
+    """The rest of the parameters at ``lr``, then one group per ``lr_multipliers`` value."""
+    by_multiplier: dict[float, list] = {}
+    for module in model.modules():
+        for name, multiplier in getattr(module, "lr_multipliers", dict)().items():
+            by_multiplier.setdefault(multiplier, []).append(module.get_parameter(name))
+    special = {id(p) for params in by_multiplier.values() for p in params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in special], "lr": lr}]
+    groups += [{"params": params, "lr": lr * m} for m, params in by_multiplier.items()]
+    return groups
+
+
+def build_optimizer(model, config: dict, groups: list[dict] | None = None):
+    """The optimizer ``config["optimizer"]`` names, over ``groups`` (default: the model's)."""
+    info = OPTIMIZERS[config["optimizer"]]
+    options = {k: tuple(config[k]) if isinstance(config[k], list) else config[k]
+               for k in info.keys}
+    groups = param_groups(model, config["lr"]) if groups is None else groups
+    try:
+        return pkgutil.resolve_name(info.cls)(groups, lr=config["lr"], **options)
+    except ValueError as exc:  # e.g. SGD's "Nesterov momentum requires a momentum..."
+        raise CnnbenchError(f"optimizer {config['optimizer']}: {exc} (set it with "
+                            f"--set KEY=VALUE; it takes {', '.join(info.keys)})") from None

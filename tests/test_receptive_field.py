@@ -6,10 +6,13 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from cnnbench import cli
-from cnnbench import receptive_field as rf
+from cnnbench import cli, plots, rf
+from cnnbench.building import build
 from cnnbench.errors import CnnbenchError
+from cnnbench.rf.rules import RULES, identity, rule
+from cnnbench.rf.verify import Linearised
 from cnnbench.registry import get_model_info, list_models
 
 
@@ -116,6 +119,29 @@ def test_an_operation_without_a_rule_is_flagged_not_taken_for_identity():
     assert any("uninterpreted" in n for n in layers[-1]["notes"])
 
 
+def test_a_second_rule_for_an_operation_is_refused():
+    with pytest.raises(ValueError, match="two receptive-field rules for 'relu'"):
+        rule("relu")(lambda call: None)
+
+
+def test_each_rule_runs_as_its_linearisation_in_the_check():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 6, 6)
+    with Linearised():
+        # Activations and normalisation: the identity; max pooling: the average of its window.
+        assert torch.equal(torch.relu(x), x) and torch.equal(F.group_norm(x, 1), x)
+        assert torch.equal(F.max_pool2d(x, 2), F.avg_pool2d(x, 2))
+        # Convolution and dense layers: every weight 1/fan-in, no bias.
+        conv = F.conv2d(x, torch.randn(3, 2, 3, 3), torch.randn(3), padding=1)
+        dense = F.linear(x, torch.randn(4, 6), torch.randn(4))
+        summed = x.add(1.0)  # arithmetic runs as it is
+    window_mean = F.avg_pool2d(x.mean(1, keepdim=True), 3, 1, 1, count_include_pad=True)
+    assert torch.allclose(conv, window_mean.expand(1, 3, 6, 6), atol=1e-6)
+    assert torch.allclose(dense, x.mean(-1, keepdim=True).expand(1, 2, 6, 4))
+    assert torch.equal(summed, x + 1)
+    assert RULES["relu"].linear is identity and RULES["add"].linear is None
+
+
 def test_deformable_layers_say_offsets_can_extend_the_field():
     layers = by_name(rf.receptive_fields("resnet18-dcn", (1, 64, 64)))
     assert "learned offsets" in " ".join(layers["2.0.conv1"]["notes"])
@@ -136,7 +162,7 @@ LIGHT = {"ratio": 8, "width": 8}
 def smallest_input(name: str) -> tuple:
     info = get_model_info(name)
     c, h, w = info.input_size
-    model, _ = rf.build(name, light_options(name), device="meta")
+    model, _ = build(name, light_options(name), device="meta")
     for s in (16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 352, 416, 512):
         try:
             with torch.no_grad():
@@ -178,19 +204,33 @@ def test_grid_view_of_ssd_lists_six_maps():
 def test_effective_field_is_inside_the_theoretical_one(tmp_path):
     erf = rf.effective_field("lenet", layer="3", samples=4, data="random")
     sides = [erf["mass_sides"][k] for k in ("50%", "90%", "99%")]
-    # A square centred on a pixel covers an even-sized field (14) with 15 pixels at most.
-    assert sides == sorted(sides) and sides[-1][0] <= erf["seen"][0] + 1 == 15
+    assert sides == sorted(sides) and sides[-1][0] <= erf["seen"][0] == 14
+    # The squares are centred where the unit's field is, so none leaves the field.
+    for (r0, r1), (c0, c1) in erf["mass_boxes"].values():
+        (fr0, fr1), (fc0, fc1) = erf["seen_box"]
+        assert fr0 <= r0 <= r1 <= fr1 and fc0 <= c0 <= c1 <= fc1
     path = tmp_path / "erf.png"
-    rf.save_erf_png(erf, str(path))
+    plots.save_erf_png(erf, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_effective_field_centre_unit_is_the_one_centred_on_the_input():
+    # 28 px, field 16 at stride 4 from 7.5: unit 2's field is centred at 13.5, the middle.
+    lenet = rf.effective_field("lenet", layer="5", samples=1, data="random")
+    assert lenet["unit"] == [2, 2] and lenet["unit_centre"] == [13.5, 13.5] and lenet["centred"]
+    assert lenet["mass_sides"]["99%"][0] % 2 == 0  # an even square around a half pixel
+    # resnet18 layer 3 at 96 px: units every 16 px from 0; (2, 2) would sit at pixel 32.
+    resnet = rf.effective_field("resnet18", (1, 96, 96), layer="3", samples=1, data="random")
+    assert resnet["unit"] == [3, 3] and resnet["unit_centre"] == [48, 48]
+    assert not resnet["centred"] and resnet["centre"] == [48, 48]
+
+
 def test_checkpoint_dict_or_bare_state_dict_loads_and_garbage_is_one_error(tmp_path):
-    model, _ = rf.build("lenet")
+    model, _ = build("lenet")
     torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
     torch.save(model.state_dict(), tmp_path / "bare.pt")
     for f in ("ckpt.pt", "bare.pt"):
-        rf.load_checkpoint(rf.build("lenet")[0], str(tmp_path / f))
+        rf.load_checkpoint(build("lenet")[0], str(tmp_path / f))
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CnnbenchError, match="cannot read checkpoint"):
         rf.load_checkpoint(model, str(tmp_path / "bad.pt"))

@@ -10,7 +10,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cnnbench.cli import app
-from cnnbench.registry import get_model, list_models
+from cnnbench.registry import get_model, get_model_info, list_models
 from cnnbench.summary import summarize, summarize_module
 
 runner = CliRunner()
@@ -33,6 +33,118 @@ def test_summary_totals_equal_parameter_sum(name):
     # Rows never count a parameter twice: they add up to the total.
     assert sum(layer["params"] for layer in s["layers"]) == expected
     assert sum(layer["flops"] for layer in s["layers"]) == s["flops"] > 0
+
+
+TORCHVISION = ["torchvision:densenet121", "torchvision:googlenet"]
+# The full sweep takes ~12 s; by default a subset covers each way a row can go wrong:
+# containers iterated by their owner (densenet), heads never called (googlenet's auxiliary
+# classifiers), one head called on every map (retinanet), deep nesting (unet).
+EVERY_DEPTH_DEFAULT = {"densenet", "googlenet", "retinanet", "unet", *TORCHVISION}
+
+
+def meta_model(name: str) -> nn.Module:
+    options = {"weights": None} if name.startswith("torchvision:") else {}
+    with torch.device("meta"):
+        return get_model(name, **options)
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n in EVERY_DEPTH_DEFAULT else pytest.mark.slow)
+    for n in list_models() + TORCHVISION])
+def test_rows_add_up_to_totals_at_every_depth(name):
+    model = meta_model(name)
+    size = get_model_info(name).input_size
+    deepest = max(n.count(".") + 1 for n, _ in model.named_modules())
+    for depth in range(1, deepest + 1):
+        s = summarize_module(model, size, depth=depth)
+        assert sum(layer["params"] for layer in s["layers"]) == s["total_params"], depth
+        assert sum(layer["flops"] for layer in s["layers"]) == s["flops"] > 0, depth
+        assert {layer["depth"] for layer in s["layers"]} == set(range(1, depth + 1))
+
+
+def test_densenet_block_keeps_only_what_its_children_do_not_show():
+    # The block iterates over its child `net` without calling it: `net` gets a row (no output
+    # shape), and the block no longer repeats the counts of the layers shown below it.
+    layers = {layer["name"]: layer for layer in summarize("densenet")["layers"]}
+    assert layers["1"]["params"] == 0 and layers["1"]["flops"] == 0
+    assert layers["1.net"]["output_shape"] is None and layers["1.net"]["depth"] == 2
+    assert layers["1.net.0"]["params"] == 18_592
+    assert sum(layer["params"] for layer in layers.values()) == 758_226
+
+
+def test_modules_never_called_are_listed_with_their_parameters():
+    s = summarize("torchvision:googlenet", depth=4)
+    layers = {layer["name"]: layer for layer in s["layers"]}
+    assert s["total_params"] == sum(layer["params"] for layer in s["layers"]) == 13_004_888
+    aux1 = layers["aux1"]
+    assert aux1["output_shape"] is None and aux1["flops"] == 0
+    # The rows held only the 6,624,904 parameters of the modules that ran; the rest is here.
+    aux = sum(v["params"] for k, v in layers.items() if k.startswith("aux"))
+    assert aux == 13_004_888 - 6_624_904 == 3_188_968 + 3_191_016
+    # Listed where they are defined: after inception5b, before avgpool.
+    names = [layer["name"] for layer in s["layers"] if layer["depth"] == 1]
+    assert names.index("inception5b") < names.index("aux1") < names.index("aux2") \
+        < names.index("avgpool")
+    assert any(n.endswith(": aux1, aux2") for n in s["notes"])
+    result = runner.invoke(app, ["summary", "torchvision:googlenet", "--depth", "1"])
+    assert result.exit_code == 0
+    assert any("aux1 (InceptionAux)" in line and "--" in line and "3,188,968" in line
+               for line in result.output.splitlines())
+
+
+class TiedHead(nn.Module):
+    """Two layers sharing one weight, a list its owner iterates over, a head never called."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+        self.encoder = nn.Linear(4, 4, bias=False)
+        self.decoder = nn.Linear(4, 4, bias=False)
+        self.decoder.weight = self.encoder.weight
+        self.unused = nn.Linear(4, 2)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.decoder(self.encoder(x))
+
+
+def test_uncalled_heads_iterated_lists_and_shared_weights_add_up():
+    s = summarize_module(TiedHead(), (4,), depth=2)
+    rows = {layer["name"]: layer for layer in s["layers"]}
+    assert list(rows) == ["blocks", "blocks.0", "blocks.1", "encoder", "decoder", "unused"]
+    assert rows["unused"] == {"name": "unused", "type": "Linear", "depth": 1,
+                              "output_shape": None, "params": 10, "trainable": True, "flops": 0}
+    assert rows["blocks"]["output_shape"] is None and rows["blocks.0"]["output_shape"] == [1, 4]
+    assert rows["encoder"]["params"] == 16 and rows["decoder"]["params"] == 0  # shared: once
+    assert sum(r["params"] for r in rows.values()) == s["total_params"] == 40 + 16 + 10
+    assert [r["flops"] for r in rows.values()] == [0, 32, 32, 32, 32, 0] and s["flops"] == 128
+    assert s["notes"] == ["not run by this forward pass (output shape --): unused"]
+
+
+def test_operators_left_out_of_flops_are_named():
+    s = summarize("lenet")
+    assert s["uncounted_ops"] == ["avg_pool2d", "sigmoid"] and s["device"] == "cpu"
+    assert summarize_module(nn.Sequential(nn.Conv2d(1, 1, 3)), (1, 5, 5))["uncounted_ops"] == []
+    result = runner.invoke(app, ["summary", "lenet"])
+    assert "Not in FLOPs          avg_pool2d, sigmoid" in result.output
+
+
+@pytest.mark.parametrize("why", ["slow", "too big"])
+def test_meta_device_takes_over_where_the_cpu_is_slow_or_memory_short(monkeypatch, why):
+    from cnnbench import summary
+
+    if why == "slow":
+        monkeypatch.setattr(summary, "CPU_SECONDS", 0.0)
+    else:
+        monkeypatch.setattr(summary, "_available_bytes", lambda: 1024)
+    on_meta = summarize("googlenet", depth=1)
+    assert on_meta["device"] == "meta"
+    monkeypatch.undo()
+    reference = summarize("googlenet", depth=1)
+    assert reference["device"] == "cpu"
+    assert {k: v for k, v in on_meta.items() if k != "device"} == \
+        {k: v for k, v in reference.items() if k != "device"}
 
 
 def test_flops_of_a_lone_conv_are_two_per_multiply_add():
@@ -68,7 +180,7 @@ def test_summary_json_contract():
 
 def test_multi_output_models_show_every_output():
     fpn = summarize("fpn", (3, 64, 64), depth=1)
-    assert fpn["outputs"] == [[1, 256, s, s] for s in (16, 8, 4, 2)]
+    assert list(fpn["outputs"]) == [[1, 256, s, s] for s in (16, 8, 4, 2)]  # a tuple, as returned
     ssd = summarize("ssd", depth=1)
     assert len(ssd["outputs"]) == 3
     assert any("anchors on map 6" in note for note in ssd["notes"])

@@ -698,6 +698,17 @@ def bench_deformconv(shape=DEFORM_SHAPE, *, device: str = "auto", precision: str
             "rows": rows, "summary": deform_summary(rows), "notes": _deform_notes(dev, impls)}
 
 
+@dataclass(frozen=True)
+class OpBench:
+    """An operator benchmarked on its own (`cnnbench bench NAME`), not a registered model."""
+
+    run: object  # (shape, *, device, precision, min_run_time, sweep) -> result dict
+    table: str  # the cnnbench.render function that shows the result
+
+
+OP_BENCHES = {"deformconv": OpBench(bench_deformconv, "deformconv_table")}
+
+
 def _tf32_state(dev: torch.device) -> dict | None:
     """Whether the timed float32 products ran in TF32 (cuBLAS matmul, cuDNN convolutions)."""
     if dev.type != "cuda":

@@ -7,7 +7,6 @@ from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
 import cnnbench.ops.deform as deform
 from cnnbench.ops import DeformConv2d, deform_conv2d
-from cnnbench.ops.deform import param_groups
 from cnnbench.ops.deform_reference import deform_conv2d_reference
 
 TOL = 1e-4
@@ -147,8 +146,10 @@ def test_deformconv2d_and_resnet18_dcn_run_on_our_op(monkeypatch):
 def test_offset_branch_group_gets_lr_times_offset_lr_mult():
     from cnnbench.registry import get_model
 
+    from cnnbench.training.optimizers import param_groups
+
     model = get_model("resnet18-dcn", offset_lr_mult=0.25)
-    groups = param_groups(model, 0.1, weight_decay=5e-4)
+    groups = [{**g, "weight_decay": 5e-4} for g in param_groups(model, 0.1)]
     branch = {id(p) for m in model.modules() if isinstance(m, DeformConv2d)
               for b in (m.p_conv, m.m_conv) for p in b.parameters()}
     assert [g["lr"] for g in groups] == [0.1, pytest.approx(0.025)]
@@ -158,6 +159,15 @@ def test_offset_branch_group_gets_lr_times_offset_lr_mult():
     assert all(g["weight_decay"] == 5e-4 for g in groups)
     optimizer = torch.optim.SGD(groups, lr=0.1)
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, pytest.approx(0.025)]
+
+
+def test_lr_multipliers_name_the_offset_and_mask_branches():
+    v2 = DeformConv2d(3, 5, modulation=True, offset_lr_mult=0.25)
+    assert v2.lr_multipliers() == {"p_conv.weight": 0.25, "p_conv.bias": 0.25,
+                                   "m_conv.weight": 0.25, "m_conv.bias": 0.25}
+    named = dict(v2.named_parameters())
+    assert set(v2.lr_multipliers()) <= set(named)
+    assert set(DeformConv2d(3, 5).lr_multipliers()) == {"p_conv.weight", "p_conv.bias"}
 
 
 def test_notes_reference_equals_torchvision_when_padded():

@@ -4,7 +4,9 @@ Offsets hold (dy, dx) pairs per kernel position, per offset group, as in torchvi
 ``offset`` is ``[N, 2 * offset_groups * kh * kw, H_out, W_out]`` and ``mask`` (v2) is
 ``[N, offset_groups * kh * kw, H_out, W_out]``. Samples outside the input read zero.
 
-How ours is computed (CPU, and CUDA when it wins there):
+On CUDA the work goes to Triton kernels (:mod:`cnnbench.ops.deform_triton`: one fused implicit
+GEMM forward, atomics for the input gradient), or to torchvision's op where Triton is not
+importable. How ours is computed on the CPU:
 
 1. Every tap of every output position is a bilinear sample: four corner pixels with weights
    ``(1-ly)(1-lx), (1-ly)lx, ly(1-lx), ly*lx`` (times the mask). The input is zero-padded by one
@@ -32,8 +34,8 @@ Positions are computed in the input's float type exactly as torchvision does
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-import time
 
 import torch
 from torch import nn
@@ -61,7 +63,12 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         return torchvision_deform_conv2d(input, offset, weight, bias, stride, padding, dilation,
                                          mask)
     if input.is_cuda:
-        return _cuda_pick(geometry, input, offset, weight, bias, mask)
+        triton_op = triton_deform_conv2d() if input.dtype in TRITON_DTYPES else None
+        if triton_op is None:  # no Triton, or float64
+            return torchvision_deform_conv2d(input, offset, weight, bias, stride, padding,
+                                             dilation, mask)
+        return triton_op(input, offset, weight, bias, stride, padding, dilation, mask,
+                         check=False)
     return _ours(geometry, input, offset, weight, bias, mask)
 
 
@@ -107,11 +114,6 @@ class _Geometry:
                    taps=taps, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw),
                    offset_groups=offset_groups, weight_groups=c // c_per_group,
                    h_out=h_out, w_out=w_out)
-
-    def key(self, x, mask, bias, grad):
-        return (x.dtype, x.device, self.batch, self.channels, self.height, self.width,
-                self.c_out, self.kh, self.kw, self.stride, self.padding, self.dilation,
-                self.offset_groups, self.weight_groups, mask is not None, bias is not None, grad)
 
 
 # --- ours -------------------------------------------------------------------------------------
@@ -364,56 +366,19 @@ def _scatter_rows(index, weights, source, n_rows):
                            per_sample_weights=weights.reshape(-1)[order], mode="sum")
 
 
-# --- CUDA: whichever is faster for the shape ----------------------------------------------------
+# --- CUDA: the Triton kernels --------------------------------------------------------------------
 
-_CUDA_CHOICE: dict = {}
-
-
-def _cuda_pick(geo, x, offset, weight, bias, mask):
-    """Time ours and torchvision's once per shape (with backward when training); keep the winner."""
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, offset, weight, bias, mask))
-    key = geo.key(x, mask, bias, grad)
-    choice = _CUDA_CHOICE.get(key)
-    if choice is None:
-        if torch.cuda.is_current_stream_capturing() or torch.compiler.is_compiling():
-            choice = "ours"  # no timing inside a graph capture or a compiled region
-        else:
-            choice = _CUDA_CHOICE[key] = _time_both(geo, x, offset, weight, bias, mask, grad)
-    if choice == "torchvision":
-        return torchvision_deform_conv2d(x, offset, weight, bias, geo.stride, geo.padding,
-                                         geo.dilation, mask)
-    return _ours(geo, x, offset, weight, bias, mask)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _time_both(geo, x, offset, weight, bias, mask, grad, repeats=3):
-    def ours(*args):
-        return _ours(geo, *args)
-
-    def theirs(x_, o_, w_, b_, m_):
-        return torchvision_deform_conv2d(x_, o_, w_, b_, geo.stride, geo.padding, geo.dilation, m_)
-
-    def run(fn):
-        args = [t.detach().requires_grad_(grad) if t is not None else None
-                for t in (x, offset, weight, bias, mask)]
-        with torch.set_grad_enabled(grad):
-            out = fn(*args)
-            if grad:
-                out.float().sum().backward()
-
-    timings = {}
-    for name, fn in (("ours", ours), ("torchvision", theirs)):
-        try:
-            run(fn)  # warm-up
-        except RuntimeError:  # e.g. torchvision has no bfloat16 kernel
-            continue
-        torch.cuda.synchronize(x.device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            run(fn)
-        torch.cuda.synchronize(x.device)
-        timings[name] = time.perf_counter() - start
-    return min(timings, key=timings.get)
+@functools.cache
+def triton_deform_conv2d():
+    """:func:`cnnbench.ops.deform_triton.deform_conv2d`, or None where Triton is not importable."""
+    try:
+        from cnnbench.ops.deform_triton import deform_conv2d as triton_op
+    except ImportError:
+        return None
+    return triton_op
 
 
 # --- the module ------------------------------------------------------------------------------
@@ -424,8 +389,9 @@ class DeformConv2d(nn.Module):
     A regular convolution of the same kernel, stride, padding and dilation predicts the offsets
     (and, for v2, the mask through a sigmoid). Both branches start at zero, as in the notes, so
     at initialisation the layer is a plain convolution (v2: scaled by 0.5). Their learning rate
-    is ``offset_lr_mult`` times the base rate through :func:`param_groups`, the working form of
-    the notes' backward hook (which rebinds local names and so changes nothing).
+    is ``offset_lr_mult`` times the base rate: :meth:`lr_multipliers` tells the trainer's
+    optimizer builder so, the working form of the notes' backward hook (which rebinds local
+    names and so changes nothing).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=1,
@@ -461,24 +427,15 @@ class DeformConv2d(nn.Module):
         return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride,
                              padding=self.padding, dilation=self.dilation, mask=mask)
 
+    def lr_multipliers(self) -> dict[str, float]:
+        """Learning-rate multipliers of this layer's own parameters, by relative name."""
+        return {name: self.offset_lr_mult for branch in ("p_conv", "m_conv")
+                if getattr(self, branch) is not None
+                for name, _ in getattr(self, branch).named_parameters(prefix=branch)}
+
     def extra_repr(self) -> str:
         out_c, in_c, kh, kw = self.weight.shape
         return (f"{in_c}, {out_c}, kernel_size=({kh}, {kw}), stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, "
                 f"modulation={self.modulation}")
 
-
-def param_groups(model: nn.Module, lr: float, **group_options) -> list[dict]:
-    """Optimizer parameter groups giving every offset/mask branch ``offset_lr_mult`` x ``lr``."""
-    branch_params, seen = {}, set()
-    for module in model.modules():
-        if isinstance(module, DeformConv2d):
-            for branch in (module.p_conv, module.m_conv):
-                if branch is not None:
-                    for p in branch.parameters():
-                        branch_params.setdefault(module.offset_lr_mult, []).append(p)
-                        seen.add(id(p))
-    rest = [p for p in model.parameters() if id(p) not in seen]
-    groups = [dict(params=rest, lr=lr, **group_options)]
-    groups += [dict(params=ps, lr=lr * mult, **group_options) for mult, ps in branch_params.items()]
-    return groups

@@ -2,15 +2,16 @@
 TensorBoard, the NaN guard, checkpoints (with ``monitor`` and ``mode``) and the console.
 
 A callback overrides the events it needs (``loop.Callback``); ``order`` runs them in turn at each
-event: the log is written before the NaN guard stops a run, the checkpoint after it. To add a
+event: the NaN guard stops a run before its checkpoint is written, and the epoch's row goes into
+``metrics.jsonl`` only after the checkpoint, so the log never runs ahead of ``last.pt``. To add a
 callback: a class here (or in your own code) and ``build_trainer(..., callbacks=[...])``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -21,6 +22,8 @@ from cnnbench import config as cfg
 from cnnbench.building import eval_mode
 from cnnbench.checkpoints import save_checkpoint
 from cnnbench.errors import CnnbenchError
+from cnnbench.strict_json import dumps
+from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, Step, Trainer
 from cnnbench.training.runs import read_metrics, resolve_mode
 
@@ -44,18 +47,21 @@ class RunFolder(Callback):
 
     def after_fit(self, trainer: Trainer) -> None:
         if trainer.results is not None:
-            (trainer.run_dir / "results.json").write_text(
-                json.dumps(trainer.results, indent=2) + "\n")
+            path = trainer.run_dir / "results.json"
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(dumps(trainer.results, indent=2) + "\n")  # null for NaN, strict JSON
+            os.replace(tmp, path)
 
 
 class JSONLog(Callback):
-    """One JSON object per epoch in ``metrics.jsonl``; the timings of all epochs in the results."""
+    """One JSON object per epoch in ``metrics.jsonl``, appended after the epoch's checkpoint;
+    the timings of all epochs in the results."""
 
-    order = 10
+    order = 45  # after Checkpoint: a kill between the two leaves the log behind, never ahead
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
         with open(run_dir(trainer) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps(row) + "\n")
 
     def after_test(self, trainer: Trainer, results: dict) -> None:
         rows = read_metrics(run_dir(trainer))  # also the epochs before a resume
@@ -66,22 +72,59 @@ class JSONLog(Callback):
 
 
 class TensorBoard(Callback):
-    """Scalars per epoch, the model graph, predictions drawn by the task, hyper-parameters."""
+    """What a run shows in TensorBoard: per epoch the scalars of ``metrics.jsonl``, the task's
+    pictures (``Task.log_images``) and, with ``log_histograms``, each parameter's weights and
+    gradients; every ``log_every_steps`` optimizer steps the mean training loss of those steps
+    and the lr (run ``steps``, x: the global step); the model graph; the hyper-parameters when
+    the run starts (a crashed run has them), their metrics when it ends.
+
+    The step losses are summed on the device and read once per ``log_every_steps`` steps
+    (``reads`` counts it), so no step waits for the device."""
 
     order = 20
 
-    def __init__(self, log_graph: bool = True, log_images: bool = True):
+    def __init__(self, log_graph: bool = True, log_images: bool = True,
+                 log_every_steps: int = 50, log_histograms: bool = False):
         self.log_graph, self.log_images = log_graph, log_images
-        self.writer = None
+        self.log_every_steps, self.log_histograms = log_every_steps, log_histograms
+        self.writer = self.steps_writer = None
+        self.loss_sum: torch.Tensor | None = None  # on the device
+        self.summed = 0  # steps in loss_sum
+        self.batches = 0  # optimizer steps per epoch
+        self.lr = 0.0  # of the coming step
+        self.reads = 0
+        self.hparam_metrics: list[str] = []  # their tags
 
     def before_fit(self, trainer: Trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         resumed = trainer.epoch > 0
-        self.writer = SummaryWriter(str(run_dir(trainer) / "tensorboard"),
-                                    purge_step=trainer.epoch + 1 if resumed else None)
+        folder = run_dir(trainer) / "tensorboard"
+        self.writer = SummaryWriter(str(folder), purge_step=trainer.epoch + 1 if resumed else None)
+        self.batches = len(trainer.batch_starts())
+        first_step = trainer.epoch * self.batches + 1
+        # Its own run: a resumed run's purge step counts optimizer steps there, epochs here.
+        self.steps_writer = SummaryWriter(str(folder / "steps"),
+                                          purge_step=first_step if resumed else None)
+        self.loss_sum, self.summed, self.lr = None, 0, trainer.lr
+        self._hparams_start(trainer)
         if self.log_graph and not resumed:
             self._graph(trainer)
+
+    def after_step(self, trainer: Trainer, step: Step) -> None:
+        lr, self.lr = self.lr, trainer.lr  # the schedule has already moved on to the next step
+        if self.log_every_steps <= 0:
+            return
+        loss = step.loss.detach().float()
+        self.loss_sum = loss.clone() if self.loss_sum is None else self.loss_sum.add_(loss)
+        self.summed += 1
+        global_step = (step.epoch - 1) * self.batches + step.batch + 1
+        if global_step % self.log_every_steps == 0:
+            self.reads += 1
+            self.steps_writer.add_scalar("step/train_loss", self.loss_sum.item() / self.summed,
+                                         global_step)
+            self.steps_writer.add_scalar("step/lr", float(lr), global_step)
+            self.loss_sum, self.summed = None, 0
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
         epoch = row["epoch"]
@@ -92,12 +135,15 @@ class TensorBoard(Callback):
         self.writer.add_scalar("lr", row["lr"], epoch)
         self.writer.add_scalar("time/epoch_seconds", row["epoch_seconds"], epoch)
         self.writer.add_scalar("time/images_per_second", row["images_per_second"], epoch)
+        if self.log_histograms:
+            self._histograms(trainer, epoch)
         if self.log_images:
             images, targets = trainer.test_split.take(slice(0, 256))
             if images.shape[0]:
                 output, y = trainer.predict(images, targets)
                 trainer.task.log_images(self.writer, epoch, images, output, y)
         self.writer.flush()
+        self.steps_writer.flush()
 
     def after_fit(self, trainer: Trainer) -> None:
         if self.writer is None:
@@ -105,8 +151,9 @@ class TensorBoard(Callback):
         if trainer.results is not None:
             for key, value in trainer.test_metrics.items():
                 self.writer.add_scalar(f"test/{key}", value, trainer.epoch)
-            self._hparams(trainer)
+            self._hparams_end(trainer)
         self.writer.close()
+        self.steps_writer.close()
 
     def _graph(self, trainer: Trainer) -> None:
         """The model graph, where it traces (some models do not; that is not an error)."""
@@ -122,29 +169,101 @@ class TensorBoard(Callback):
         except Exception:  # tracing fails on data-dependent control flow; the run goes on
             pass
 
-    def _hparams(self, trainer: Trainer) -> None:
+    def _histograms(self, trainer: Trainer, epoch: int) -> None:
+        """Each parameter and its gradient from the epoch's last step (``zero_grad`` clears it
+        only at the next step; evaluation does not touch it)."""
+        scaler = trainer.scaler
+        # fp16 without grad_clip leaves the gradients multiplied by the loss scale (the step's
+        # update may have just changed it, once in 2,000 steps).
+        scale = scaler.get_scale() if scaler.is_enabled() and not trainer.config.get(
+            "grad_clip") else 1.0
+        for name, p in trainer.model.named_parameters():
+            for kind, values in (("weights", p.detach()), ("grads", p.grad)):
+                if values is None:
+                    continue
+                values = values.float().cpu() / (scale if kind == "grads" else 1.0)
+                if values.isfinite().all():  # numpy cannot bin a NaN; the NaN guard stops the run
+                    self.writer.add_histogram(f"{kind}/{name}", values, epoch)
+
+    def _hparams_start(self, trainer: Trainer) -> None:
+        """The configuration, and the metrics the hparams table shows: the last epoch's
+        validation figures (there from epoch 1), the test figures and the best validation."""
         from torch.utils.tensorboard.summary import hparams
 
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
               for k, v in trainer.config.items()}
-        metrics = {f"hparam/{k}": v for k, v in trainer.results.items()
-                   if k.startswith(("test_", "best_val_")) and isinstance(v, (int, float))}
-        for part in hparams(hp, metrics):
+        names = ["loss", *(n for key, m in trainer.task.metrics().items()
+                           for n in (m.names or (key,)))]
+        metrics = [f"val/{n}" for n in names] + [f"hparam/test_{n}" for n in names]
+        metrics.append(f"hparam/best_val_{trainer.monitor}")
+        self.hparam_metrics = metrics
+        experiment, session_start, _ = hparams(hp, dict.fromkeys(metrics, 0.0))
+        for part in (experiment, session_start):
             self.writer.file_writer.add_summary(part)
-        for key, value in metrics.items():
-            self.writer.add_scalar(key, value, trainer.epoch)
+        self.writer.flush()  # on disk before the first step, in case the run dies
+
+    def _hparams_end(self, trainer: Trainer) -> None:
+        """The test metrics and the session's end, once the run has finished (TensorBoard keeps
+        the first end it reads, and a stopped run may still be resumed)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+        for key, value in trainer.results.items():
+            if f"hparam/{key}" in self.hparam_metrics and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"hparam/{key}", value, trainer.epoch)
+        content = plugin_data_pb2.HParamsPluginData(
+            version=metadata.PLUGIN_DATA_VERSION,
+            session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS))
+        smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()))
+        self.writer.file_writer.add_summary(
+            Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=smd)]))
 
 
 class NaNGuard(Callback):
-    """Stops a run whose training loss is no longer finite, before it is checkpointed."""
+    """Stops a run whose training loss is no longer finite, before it is checkpointed: the
+    last good ``last.pt`` stays. The first bad step is noted on the device (no sync) and read
+    every ``every`` steps and at the end of each epoch."""
 
     order = 30
 
+    def __init__(self, every: int = 50):
+        self.every = every
+        self.first_bad: torch.Tensor | None = None  # optimizer step number, -1: none yet
+        self.reads = 0
+
+    def before_fit(self, trainer: Trainer) -> None:
+        self.first_bad = None
+
+    def after_step(self, trainer: Trainer, step: Step) -> None:
+        number = trainer.schedule.last_epoch  # optimizer steps so far, resumes included
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=step.loss.device)
+        bad = torch.isfinite(step.loss.detach()).logical_not() & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, number, self.first_bad)
+        if number % self.every == 0:
+            self.check(trainer, step.epoch, number - step.batch - 1)
+
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
+        steps = len(trainer.batch_starts())
+        self.check(trainer, row["epoch"], trainer.schedule.last_epoch - steps)
         loss = row.get("train_loss", 0.0)
-        if not math.isfinite(loss):
+        if not math.isfinite(loss):  # e.g. a callback that measures without steps
             raise CnnbenchError(f"the training loss became {loss} in epoch {row['epoch']}: "
                                 f"lower --lr or add --set grad_clip=1.0")
+
+    def check(self, trainer: Trainer, epoch: int, before_epoch: int) -> None:
+        """``before_epoch``: optimizer steps done before this epoch (to name the batch)."""
+        if self.first_bad is None:
+            return
+        self.reads += 1
+        step = int(self.first_bad)  # the one read of the device
+        if step >= 0:
+            kept = f"last.pt of epoch {epoch - 1} is kept" if epoch > 1 else \
+                "no checkpoint was written"
+            raise CnnbenchError(f"the training loss became non-finite at step {step} (epoch "
+                                f"{epoch}, batch {step - before_epoch}): lower --lr or add --set "
+                                f"grad_clip=1.0; {kept}")
 
 
 class Checkpoint(Callback):
@@ -228,5 +347,7 @@ class Report(Callback):
 
 def standard_callbacks(config: dict, monitor: str) -> list[Callback]:
     """What ``cnnbench train`` writes into a run folder."""
-    return [RunFolder(), JSONLog(), TensorBoard(config["log_graph"], config["log_images"]),
-            NaNGuard(), Checkpoint(monitor, config.get("mode", "auto"))]
+    return [RunFolder(), JSONLog(),
+            TensorBoard(config["log_graph"], config["log_images"],
+                        config.get("log_every_steps", 50), config.get("log_histograms", False)),
+            NaNGuard(), Checkpoint(monitor, config.get("mode", "auto")), Interrupt()]

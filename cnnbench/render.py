@@ -5,11 +5,13 @@ Rich turns colour off by itself when ``NO_COLOR`` is set or the output is not a 
 
 from __future__ import annotations
 
-import json
 import sys
 
+import yaml
 from rich.console import Console
 from rich.table import Table
+
+from cnnbench import strict_json
 
 # Piped output has no terminal width to fit: keep table rows on one line.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -17,7 +19,12 @@ err = Console(stderr=True, highlight=False)
 
 
 def print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(strict_json.dumps(data, indent=2) + "\n")
+
+
+def print_yaml(data: dict) -> None:
+    """A configuration as ``config.yaml`` holds it."""
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
 
 
 def human(n: float, unit: str = "", base: int = 1000) -> str:
@@ -53,20 +60,50 @@ def models_table(rows: list[dict]) -> None:
     out.print("Any torchvision model too: torchvision:<name> (e.g. torchvision:resnet50).")
 
 
-def summary_table(s: dict) -> None:
-    table = Table(title=f"{s['model']}  (input {fmt_shape(s['input_size'])})",
-                  title_justify="left")
+_SUMMARY_HEADERS = {"input_shape": "input shape", "output_shape": "output shape",
+                    "kernel": "kernel", "params": "params", "params_percent": "params %",
+                    "trainable": "trainable", "flops": "FLOPs", "rf": "RF / stride"}
+
+
+def _pair(v) -> str:
+    return "--" if v is None else str(v[0]) if v[0] == v[1] else f"{v[0]}x{v[1]}"
+
+
+def _summary_cells(layer: dict) -> dict:
+    params, rf = layer["params"], layer.get("receptive_field")
+    trainable = {True: "yes", False: "no"}.get(layer["trainable"], layer["trainable"])
+    return {
+        "input_shape": fmt_shape(layer.get("input_shape")),
+        "output_shape": fmt_shape(layer["output_shape"]),
+        "kernel": "x".join(map(str, layer["kernel_size"])) if layer.get("kernel_size") else "--",
+        "params": f"{params:,}" if params else "--",
+        "params_percent": f"{layer.get('params_percent', 0):.2f} %" if params else "--",
+        "trainable": trainable if params else "--",
+        "flops": human(layer["flops"]) if layer["flops"] else "--",
+        "rf": f"{_pair(rf)} / {_pair(layer['stride'])}" if rf else "--",
+    }
+
+
+def summary_table(s: dict, columns=("output_shape", "params", "trainable", "flops")) -> None:
+    """The layer table with ``columns`` (see ``cnnbench.summary.COLUMNS``), then the totals;
+    a row per weight tensor under its layer where the summary has them (``verbose``)."""
+    size = (fmt_shape(s["input_size"]) if not isinstance(s["input_size"][0], list)
+            else ", ".join(map(fmt_shape, s["input_size"])))
+    table = Table(title=f"{s['model']}  (input {size})", title_justify="left")
     table.add_column("layer (type)", no_wrap=True)
-    table.add_column("output shape", no_wrap=True)
-    table.add_column("params", justify="right")
-    table.add_column("trainable", justify="center")
-    table.add_column("FLOPs", justify="right")
+    for c in columns:
+        table.add_column(_SUMMARY_HEADERS[c], no_wrap=c.endswith("shape"),
+                         justify="center" if c == "trainable" else
+                         "left" if c.endswith("shape") else "right")
     for layer in s["layers"]:
         indent = "  " * (layer["depth"] - 1)
-        table.add_row(f"{indent}{layer['name']} ({layer['type']})", fmt_shape(layer["output_shape"]),
-                      f"{layer['params']:,}" if layer["params"] else "--",
-                      ("yes" if layer["trainable"] else "no") if layer["params"] else "--",
-                      human(layer["flops"]) if layer["flops"] else "--")
+        cells = _summary_cells(layer)
+        table.add_row(f"{indent}{layer['name']} ({layer['type']})", *(cells[c] for c in columns))
+        for w in layer.get("weights", []):
+            extra = {"params": f"{w['params']:,}", "kernel": "", "input_shape": "",
+                     "params_percent": "", "trainable": "yes" if w["trainable"] else "no"}
+            table.add_row(f"{indent}  · {w['name']} {fmt_shape(w['shape'])}",
+                          *(extra.get(c, "") for c in columns))
     out.print(table)
     lines = [
         ("Total params", f"{s['total_params']:,}"),
@@ -74,7 +111,7 @@ def summary_table(s: dict) -> None:
         ("Non-trainable params", f"{s['non_trainable_params']:,}"),
         ("Total FLOPs", f"{human(s['flops'], 'FLOPs')}  (1 multiply-add = 2 FLOPs; "
                         f"batch {s['input_size'][0]})"),
-        ("Input size", f"{fmt_shape(s['input_size'])}  ({human(s['input_bytes'], 'B', 1024)})"),
+        ("Input size", f"{size}  ({human(s['input_bytes'], 'B', 1024)})"),
         ("Output", fmt_shape(s["outputs"])),
         ("Parameter memory", human(s["param_bytes"], "B", 1024) + "  (parameters and buffers)"),
         ("Activation memory", human(s["activation_bytes"], "B", 1024)
@@ -121,11 +158,12 @@ class TrainReporter:
         self.epochs = info["epochs"]
         what = "resuming" if info["resumed"] else "training"
         size = "x".join(map(str, info["input_size"]))
+        profile = f", profile {info['profile']}" if info.get("profile", "none") != "none" else ""
         self.console.print(
             f"{what} {info['model']} ({info['task']}, {info['params']:,} params) on "
             f"{info['device']}: {info['train']:,} train / {info['val']:,} val / "
             f"{info['test']:,} test images at {size}, epochs {info['start_epoch']}-"
-            f"{info['epochs']}, run {info['run_dir']}", soft_wrap=True)
+            f"{info['epochs']}{profile}, run {info['run_dir']}", soft_wrap=True)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         if self.quiet:
@@ -167,7 +205,7 @@ def runs_table(rows: list[dict]) -> None:
     table = Table(title="Runs", title_justify="left")
     for col, justify in (("run", "left"), ("model", "left"), ("started", "left"),
                          ("epochs", "right"), ("best val acc", "right"), ("test acc", "right"),
-                         ("minutes", "right")):
+                         ("minutes", "right"), ("status", "left")):
         table.add_column(col, justify=justify, no_wrap=True)
 
     def score(v, monitor):  # other tasks name their metric (e.g. "0.6120 miou")
@@ -179,7 +217,7 @@ def runs_table(rows: list[dict]) -> None:
             epochs += f"/{r['of_epochs']}"
         table.add_row(r["run"], r["model"], r["started"].replace("T", " "), epochs,
                       score(r["best_val"], r["monitor"]), score(r["test"], r["monitor"]),
-                      f"{r['minutes']:.1f}")
+                      f"{r['minutes']:.1f}", r.get("status", ""))
     out.print(table)
     if not rows:
         out.print("No runs yet: `cnnbench train lenet` makes one.")

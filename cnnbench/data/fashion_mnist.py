@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def read_idx(path: Path, magic: int, count: int | None = None) -> np.ndarray:
     """Read one IDX file, checking its magic number and that its size matches its header."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise CnnbenchError(f"cannot read {path} ({exc}): the file is damaged; "
                             f"{INSTALL_HINT}") from None
     ndim = magic & 0xFF

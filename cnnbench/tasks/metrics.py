@@ -230,6 +230,17 @@ class Meter:
         for metric in self.metrics.values():
             metric.update(output, targets)
 
+    def state_dict(self) -> dict:
+        """The running sums (a mid-epoch checkpoint keeps them)."""
+        return {name: {"total": m.total, "count": m.count}
+                for name, m in {"loss": self.loss, **self.metrics}.items()}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        for name, m in {"loss": self.loss, **self.metrics}.items():
+            total = state[name]["total"]
+            m.total = total.to(device) if isinstance(total, torch.Tensor) else total
+            m.count = state[name]["count"]
+
     def compute(self) -> dict[str, float]:
         values = {"loss": self.loss.compute()}
         for name, metric in self.metrics.items():

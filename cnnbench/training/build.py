@@ -2,8 +2,8 @@
 
 ``build_trainer`` does, in this order: device and threads, seeds, the task's data (on the
 device), the task's context, the model (seeded again, so the first weights do not depend on how
-the data were made), the optimizer and its schedule, AMP, the callbacks and, when resuming,
-every state from the checkpoint.
+the data were made; ``init:`` redraws them), the optimizer and its schedule, AMP, the
+callbacks and, when resuming, every state from the checkpoint.
 """
 
 from __future__ import annotations
@@ -21,16 +21,22 @@ from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.registry import get_model_info
 from cnnbench.tasks.base import get_task
+from cnnbench.training import distributed
+from cnnbench.training.accel import build_forward, drop_last, init_weights
 from cnnbench.training.callbacks import Report, standard_callbacks
+from cnnbench.training.checks import check_classes, check_labels
+from cnnbench.training.interrupt import resource_errors, say
 from cnnbench.training.loop import Callback, Trainer, batch_starts
 from cnnbench.training.optimizers import build_optimizer
 from cnnbench.training.rng import seed_everything
-from cnnbench.training.runs import check_run_dir, claim_run_dir, new_run_dir
+from cnnbench.training.runs import (check_run_dir, check_writable, claim_run_dir, lock_run,
+                                    new_run_dir, reconcile_metrics, release_run)
 from cnnbench.training.schedules import build_schedule
 
 # Keys that may change when a run is resumed; the rest would not fit the checkpoint.
 RESUMABLE_KEYS = {"epochs", "device", "amp", "compile", "log_graph", "log_images", "data",
-                  "eval_batch_size"}
+                  "eval_batch_size", "log_every_steps", "log_histograms",
+                  "sync_batchnorm"}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -39,7 +45,7 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
                   reporter=None) -> Trainer:
     """A ready trainer; ``callbacks`` None: the run-folder ones (``standard_callbacks``)."""
     c = config
-    device = resolve_device(c["device"])
+    device = distributed.setup(resolve_device(c["device"]))  # cuda:LOCAL_RANK under torchrun
     if c.get("threads"):
         torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
     seed_everything(c["seed"])
@@ -52,6 +58,8 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
         raise CnnbenchError("the training split is empty (check --limit and --data)")
     info = get_model_info(c["model"])
     context = task_cls.setup(c, data, info)
+    check_classes(context, c["model_args"])
+    check_labels((data.train, data.val, data.test), context.num_classes)
     task = task_cls(c, context)
     monitor = c.get("monitor") or task_cls.monitor
     _check_monitor(monitor, task)
@@ -59,24 +67,31 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     torch.manual_seed(c["seed"])  # the first weights do not depend on how data were made
     model_args = {**context.model_args, **c["model_args"]}
     model, _ = build(c["model"], model_args, in_channels=c["input_size"][0])
+    init_weights(model, c.get("init", "default"))
     channels_last = device.type == "cuda" and c["channels_last"]
     model = model.to(device, memory_format=(
         torch.channels_last if channels_last else torch.preserve_format))
     ensure_input_fits(model, c["model"], tuple(c["input_size"]), model_args, device)
+    model = distributed.prepare_model(model, c, device)
 
     optimizer = build_optimizer(model, c)
-    schedule = build_schedule(optimizer, c, len(batch_starts(len(splits[0]), c["batch_size"])))
+    share = distributed.share(len(splits[0]))  # one process's images per epoch
+    steps = len(batch_starts(share, c["batch_size"], drop_last(c, device)))
+    schedule = build_schedule(optimizer, c, steps)
     amp_dtype = AMP_DTYPES.get(c["amp"]) if device.type == "cuda" else None  # CUDA only
     callbacks = standard_callbacks(c, monitor) if callbacks is None else list(callbacks)
     if reporter is not None:
         callbacks.append(Report(reporter))
-    trainer = Trainer(c, task, splits, model, optimizer, schedule, device=device,
-                      forward=torch.compile(model) if c["compile"] else model,
-                      amp_dtype=amp_dtype,
-                      scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
-                      shuffle=shuffle, callbacks=callbacks, run_dir=run_dir, monitor=monitor)
+    callbacks = distributed.rank_callbacks(callbacks)
+    trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
+    trainer = trainer_cls(c, task, splits, model, optimizer, schedule, device=device,
+                          forward=build_forward(model, c),
+                          amp_dtype=amp_dtype,
+                          scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+                          shuffle=shuffle, callbacks=callbacks, run_dir=run_dir, monitor=monitor)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
+        distributed.realign_schedule(trainer, checkpoint)
     return trainer
 
 
@@ -95,12 +110,28 @@ def train(model: str | None = None, config_file: str | os.PathLike | None = None
           callbacks: list[Callback] = ()) -> dict | None:
     """Resolve the configuration, make a new run folder and train; returns the results."""
     config = cfg.resolve(model, config_file, overrides)
-    if run_dir:
+    if distributed.is_main() and run_dir:  # a usable place, before the data load
         check_run_dir(run_dir)
+    elif distributed.is_main():
+        check_writable(runs_root)
     trainer = build_trainer(config, reporter=reporter)  # data and model first: errors leave no
     trainer.add_callbacks(*callbacks)  # folder
-    trainer.run_dir = claim_run_dir(run_dir) if run_dir else new_run_dir(config["model"], runs_root)
-    return trainer.fit()
+    trainer.run_dir = distributed.on_main(  # rank 0 claims it; every process learns its path
+        lambda: claim_run_dir(run_dir) if run_dir else new_run_dir(config["model"], runs_root))
+    return fit_in_folder(trainer, new=True)
+
+
+def fit_in_folder(trainer: Trainer, new: bool) -> dict | None:
+    """``trainer.fit()`` in its claimed (locked) folder, unlocked at the end; a new run that
+    fails before its first checkpoint leaves no folder behind (it could not be resumed)."""
+    failed = True
+    try:
+        with resource_errors(trainer):
+            results = trainer.fit()
+        failed = False
+        return results
+    finally:
+        release_run(trainer.run_dir, abandon=new and failed)  # only by the lock's holder
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
@@ -110,7 +141,16 @@ def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
     if trainer.epoch >= trainer.config["epochs"]:
         raise CnnbenchError(f"{run_dir} already trained {trainer.epoch} of "
                             f"{trainer.config['epochs']} epochs: give a larger --epochs")
-    return trainer.fit()
+    if distributed.is_main():
+        lock_run(trainer.run_dir)
+        try:
+            repaired = reconcile_metrics(trainer.run_dir, trainer.epoch)
+        except BaseException:
+            release_run(trainer.run_dir)
+            raise
+        if repaired:
+            say(f"note: {repaired}")
+    return fit_in_folder(trainer, new=False)
 
 
 def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
@@ -129,4 +169,6 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
                             f"{', '.join(sorted(RESUMABLE_KEYS))} can)")
     for key, value in changed.items():
         config[key] = cfg.check(key, value, cfg.TRAINER_KEYS, "command line")
+    if not config.get("threads") and state.get("threads"):
+        torch.set_num_threads(state["threads"])  # as many as before: the same sums, bitwise
     return build_trainer(config, run, checkpoint=state, reporter=reporter)

@@ -28,6 +28,7 @@ from cnnbench.data.splits import Split
 from cnnbench.errors import CnnbenchError
 from cnnbench.tasks.base import Task
 from cnnbench.tasks.metrics import Meter
+from cnnbench.training.accel import CompiledForward, drop_last
 from cnnbench.training.rng import rng_states, set_rng_states
 from cnnbench.training.schedules import jump_to
 
@@ -75,7 +76,9 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def batch_starts(n: int, batch_size: int) -> range:
+def batch_starts(n: int, batch_size: int, drop_last: bool = False) -> range:
+    if drop_last and n >= batch_size:  # static shapes for CUDA graphs: skip a partial batch
+        return range(0, n - n % batch_size, batch_size)
     starts = range(0, n, batch_size)
     if n > 1 and n % batch_size == 1:  # a last batch of one image breaks batch normalisation
         starts = starts[:-1]
@@ -116,6 +119,7 @@ class Trainer:
         self.amp_dtype = amp_dtype
         self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
         self.channels_last = device.type == "cuda" and config.get("channels_last", False)
+        self.drop_last = drop_last(config, device)
         self.shuffle = shuffle or torch.Generator().manual_seed(config.get("seed", 0))
         self.batch_size = config["batch_size"]
         self.eval_batch_size = config.get("eval_batch_size") or 2 * config["batch_size"]
@@ -125,6 +129,9 @@ class Trainer:
         self.callbacks: list[Callback] = []
         self.add_callbacks(*callbacks)
         self.epoch = 0  # epochs completed
+        self.batch = 0  # steps done in the running epoch
+        self.epoch_shuffle: torch.Tensor | None = None  # the shuffle's state when it began
+        self.resume_position: dict | None = None  # from a mid-epoch checkpoint (position())
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.meter: Meter | None = None  # the running training pass (a progress bar reads it)
         self.test_metrics: dict | None = None
@@ -144,7 +151,7 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def batch_starts(self) -> range:
-        return batch_starts(len(self.train_split), self.batch_size)
+        return batch_starts(len(self.train_split), self.batch_size, self.drop_last)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -158,15 +165,26 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def forward_loss(self, images: torch.Tensor, targets, train: bool):
+    def forward_loss(self, images: torch.Tensor, targets, train: bool, eager: bool = False):
         """(output, the task's targets, loss) for a uint8 batch on the device."""
         x, y = self.prepare(images, targets, train=train)
         with self.autocast():
-            output = self.forward(x)
+            output = (self.model if eager else self.forward)(x)
             return output, y, self.task.loss(output, y)
 
     def train_step(self, images: torch.Tensor, targets):
         """One optimizer step on a uint8 batch on the device; returns (output, targets, loss)."""
+        if isinstance(self.forward, CompiledForward) and not self.forward.proven:
+            try:  # torch.compile works at the first forward and backward: fall back once
+                step = self._train_step(images, targets)
+            except Exception as exc:  # noqa: BLE001 - any compiler error means: run eagerly
+                self.forward = self.forward.fall_back(exc)
+                return self._train_step(images, targets)
+            self.forward.proven = True
+            return step
+        return self._train_step(images, targets)
+
+    def _train_step(self, images: torch.Tensor, targets):
         output, y, loss = self.forward_loss(images, targets, train=True)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -178,40 +196,59 @@ class Trainer:
         self.schedule.step()
         return output, y, loss
 
+    def epoch_order(self) -> torch.Tensor:
+        """This epoch's order of the training images (one process's share: distributed.py)."""
+        return torch.randperm(len(self.train_split), generator=self.shuffle).to(self.device)
+
+    def finish_pass(self, meter: Meter) -> dict:
+        """A pass's metrics (distributed.py adds up every process's sums first)."""
+        return meter.compute()
+
     def train_epoch(self, epoch: int | None = None) -> EpochStats:
         """One pass over the shuffled training split."""
         epoch = self.epoch + 1 if epoch is None else epoch
         self.model.train()
         split, bs = self.train_split, self.batch_size
         self.meter = Meter(self.task.metrics(), train=True)
-        perm = torch.randperm(len(split), generator=self.shuffle).to(self.device)
+        position, self.resume_position, start = self.resume_position, None, 0
+        if position is not None:  # a mid-epoch checkpoint: the same order, from its batch on
+            self.shuffle.set_state(position["shuffle"])
+            self.meter.load_state_dict(position["meter"], self.device)
+            start = position["batch"]
+        self.epoch_shuffle, self.batch = self.shuffle.get_state(), start
+        perm = self.epoch_order()
         seen, lr = 0, self.lr
         t0 = time.perf_counter()
         try:
             for i, s in enumerate(self.batch_starts()):
+                if i < start:
+                    continue
                 lr = self.lr
                 images, targets = split.take(perm[s:s + bs])
                 output, y, loss = self.train_step(images, targets)
                 self.meter.update(output, y, loss, images.shape[0])
                 seen += images.shape[0]
+                self.batch = i + 1
                 self._event("after_step", Step(epoch, i, images.shape[0], output, y, loss))
         except CancelEpochException:
             pass
-        metrics = self.meter.compute()  # reads the device: the epoch's one sync
+        metrics = self.finish_pass(self.meter)  # reads the device: the epoch's one sync
         return EpochStats(metrics, time.perf_counter() - t0, seen, lr)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, split: Split, collect: bool = False) -> tuple[dict, list]:
         """Metrics of the model in eval mode on ``split``; with ``collect``, the outputs too."""
         meter, collected = Meter(self.task.metrics(), train=False), []
         with eval_mode(self.model):
             for s in range(0, len(split), self.eval_batch_size):
                 images, targets = split.take(slice(s, s + self.eval_batch_size))
-                output, y, loss = self.forward_loss(images, targets, train=False)
+                # A CUDA graph is captured for one shape: the last, smaller batch runs eagerly.
+                eager = self.drop_last and images.shape[0] < self.eval_batch_size
+                output, y, loss = self.forward_loss(images, targets, train=False, eager=eager)
                 meter.update(output, y, loss, images.shape[0])
                 if collect:
                     collected.append((to_cpu(output), to_cpu(y)))
-        return meter.compute(), collected
+        return self.finish_pass(meter), collected
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, targets):
@@ -257,6 +294,8 @@ class Trainer:
         results = {
             "model": self.config["model"], "task": self.task.name, "run_dir": str(self.run_dir),
             "monitor": self.monitor, "device": str(self.device), "params": self.params,
+            "device_name": (torch.cuda.get_device_name(self.device)
+                            if self.device.type == "cuda" else self.device.type),
             "epochs": self.epoch, "started": self.started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "best_epoch": None, f"best_val_{self.monitor}": None,  # the checkpoint's tracker
@@ -276,9 +315,16 @@ class Trainer:
                 "train": len(self.train_split), "val": len(self.val_split),
                 "test": len(self.test_split), "epochs": self.config["epochs"],
                 "start_epoch": self.epoch + 1, "resumed": self.epoch > 0,
-                "input_size": self.config["input_size"], "amp": str(self.amp_dtype or "none")}
+                "input_size": self.config["input_size"], "amp": str(self.amp_dtype or "none"),
+                "profile": self.config.get("profile", "none")}
 
     # -- checkpoints --
+
+    def position(self) -> dict:
+        """Where the running epoch is, for a mid-epoch checkpoint: its shuffle state at the
+        start (so the same order), the steps done and the metric sums so far."""
+        return {"epoch": self.epoch + 1, "batch": self.batch, "shuffle": self.epoch_shuffle,
+                "meter": self.meter.state_dict()}
 
     def state_dict(self) -> dict:
         state = {
@@ -289,6 +335,7 @@ class Trainer:
             "epoch": self.epoch,
             "started": self.started,
             "rng": rng_states(self.device, self.shuffle),
+            "threads": torch.get_num_threads(),  # a resume uses as many: bitwise the same sums
             "config": self.config,
         }
         for callback in self.callbacks:
@@ -316,5 +363,6 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.started = state.get("started", self.started)
         set_rng_states(state["rng"], self.device, self.shuffle)
+        self.resume_position = state.get("position")
         for callback in self.callbacks:
             callback.load_state_dict(state)

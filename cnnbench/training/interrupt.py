@@ -1,0 +1,121 @@
+"""Stopping a run without losing it: Ctrl-C and SIGTERM, and running out of memory or disk.
+
+:class:`Interrupt` turns SIGINT/SIGTERM into a clean stop: the signal handler only sets a flag;
+after the running step the callback writes a mid-epoch ``last.pt`` holding the exact position
+(``Trainer.position``: epoch, steps done, the epoch's shuffle state, the metric sums; the
+checkpoint has the RNG, optimizer, schedule and scaler states), prints the command that
+continues it on stderr and raises :class:`Interrupted` (exit code 130 for SIGINT, 143 for
+SIGTERM). ``--resume`` then continues the same epoch at the next step, bitwise as if it had not
+stopped (on the CPU). A second Ctrl-C stops at once (KeyboardInterrupt).
+
+:func:`resource_errors` turns out-of-memory and a full disk into one line naming what to reduce;
+checkpoints are written atomically and the log after them, so the folder stays resumable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import sys
+import threading
+
+import torch
+
+from cnnbench.checkpoints import save_checkpoint
+from cnnbench.errors import CnnbenchError
+from cnnbench.training.loop import Callback, Step, Trainer
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal after writing its checkpoint; ``exit_code`` 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Interrupt(Callback):
+    """Ctrl-C/SIGTERM: finish the step, checkpoint the position, say how to resume, stop."""
+
+    order = 95  # after the epoch's checkpoint and log
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def request(self, signum: int = signal.SIGINT, frame=None) -> None:
+        """The signal handler (also callable from a test): a flag, nothing else."""
+        if self.signum is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def before_fit(self, trainer: Trainer) -> None:
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():  # signals go to the main one
+            self.previous = {s: signal.signal(s, self.request) for s in SIGNALS}
+
+    def after_fit(self, trainer: Trainer) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def after_step(self, trainer: Trainer, step: Step) -> None:
+        if self.signum is None:
+            return
+        total = len(trainer.batch_starts())
+        if trainer.run_dir is not None and step.batch + 1 < total:
+            if not all(torch.isfinite(p).all() for p in trainer.model.parameters()):
+                raise CnnbenchError(f"interrupted with non-finite weights in epoch {step.epoch}: "
+                                    f"not checkpointed (the last good last.pt is kept)")
+            state = trainer.state_dict()
+            state["position"] = trainer.position()
+            save_checkpoint(state, trainer.run_dir / "checkpoints" / "last.pt")
+            self.stop(trainer, f"in epoch {step.epoch} after step {step.batch + 1} of {total}")
+        # The epoch's last step: its checkpoint comes with the epoch's end (after_epoch).
+
+    def after_epoch(self, trainer: Trainer, row: dict) -> None:
+        if self.signum is not None:
+            self.stop(trainer, f"after epoch {row['epoch']}")
+
+    def stop(self, trainer: Trainer, where: str) -> None:
+        name = signal.Signals(self.signum).name
+        resume = (f"; continue with: cnnbench train --resume {trainer.run_dir}"
+                  if trainer.run_dir is not None else "")
+        raise Interrupted(f"{name}: stopped {where}, checkpoint written{resume}", self.signum)
+
+
+@contextlib.contextmanager
+def resource_errors(trainer: Trainer):
+    """Out of memory (CUDA or CPU) or of disk space while training: one line saying what to
+    reduce. Checkpoints are atomic and written before the log, so the folder stays usable."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise CnnbenchError(_memory_advice(trainer, f"out of memory on {trainer.device}")) \
+            from None
+    except RuntimeError as exc:
+        text = str(exc)
+        if "allocate" in text and "memory" in text or "out of memory" in text:
+            raise CnnbenchError(_memory_advice(trainer, "out of memory")) from None
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        raise CnnbenchError(f"no space left on the disk{where}: free some space, or give "
+                            f"another --run-dir; the last checkpoint is kept, so --resume "
+                            f"{trainer.run_dir} continues") from None
+
+
+def _memory_advice(trainer: Trainer, what: str) -> str:
+    return (f"{what} in epoch {trainer.epoch + 1}: reduce --batch-size (now "
+            f"{trainer.batch_size}), --set eval_batch_size (now {trainer.eval_batch_size}) "
+            f"or --input-size")
+
+
+def say(message: str) -> None:
+    """One line on stderr (the CLI's stdout may carry --json)."""
+    sys.stderr.write(message + "\n")

@@ -7,6 +7,7 @@ that need them, so that ``cnnbench summary`` starts about as fast as ``import to
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -71,10 +72,23 @@ def models(task: Optional[str] = typer.Option(None, help="Only models of this ta
 @app.command()
 def summary(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
+    input_size: Optional[List[str]] = typer.Option(
+        None, "--input-size", "-i", help=INPUT_HELP + " Repeat it for a forward that takes "
+                                                      "several inputs."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Batch size of the input."),
     depth: int = typer.Option(3, "--depth", "-d", help="How deep to show nested modules."),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="Comma-separated, or all: input_shape, output_shape, kernel, "
+                                "params, params_percent, trainable, flops, rf (torchinfo's names "
+                                "work too). Default: output_shape,params,trainable,flops."),
+    mode: str = typer.Option("eval", "--mode", help="eval or train: the mode of the pass."),
+    dtype: str = typer.Option("float32", "--dtype",
+                              help="float32, bfloat16, float16 or float64."),
+    device: str = typer.Option("auto", "--device", help=(
+        "auto (the CPU, or meta where that is quicker or memory is short), cpu, cuda or meta.")),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="A row per weight and bias tensor under its layer."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Layer table: output shape, parameters and FLOPs of every layer, with totals.
@@ -88,18 +102,24 @@ def summary(
     * `cnnbench summary unet -i 1x64x64 --json`
 
     * `cnnbench summary torchvision:resnet50 --batch-size 8`
+
+    * `cnnbench summary lenet --columns input_shape,output_shape,kernel,params_percent,rf -v`
     """
     from cnnbench import render
     from cnnbench.building import check_memory
     from cnnbench.inputs import parse_input_size, parse_model_args
     from cnnbench.registry import get_model_info
-    from cnnbench.summary import summarize
+    from cnnbench.summary import parse_columns, summarize
 
     options = parse_model_args(model_arg)
-    size = parse_input_size(input_size, get_model_info(model), options)
-    check_memory(size, batch_size, name=model, model_args=options)
-    result = summarize(model, size, batch_size=batch_size, depth=depth, model_args=options)
-    render.print_json(result) if as_json else render.summary_table(result)
+    shown = parse_columns(columns)
+    sizes = [parse_input_size(text, get_model_info(model), options) for text in input_size or [None]]
+    for size in sizes:
+        check_memory(size, batch_size, name=model, model_args=options)
+    result = summarize(model, sizes if len(sizes) > 1 else sizes[0], batch_size=batch_size,
+                       depth=depth, model_args=options, columns=shown, mode=mode, dtype=dtype,
+                       device=device, verbose=verbose)
+    render.print_json(result) if as_json else render.summary_table(result, shown)
 
 
 # --- train and runs (issue 3) ---
@@ -136,6 +156,12 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue this run folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch, no bar."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json at the end."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help=(
+        "Train in N processes (DistributedDataParallel, launched as torchrun does): gloo on "
+        "the CPU, NCCL with one GPU each. --batch-size is per process.")),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe (after "
+                                 "the device profile and the options; JSON with --json), "
+                                 "then exit without loading data or training."),
 ) -> None:
     """Train a model on Fashion-MNIST: metrics, TensorBoard, checkpoints in a run folder.
 
@@ -150,6 +176,8 @@ def train(
 
     * `cnnbench train lenet --limit 2000 --epochs 2 --quiet`
 
+    * `cnnbench train unet --device cuda --dry-run`  (what a GPU run would train)
+
     * `cnnbench train --resume runs/lenet-20260101-120000 --epochs 20`
 
     Watch a run with `tensorboard --logdir runs`; list runs with `cnnbench runs`.
@@ -157,6 +185,7 @@ def train(
     from cnnbench import render
     from cnnbench.config import parse_set
     from cnnbench.training import build as trainer
+    from cnnbench.training.distributed import is_main
     from cnnbench.inputs import parse_model_args
 
     overrides = parse_set(set_)
@@ -166,16 +195,32 @@ def train(
         input_size=input_size).items() if v is not None})
     if model_arg:
         overrides["model_args"] = parse_model_args(model_arg)
+    if dry_run:
+        if resume:
+            raise CnnbenchError("--dry-run shows a new run's recipe; it does not take --resume")
+        from cnnbench.config import resolve
+
+        resolved = resolve(model, config, overrides)
+        render.print_json(resolved) if as_json else render.print_yaml(resolved)
+        return
+    if resume and (model or config):
+        raise CnnbenchError("--resume takes the model and config from the run folder; "
+                            "give only options such as --epochs")
+    if resume and run_dir:
+        raise CnnbenchError("--resume continues the run in its own folder; it does not take "
+                            "--run-dir")
+    if nproc is not None:
+        from cnnbench.training import distributed
+
+        raise typer.Exit(distributed.launch_train(nproc, sys.argv[1:], model, config, overrides,
+                                                  run_dir=run_dir, resume=resume))
     reporter = render.TrainReporter(quiet=quiet or as_json,
                                     console=render.err if as_json else None)
     if resume:
-        if model or config:
-            raise CnnbenchError("--resume takes the model and config from the run folder; "
-                                "give only options such as --epochs")
         results = trainer.resume(resume, overrides, reporter)
     else:
         results = trainer.train(model, config, overrides, run_dir=run_dir, reporter=reporter)
-    if as_json:
+    if as_json and is_main():  # one process prints under torchrun
         render.print_json(results)
 
 
@@ -266,13 +311,14 @@ def bench(
         if threads < 1:
             raise CnnbenchError("--threads must be >= 1")
         torch.set_num_threads(threads)
-    if "deformconv" in models and len(models) > 1:
-        raise CnnbenchError("deformconv runs alone: `cnnbench bench deformconv`")
-    if models == ["deformconv"]:
-        result = benchmarks.bench_deformconv(benchmarks.parse_shape(shape), device=device,
-                                             precision=precision, min_run_time=min_run_time,
-                                             sweep=sweep)
-        show, rows = render.deformconv_table, result["rows"]
+    op = next((m for m in models if m in benchmarks.OP_BENCHES), None)
+    if op is not None and len(models) > 1:
+        raise CnnbenchError(f"{op} runs alone: `cnnbench bench {op}`")
+    if op is not None:
+        op_bench = benchmarks.OP_BENCHES[op]
+        result = op_bench.run(benchmarks.parse_shape(shape), device=device, precision=precision,
+                              min_run_time=min_run_time, sweep=sweep)
+        show, rows = getattr(render, op_bench.table), result["rows"]
     else:
         from cnnbench.inputs import parse_model_args
 
@@ -365,11 +411,19 @@ def main() -> None:
     try:
         app()
     except CnnbenchError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it once
+            sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except Exception as exc:  # a run stopped by Ctrl-C/SIGTERM after its checkpoint
+        from cnnbench.training.interrupt import Interrupted
+
+        if not isinstance(exc, Interrupted):
+            raise
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,346 @@
+"""Distributed data parallel: N processes train one model, each on its share of every epoch.
+
+``cnnbench train MODEL --nproc N`` runs the same command in N processes through torch's elastic
+launcher (what ``torchrun`` runs); ``torchrun --nnodes M --nproc-per-node N -m cnnbench train ...``
+starts them on several machines. A process started either way finds RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR and MASTER_PORT in its environment, and :func:`setup` joins the process
+group: gloo on the CPU, NCCL on CUDA (each process on ``cuda:LOCAL_RANK``).
+
+What a distributed run means here:
+
+* ``batch_size`` is per process, as in torchrun and timm: the global batch is N x batch_size,
+  and ``lr`` is not scaled. One process with batch N x B takes the same steps per epoch.
+* Every process loads the whole in-memory data set and draws the same permutation from the
+  shared ``shuffle`` generator each epoch; process r takes every N-th image of it from r on, after
+  leaving out the last ``len % N`` images so that every process takes the same number of steps.
+* Validation and test: each process evaluates a contiguous part of the split; the metric sums
+  (and the per-image entries of ranking metrics such as mAP) are added up over the processes in
+  rank order, so the metrics are exact totals, those of one process on the same weights.
+* :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients, so the weights stay
+  equal on every process. Batch-norm running statistics are per process between evaluations;
+  rank 0's are broadcast before each evaluation, so the checkpoint holds the evaluated ones.
+  ``sync_batchnorm: true`` (CUDA only) uses batch statistics of the global batch instead.
+* Only rank 0 writes (run folder, metrics.jsonl, TensorBoard, checkpoints, results) and prints;
+  it claims the run folder and sends its path to the others. The checkpoint holds the un-wrapped
+  model, so a run resumes with any number of processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cnnbench import config as cfg
+from cnnbench.data.splits import Split
+from cnnbench.errors import CnnbenchError
+from cnnbench.tasks.metrics import Meter
+from cnnbench.training.accel import build_forward
+from cnnbench.training.callbacks import NaNGuard
+from cnnbench.training.loop import Callback, EpochStats, Trainer, batch_starts
+from cnnbench.training.runs import check_run_dir
+from cnnbench.training.schedules import jump_to
+
+# No buffer broadcast inside forward: a forward then needs no other process, so rank 0 alone can
+# draw predictions for TensorBoard; evaluate() aligns the buffers instead (the keyword is
+# forward_sync_buffers since torch 2.12, broadcast_buffers before).
+NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False})
+
+# Callbacks that every process runs: they write nothing, and stop all processes alike.
+ALL_RANKS = (NaNGuard,)
+
+
+# -- where this process stands --
+
+def launched() -> bool:
+    """Started by torchrun (or ``--nproc``) as one of several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+# -- process group --
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group if this process was launched as one of several; its device."""
+    if not launched():
+        return device
+    if device.type not in ("cpu", "cuda"):
+        raise CnnbenchError(f"distributed training runs on cpu (gloo) or cuda (NCCL), "
+                            f"not {device.type}: give --device cpu or cuda")
+    if device.type == "cuda":
+        if local_rank() >= torch.cuda.device_count():
+            raise CnnbenchError(f"local rank {local_rank()} has no GPU: this machine has "
+                                f"{torch.cuda.device_count()}; start fewer processes per node")
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+        atexit.register(teardown)
+    return device
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def on_main(fn, *args):
+    """``fn(*args)`` on rank 0 and its result on every process; a ``CnnbenchError`` there is
+    raised on every process (the others would otherwise wait for rank 0 forever)."""
+    if world_size() == 1:
+        return fn(*args)
+    box = [None]
+    if is_main():
+        try:
+            box = [(True, fn(*args))]
+        except CnnbenchError as exc:
+            box = [(False, str(exc))]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise CnnbenchError(value)
+    return value
+
+
+# -- data and metrics --
+
+def share(n: int) -> int:
+    """Training images each process takes per epoch out of ``n``."""
+    if 0 < n < world_size():
+        raise CnnbenchError(f"{world_size()} processes need at least as many training images, "
+                            f"not {n} (check --limit)")
+    return n // world_size()
+
+
+def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Process ``rank``'s share of an epoch's order: every ``world``-th index from ``rank``."""
+    return order[rank:len(order) // world * world:world]
+
+
+def part(n: int, rank: int, world: int) -> slice:
+    """Process ``rank``'s contiguous part of ``n`` evaluation images (sizes differ by <= 1)."""
+    return slice(n * rank // world, n * (rank + 1) // world)
+
+
+def _sums(metric) -> dict:
+    """What a metric has added up: its total, its count and any per-image lists."""
+    state = {k: v for k, v in vars(metric).items() if isinstance(v, list)}
+    total = metric.total
+    return {**state, "total": total.cpu() if isinstance(total, torch.Tensor) else total,
+            "count": metric.count}
+
+
+def all_reduce_meter(meter: Meter) -> None:
+    """Every process's sums added up in rank order (one collective per pass), so that each
+    metric is computed from exact totals, not averaged from per-process means."""
+    metrics = [meter.loss, *meter.metrics.values()]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, [_sums(m) for m in metrics])
+    for i, metric in enumerate(metrics):
+        parts = [sums[i] for sums in gathered]
+        totals = [p["total"] for p in parts if p["total"] is not None]
+        metric.total = sum(totals[1:], totals[0]) if totals else None
+        metric.count = sum(p["count"] for p in parts)
+        for key, value in parts[0].items():
+            if isinstance(value, list):
+                setattr(metric, key, [item for p in parts for item in p[key]])
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every process."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+# -- the model and the trainer --
+
+def prepare_model(model: nn.Module, config: dict, device: torch.device) -> nn.Module:
+    """``model`` with SyncBatchNorm layers if ``sync_batchnorm`` asks for them."""
+    if not (config.get("sync_batchnorm") and launched()):
+        return model
+    if device.type != "cuda":
+        raise CnnbenchError(SYNC_BN_CPU)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+SYNC_BN_CPU = ("sync_batchnorm needs CUDA: torch's SyncBatchNorm does not run on the CPU "
+               "(gloo); leave it out or train on --device cuda")
+
+
+def rank_callbacks(callbacks: list[Callback]) -> list[Callback]:
+    """Rank 0 keeps every callback; the others only those that write nothing."""
+    if is_main() or not launched():
+        return callbacks
+    return [cb for cb in callbacks if isinstance(cb, ALL_RANKS)]
+
+
+def realign_schedule(trainer: Trainer, checkpoint: dict) -> None:
+    """A checkpoint from another number of processes took another number of steps per epoch:
+    the schedule goes on from where this run's steps put the epoch boundary. A mid-epoch
+    checkpoint (an interrupted run) holds a step index that only means the same with as many."""
+    processes = int(checkpoint.get("processes", 1))
+    if processes == world_size():
+        return
+    if checkpoint.get("position"):
+        raise CnnbenchError(f"this checkpoint was written mid-epoch by {processes} process(es): "
+                            f"resume it with as many (--nproc {processes})")
+    jump_to(trainer.schedule, trainer.epoch * len(trainer.batch_starts()))
+
+
+class DistributedTrainer(Trainer):
+    """A :class:`Trainer` that is one of ``world_size()`` processes (see the module's notes)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rank, self.world = rank(), world_size()
+        ddp = DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            **NO_FORWARD_BUFFER_SYNC)
+        self.forward = build_forward(ddp, self.config)
+        self.trained = False  # since the buffers were last aligned
+
+    def batch_starts(self) -> range:
+        return batch_starts(share(len(self.train_split)), self.batch_size, self.drop_last)
+
+    def epoch_order(self) -> torch.Tensor:
+        if self.rank:  # augmentation and dropout draw differently on each process
+            torch.manual_seed(self.config["seed"] + 1_000_003 * self.rank + self.epoch)
+        return shard(super().epoch_order(), self.rank, self.world)
+
+    def finish_pass(self, meter: Meter) -> dict:
+        all_reduce_meter(meter)
+        return meter.compute()
+
+    def train_epoch(self, epoch: int | None = None) -> EpochStats:
+        stats = super().train_epoch(epoch)
+        self.trained = True
+        return stats._replace(images=stats.images * self.world)  # every process took as many
+
+    def evaluate(self, split: Split, collect: bool = False) -> tuple[dict, list]:
+        if self.trained:
+            broadcast_buffers(self.model)
+            self.trained = False
+        mine = Split(*split.take(part(len(split), self.rank, self.world)))
+        metrics, collected = super().evaluate(mine, collect)
+        if collect:  # the task's report (rank 0) sees every output, in the split's order
+            parts = [None] * self.world if self.rank == 0 else None
+            dist.gather_object(collected, parts, dst=0)
+            collected = [item for p in parts for item in p] if self.rank == 0 else []
+        return metrics, collected
+
+    def test(self) -> dict:
+        results = super().test()
+        results["processes"] = self.world
+        return results
+
+    def describe(self) -> dict:
+        backend = dist.get_backend()
+        return {**super().describe(), "device": f"{self.world} x {self.device} ({backend})"}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "processes": self.world}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        position = getattr(self, "resume_position", None)
+        if position and self.rank:  # a mid-epoch checkpoint's metric sums are rank 0's
+            empty = {"total": None, "count": 0}
+            self.resume_position = {**position, "meter": {k: empty for k in position["meter"]}}
+
+
+# -- launching --
+
+def check_launch(nproc: int, config: dict) -> None:
+    """One-line errors for ``--nproc`` before anything starts (``config``: the resolved one)."""
+    if launched():
+        raise CnnbenchError("--nproc starts the processes itself: under torchrun leave it out")
+    if nproc < 1:
+        raise CnnbenchError(f"--nproc must be >= 1, not {nproc}")
+    device = str(config.get("device") or "auto").split(":")[0]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and torch.cuda.device_count() < nproc:
+        raise CnnbenchError(f"--nproc {nproc} on cuda needs a GPU per process; this machine "
+                            f"has {torch.cuda.device_count()}: give fewer or --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise CnnbenchError(f"distributed training runs on cpu (gloo) or cuda (NCCL), "
+                            f"not {device}: give --device cpu or cuda")
+    if config.get("sync_batchnorm") and device != "cuda" and nproc > 1:
+        raise CnnbenchError(SYNC_BN_CPU)
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line less ``--nproc N`` / ``--nproc=N``."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    return rest
+
+
+def launch_train(nproc: int, argv: list[str], model: str | None, config_file: str | None,
+                 overrides: dict, run_dir: str | None = None, resume: str | None = None) -> int:
+    """``cnnbench train ... --nproc N``: check the options here (one line, no folder, no
+    process), then run the command without ``--nproc`` in N processes."""
+    if resume:
+        saved = Path(resume) / "config.yaml"
+        config = {**(cfg.read_yaml(saved) if saved.is_file() else {}), **overrides}
+    else:
+        config = cfg.resolve(model, config_file, overrides)
+        if run_dir:
+            check_run_dir(run_dir)
+    check_launch(nproc, config)
+    return launch(nproc, without_nproc(argv))
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``python -m cnnbench *argv`` in ``nproc`` local processes through torch's elastic
+    launcher (``torchrun --standalone --nproc-per-node nproc``); the exit code (a process's own
+    code when one fails, e.g. 2 for a one-line error)."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    # torchrun's default (with a warning) is one thread each; share the cores out instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc),
+                                "-m", "cnnbench", *argv])
+    try:
+        torchrun.run(args)
+    except ChildFailedError as exc:
+        codes = {r: f.exitcode for r, f in exc.failures.items()}
+        if codes.get(0, 0) > 0:  # rank 0 has said why (the others print no errors)
+            return codes[0]
+        r, code = min(((r, c) for r, c in codes.items() if c > 0), default=(0, 1))
+        sys.stderr.write(f"error: process {r} of {nproc} exited with code {code}\n")
+        return code
+    return 0

@@ -1,0 +1,143 @@
+"""Distributed data parallel: two gloo processes on the CPU train as one, write one run folder,
+and resume with another number of processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnbench import cli
+from cnnbench.checkpoints import load_checkpoint
+from cnnbench.errors import CnnbenchError
+from cnnbench.training import distributed
+from cnnbench.training.build import build_trainer, resume, train
+from cnnbench.training.runs import read_metrics
+
+TESTS = Path(__file__).parent
+# 81 training images (one left out per epoch: 40 per process), 15 validation images (parts of
+# 7 and 8), 24 test images; evaluation batches of 5 so the parts end in uneven batches.
+SMALL = dict(limit=96, val_size=15, batch_size=8, eval_batch_size=5, epochs=1, optimizer="sgd",
+             lr=0.05, momentum=0.9, schedule="onecycle", crop_padding=2, hflip=True,
+             log_graph=False, log_images=False, threads=1)
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    (tmp_path / "none.yaml").write_text("")
+    return tmp_path / "none.yaml"
+
+
+def torchrun_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
+
+
+def single_process_evaluation(run: Path) -> tuple[dict, dict]:
+    """Validation and test metrics of ``last.pt``'s weights, evaluated by one process."""
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    trainer = build_trainer(state["config"], callbacks=[], checkpoint=state)
+    return trainer.evaluate(trainer.val_split)[0], trainer.evaluate(trainer.test_split)[0]
+
+
+def assert_same_metrics(distributed_metrics: dict, single: dict, prefix: str) -> None:
+    for name, value in single.items():
+        # Counts (accuracy) add up exactly; the loss sums in another order.
+        assert distributed_metrics[f"{prefix}{name}"] == pytest.approx(value, rel=1e-6, abs=1e-7)
+
+
+def test_each_process_takes_an_equal_disjoint_share_of_the_same_permutation():
+    order = torch.randperm(81, generator=torch.Generator().manual_seed(0))
+    shares = [distributed.shard(order, r, 2) for r in range(2)]
+    assert [len(s) for s in shares] == [40, 40]
+    assert sorted(torch.cat(shares).tolist()) == sorted(order[:80].tolist())
+    parts = [distributed.part(15, r, 2) for r in range(2)]
+    assert [(p.start, p.stop) for p in parts] == [(0, 7), (7, 15)]
+
+
+def test_resume_of_a_one_process_run_on_two_keeps_the_weights_equal_on_both(
+        tmp_path, fmnist_dir, recipe):
+    run = tmp_path / "run"
+    train("lenet-bn", recipe, {**SMALL, "data": str(fmnist_dir)}, run_dir=run)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(TESTS / "ddp_worker.py"), str(run), "2", str(out)],
+        cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    # 40 images a step of 8 on each process: 5 steps, weights equal after every one.
+    assert [r["images"] for r in ranks] == [40, 40] and len(ranks[0]["steps"]) == 5
+    assert torch.equal(ranks[0]["steps"], ranks[1]["steps"])
+    for key, value in ranks[0]["state"].items():  # batch-norm buffers too (rank 0's)
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["processes"] == 2 and state["epoch"] == 2
+    assert all(torch.equal(v, state["model"][k]) for k, v in ranks[0]["state"].items())
+    assert not any(k.startswith("module.") for k in state["model"])
+
+    results = json.loads((run / "results.json").read_text())
+    assert results["processes"] == 2 and results["epochs"] == 2
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["none.yaml", "out", "run"]
+    val, test = single_process_evaluation(run)
+    assert_same_metrics(read_metrics(run)[-1], val, "val_")
+    assert_same_metrics(results, test, "test_")
+    assert ranks[1]["results"]["test_acc"] == results["test_acc"]
+
+
+def test_nproc_launches_two_processes_that_write_one_run_and_print_once(
+        tmp_path, fmnist_dir, recipe):
+    options = [f"--set={k}={v}" for k, v in SMALL.items() if k not in ("epochs", "limit")]
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnbench", "train", "lenet", "--nproc", "2", "--config",
+         str(recipe), "--data", str(fmnist_dir), "--limit", "96", "--epochs", "1",
+         "--run-dir", "cli", "--json", "--quiet", *options],
+        cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout)  # one JSON document: only rank 0 prints
+    assert printed["processes"] == 2 and printed["run_dir"] == "cli"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli", "none.yaml"]
+    assert done.stderr.count("training lenet") == 1 and "Traceback" not in done.stderr
+    _, test = single_process_evaluation(tmp_path / "cli")
+    assert_same_metrics(printed, test, "test_")
+
+    # The run goes on in one process: the schedule continues from the epoch boundary.
+    results = resume(tmp_path / "cli", {"epochs": 2})
+    assert results["epochs"] == 2 and "processes" not in results
+    assert [row["epoch"] for row in read_metrics(tmp_path / "cli")] == [1, 2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nproc", "0"], "--nproc must be >= 1"),
+    (["--nproc", "2", "--device", "cpu", "--set", "sync_batchnorm=true"],
+     "sync_batchnorm needs CUDA"),
+    (["--nproc", str(torch.cuda.device_count() + 1), "--device", "cuda"], "a GPU per process"),
+])
+def test_bad_nproc_is_one_line_before_any_folder(tmp_path, recipe, monkeypatch, capsys, argv,
+                                                  message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cnnbench", "train", "lenet", "--config", str(recipe),
+                                      "--run-dir", "run", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["none.yaml"]
+
+
+def test_nproc_strips_only_itself_from_the_command_line():
+    argv = ["train", "lenet", "--nproc", "2", "--epochs", "3", "--nproc=4", "-q"]
+    assert distributed.without_nproc(argv) == ["train", "lenet", "--epochs", "3", "-q"]
+
+
+def test_sync_batchnorm_is_refused_on_the_cpu_in_a_launched_process(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(CnnbenchError, match="sync_batchnorm needs CUDA"):
+        distributed.prepare_model(torch.nn.BatchNorm2d(3), {"sync_batchnorm": True},
+                                  torch.device("cpu"))

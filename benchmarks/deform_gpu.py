@@ -149,6 +149,21 @@ def _ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
+def _graphed_ms(fn) -> float:
+    """``fn`` captured once in a CUDA graph, timed by replays: the GPU's time without the host's
+    launch path (what ``torch.compile(mode="reduce-overhead")`` gives a training step)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # autotuning and lazy initialisation happen outside the capture
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return _ms(graph.replay)
+
+
 def _layer(n, c, h, w, k, og, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     pad = k // 2
@@ -163,8 +178,9 @@ def _layer(n, c, h, w, k, og, dtype, seed=0):
     return data, rand(n, c, h, w), pad
 
 
-def time_layer(impl, n, c, h, w, k, og, dtype) -> dict:
+def time_layer(impl, n, c, h, w, k, og, dtype, timer=None) -> dict:
     """Forward and forward+backward medians (ms) of one implementation on one layer."""
+    timer = timer or _ms
     data, grad, pad = _layer(n, c, h, w, k, og, dtype)
     leaves = {k_: v.detach().requires_grad_() for k_, v in data.items()}
 
@@ -184,7 +200,7 @@ def time_layer(impl, n, c, h, w, k, og, dtype) -> dict:
         call(leaves).backward(grad)
 
     try:
-        result = {"fwd_ms": _ms(fwd), "fwd_bwd_ms": _ms(fwd_bwd)}
+        result = {"fwd_ms": timer(fwd), "fwd_bwd_ms": timer(fwd_bwd)}
     except (RuntimeError, torch.OutOfMemoryError) as exc:
         result = {"fwd_ms": None, "fwd_bwd_ms": None, "error": str(exc).splitlines()[0][:120]}
     del data, grad, leaves
@@ -192,13 +208,18 @@ def time_layer(impl, n, c, h, w, k, og, dtype) -> dict:
     return result
 
 
-def default_shape():
+def default_shape(timer=None, label="default"):
     with TF32Off():
         for impl in ("triton", "torchvision", "conv2d"):
-            t = time_layer(impl, 8, 64, 56, 56, 3, 1, torch.float32)
-            print(f"default 8x64x56x56 k3 fp32 {impl:<12} fwd {t['fwd_ms']} ms  "
+            t = time_layer(impl, 8, 64, 56, 56, 3, 1, torch.float32, timer)
+            print(f"{label} 8x64x56x56 k3 fp32 {impl:<12} fwd {t['fwd_ms']} ms  "
                   f"fwd+bwd {t['fwd_bwd_ms']} ms", flush=True)
             yield {"impl": impl, **t}
+
+
+def graphed_default_shape():
+    """The default shape again, each call captured in a CUDA graph (GPU time only)."""
+    yield from default_shape(_graphed_ms, "graphed")
 
 
 #             N    C    H    k  og
@@ -231,7 +252,7 @@ def _shape_name(row):
             f" og{row['offset_groups']} {row['dtype']}")
 
 
-def train_step(batch=32):
+def train_step(batch=32, timer=None, label="train"):
     """resnet18-dcn: forward, backward and an SGD step with each deformable op."""
     from cnnbench.registry import get_model, get_model_info
 
@@ -254,10 +275,10 @@ def train_step(batch=32):
                     opt.step()
 
                 row = {"impl": impl, "batch": batch, "input_size": list(size),
-                       "step_ms": _ms(step)}
+                       "step_ms": (timer or _ms)(step)}
             finally:
                 deform.deform_conv2d = original
-            print(f"train resnet18-dcn batch {batch} {impl}: {row['step_ms']:.2f} ms", flush=True)
+            print(f"{label} resnet18-dcn batch {batch} {impl}: {row['step_ms']:.2f} ms", flush=True)
             yield row
 
 
@@ -352,7 +373,9 @@ def main() -> None:
 
     result = {"device_name": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": triton.__version__, "torchvision": torchvision.__version__}
-    sections = {"check": check, "default": default_shape, "sweep": sweep, "train": train_step}
+    sections = {"check": check, "default": default_shape, "sweep": sweep, "train": train_step,
+                "graphed": graphed_default_shape,
+                "graphed_train": lambda: train_step(timer=_graphed_ms, label="graphed train")}
     for name in args.sections.split(","):
         start = time.perf_counter()
         result[name] = []

@@ -113,7 +113,8 @@ def summary(
 
     options = parse_model_args(model_arg)
     shown = parse_columns(columns)
-    sizes = [parse_input_size(text, get_model_info(model), options) for text in input_size or [None]]
+    info = get_model_info(model)
+    sizes = [parse_input_size(text, info, options) for text in input_size or [None]]
     for size in sizes:
         check_memory(size, batch_size, name=model, model_args=options)
     result = summarize(model, sizes if len(sizes) > 1 else sizes[0], batch_size=batch_size,
@@ -422,7 +423,8 @@ def main() -> None:
 
         if not isinstance(exc, Interrupted):
             raise
-        sys.stderr.write(f"{exc}\n")
+        if os.environ.get("RANK", "0") == "0":
+            sys.stderr.write(f"{exc}\n")
         sys.exit(exc.exit_code)
 
 

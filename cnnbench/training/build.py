@@ -141,16 +141,20 @@ def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
     if trainer.epoch >= trainer.config["epochs"]:
         raise CnnbenchError(f"{run_dir} already trained {trainer.epoch} of "
                             f"{trainer.config['epochs']} epochs: give a larger --epochs")
-    if distributed.is_main():
-        lock_run(trainer.run_dir)
-        try:
-            repaired = reconcile_metrics(trainer.run_dir, trainer.epoch)
-        except BaseException:
-            release_run(trainer.run_dir)
-            raise
-        if repaired:
-            say(f"note: {repaired}")
+    # Rank 0 locks and reconciles; its one-line error stops every process.
+    repaired = distributed.on_main(_lock_and_reconcile, trainer.run_dir, trainer.epoch)
+    if repaired and distributed.is_main():
+        say(f"note: {repaired}")
     return fit_in_folder(trainer, new=False)
+
+
+def _lock_and_reconcile(run_dir: Path, epoch: int) -> str | None:
+    lock_run(run_dir)
+    try:
+        return reconcile_metrics(run_dir, epoch)
+    except BaseException:
+        release_run(run_dir)
+        raise
 
 
 def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,

@@ -106,6 +106,8 @@ class Trainer:
     tests and ``benchmarks/`` can time exactly the loop.
     """
 
+    rank, world = 0, 1  # this process among ``world`` (distributed.py)
+
     def __init__(self, config: dict, task: Task, splits: tuple[Split, Split, Split], model,
                  optimizer, schedule, *, device: torch.device, forward=None, amp_dtype=None,
                  scaler=None, shuffle: torch.Generator | None = None, callbacks=(),
@@ -199,6 +201,10 @@ class Trainer:
     def epoch_order(self) -> torch.Tensor:
         """This epoch's order of the training images (one process's share: distributed.py)."""
         return torch.randperm(len(self.train_split), generator=self.shuffle).to(self.device)
+
+    def agree(self, flag: int) -> int:
+        """The largest ``flag`` over the processes (distributed.py: a collective)."""
+        return flag
 
     def finish_pass(self, meter: Meter) -> dict:
         """A pass's metrics (distributed.py adds up every process's sums first)."""

@@ -22,6 +22,7 @@ class OptimInfo:
     cls: str  # the class, imported when a run uses it
     keys: tuple[str, ...]  # configuration keys passed on as keyword arguments (besides lr)
     description: str
+    fused: bool = True  # takes fused=True on CUDA (one kernel for every parameter)
 
 
 OPTIMIZERS: dict[str, OptimInfo] = {
@@ -52,6 +53,9 @@ def build_optimizer(model, config: dict, groups: list[dict] | None = None):
     options = {k: tuple(config[k]) if isinstance(config[k], list) else config[k]
                for k in info.keys}
     groups = param_groups(model, config["lr"]) if groups is None else groups
+    first = next((p for g in groups for p in g["params"]), None)
+    if info.fused and first is not None and first.device.type == "cuda":
+        options["fused"] = True
     try:
         return pkgutil.resolve_name(info.cls)(groups, lr=config["lr"], **options)
     except ValueError as exc:  # e.g. SGD's "Nesterov momentum requires a momentum..."

@@ -1,22 +1,39 @@
-"""Run by tests/test_distributed.py under torchrun: resume a run in every process, recording
-each process's weights after every step and at the end (``OUT/rank<r>.pt``).
+"""Run by tests/test_distributed.py in two processes.
+
+``record RUN EPOCHS OUT`` (under torchrun): resume a run in every process, recording each
+process's weights after every step and at the end (``OUT/rank<r>.pt``)::
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 \
-        tests/ddp_worker.py RUN EPOCHS OUT
+        tests/ddp_worker.py record RUN EPOCHS OUT
+
+The other modes launch this script in two processes as ``--nproc 2`` does (the launcher's
+exit code is this script's) and write each process's exit code to ``exit<rank>`` in the
+working directory:
+
+``cli CLI-ARGS...``: ``cnnbench CLI-ARGS`` in each process.
+
+``interrupt RANK STEP CLI-ARGS...``: each runs ``cnnbench CLI-ARGS --run-dir straight`` and
+then ``cnnbench CLI-ARGS --run-dir cut`` with process RANK sending itself SIGINT after STEP of
+epoch 1 and the processes agreeing every 2 steps (one launch for both runs).
 """
 
+import os
+import signal
 import sys
+import time
 
 import torch
 
+from cnnbench import cli
 from cnnbench.training import distributed
 from cnnbench.training.build import resume_trainer
+from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback
 
 
 class RecordWeights(Callback):
-    def __init__(self):
-        self.steps, self.images = [], 0
+    def __init__(self, out):
+        self.out, self.steps, self.images = out, [], 0
 
     def after_step(self, trainer, step):
         self.images += step.images
@@ -25,10 +42,60 @@ class RecordWeights(Callback):
     def after_fit(self, trainer):
         torch.save({"steps": torch.stack(self.steps), "images": self.images,
                     "state": trainer.model.state_dict(), "results": trainer.results},
-                   f"{sys.argv[3]}/rank{distributed.rank()}.pt")
+                   f"{self.out}/rank{distributed.rank()}.pt")
+
+
+class SignalAt(Callback):
+    """Process ``rank`` sends itself SIGINT after step ``step`` of epoch 1 (the others don't)."""
+
+    def __init__(self, rank, step):
+        self.rank, self.step = rank, step
+
+    def after_step(self, trainer, step):
+        if trainer.rank == self.rank and (step.epoch, step.batch + 1) == (1, self.step):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets this process's flag
+
+
+def run_cli(argv: list[str]) -> None:
+    """``cnnbench *argv``; its exit code in ``exit<rank>`` (then exits with it if not 0)."""
+    sys.argv = ["cnnbench", *argv]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    with open(f"exit{os.environ['RANK']}", "w") as file:
+        file.write(f"{code}\n")
+    # The launcher stops the others once one process has failed: rank 0 waits (at most 20 s)
+    # for process 1 to report, so a missing exit1 means process 1 did not get there.
+    for _ in range(200 if code and os.environ["RANK"] == "0" else 0):
+        if os.path.exists("exit1"):
+            break
+        time.sleep(0.1)
+    if code:
+        sys.exit(code)
+
+
+def interrupt(rank: int, step: int, argv: list[str]) -> None:
+    from cnnbench.training import build
+
+    run_cli([*argv, "--run-dir", "straight"])
+    standard = build.standard_callbacks
+    build.standard_callbacks = lambda *a: [*standard(*a), SignalAt(rank, step)]
+    distributed.ALL_RANKS = (*distributed.ALL_RANKS, SignalAt)
+    Interrupt.every = 2
+    run_cli([*argv, "--run-dir", "cut"])
 
 
 if __name__ == "__main__":
-    trainer = resume_trainer(sys.argv[1], {"epochs": int(sys.argv[2])})
-    trainer.add_callbacks(RecordWeights())
-    trainer.fit()
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "record":
+        trainer = resume_trainer(args[0], {"epochs": int(args[1])})
+        trainer.add_callbacks(RecordWeights(args[2]))
+        trainer.fit()
+    elif not distributed.launched():
+        sys.exit(distributed.launch(2, sys.argv[1:], target=(__file__,)))
+    elif mode == "cli":
+        run_cli(args)
+    else:
+        interrupt(int(args[0]), int(args[1]), args[2:])

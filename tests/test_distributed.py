@@ -15,7 +15,7 @@ from cnnbench.checkpoints import load_checkpoint
 from cnnbench.errors import CnnbenchError
 from cnnbench.training import distributed
 from cnnbench.training.build import build_trainer, resume, train
-from cnnbench.training.runs import read_metrics
+from cnnbench.training.runs import LOCK, read_metrics
 
 TESTS = Path(__file__).parent
 # 81 training images (one left out per epoch: 40 per process), 15 validation images (parts of
@@ -33,6 +33,11 @@ def recipe(tmp_path):
 
 def torchrun_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
+
+
+def exit_codes(folder: Path) -> list[int]:
+    """Each process's exit code, as ``tests/ddp_worker.py`` wrote them."""
+    return [int((folder / f"exit{r}").read_text()) for r in range(2)]
 
 
 def single_process_evaluation(run: Path) -> tuple[dict, dict]:
@@ -65,7 +70,7 @@ def test_resume_of_a_one_process_run_on_two_keeps_the_weights_equal_on_both(
     out.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(TESTS / "ddp_worker.py"), str(run), "2", str(out)],
+         str(TESTS / "ddp_worker.py"), "record", str(run), "2", str(out)],
         cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -110,6 +115,58 @@ def test_nproc_launches_two_processes_that_write_one_run_and_print_once(
     results = resume(tmp_path / "cli", {"epochs": 2})
     assert results["epochs"] == 2 and "processes" not in results
     assert [row["epoch"] for row in read_metrics(tmp_path / "cli")] == [1, 2]
+
+
+def test_ctrl_c_in_one_process_stops_both_after_the_same_step_and_resumes_bitwise(
+        tmp_path, fmnist_dir, recipe):
+    options = [f"--set={k}={v}" for k, v in SMALL.items() if k not in ("epochs", "limit")]
+    common = ["--config", str(recipe), "--data", str(fmnist_dir), "--limit", "96", "--epochs",
+              "2", "--quiet", *options]
+    # One launch trains "straight", then "cut", where process 1 alone gets SIGINT after step 3
+    # of 5; the processes agree every 2 steps, so both stop after step 4.
+    cut = subprocess.run(
+        [sys.executable, str(TESTS / "ddp_worker.py"), "interrupt", "1", "3", "train", "lenet",
+         *common], cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True,
+        timeout=300)
+    assert cut.returncode == 130, cut.stderr[-2000:]
+    assert exit_codes(tmp_path) == [130, 130]
+    assert (tmp_path / "straight" / "results.json").is_file()
+    assert cut.stderr.count("SIGINT: stopped in epoch 1 after step 4 of 5, checkpoint "
+                            "written; continue with: cnnbench train --resume cut --nproc 2") == 1
+    assert "Traceback" not in cut.stderr and "error:" not in cut.stderr
+    state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert state["epoch"] == 0 and state["processes"] == 2
+    assert state["position"]["batch"] == 4 and len(state["position"]["ranks"]) == 2
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cnnbench", "train", "--resume", "cut", "--nproc", "2",
+         "--quiet"], cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True,
+        timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("straight", "cut"))
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():  # both processes' augmentation went on where it was
+        assert torch.equal(value, b["model"][key]), key
+    timing = {"epoch_seconds", "images_per_second"}
+    rows = [[{k: v for k, v in row.items() if k not in timing} for row in read_metrics(
+        tmp_path / r)] for r in ("straight", "cut")]
+    assert rows[0] == rows[1]  # the training sums of both processes were kept too
+
+
+def test_resume_of_a_run_locked_by_a_live_process_is_one_line_and_exit_2(
+        tmp_path, fmnist_dir, recipe):
+    run = tmp_path / "run"
+    train("lenet", recipe, {**SMALL, "data": str(fmnist_dir)}, run_dir=run)
+    (run / LOCK).write_text(f"{os.getpid()}\n")  # this test's process: alive
+    done = subprocess.run(  # cnnbench train --resume run --epochs 2 --nproc 2
+        [sys.executable, str(TESTS / "ddp_worker.py"), "cli", "train", "--resume", "run",
+         "--epochs", "2"], cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 2 and exit_codes(tmp_path) == [2, 2]  # not left waiting
+    assert done.stderr == (f"error: run is in use by another run (process {os.getpid()}); "
+                           f"wait for it or choose another --run-dir\n")
+    assert (run / LOCK).read_text() == f"{os.getpid()}\n"
+    assert [row["epoch"] for row in read_metrics(run)] == [1]
 
 
 @pytest.mark.parametrize("argv, message", [

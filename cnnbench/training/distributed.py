@@ -21,14 +21,19 @@ What a distributed run means here:
   rank 0's are broadcast before each evaluation, so the checkpoint holds the evaluated ones.
   ``sync_batchnorm: true`` (CUDA only) uses batch statistics of the global batch instead.
 * Only rank 0 writes (run folder, metrics.jsonl, TensorBoard, checkpoints, results) and prints;
-  it claims the run folder and sends its path to the others. The checkpoint holds the un-wrapped
-  model, so a run resumes with any number of processes.
+  it claims (or, resuming, locks) the run folder and sends its path, or its one-line error, to
+  the others. The checkpoint holds the un-wrapped model, so a run resumes with any number of
+  processes.
+* Ctrl-C/SIGTERM (torchrun passes it to every process): the processes agree every few steps
+  on whether any got one and stop after the same step; the mid-epoch checkpoint holds every
+  process's random states and metric sums, so a resume with as many processes goes on bitwise.
 """
 
 from __future__ import annotations
 
 import atexit
 import inspect
+import logging
 import os
 import sys
 from pathlib import Path
@@ -37,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils._pytree import tree_map_only
 
 from cnnbench import config as cfg
 from cnnbench.data.splits import Split
@@ -44,7 +50,9 @@ from cnnbench.errors import CnnbenchError
 from cnnbench.tasks.metrics import Meter
 from cnnbench.training.accel import build_forward
 from cnnbench.training.callbacks import NaNGuard
+from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, EpochStats, Trainer, batch_starts
+from cnnbench.training.rng import rng_states, set_rng_states
 from cnnbench.training.runs import check_run_dir
 from cnnbench.training.schedules import jump_to
 
@@ -57,7 +65,7 @@ NO_FORWARD_BUFFER_SYNC = (
     else {"broadcast_buffers": False})
 
 # Callbacks that every process runs: they write nothing, and stop all processes alike.
-ALL_RANKS = (NaNGuard,)
+ALL_RANKS = (NaNGuard, Interrupt)
 
 
 # -- where this process stands --
@@ -224,6 +232,9 @@ class DistributedTrainer(Trainer):
             **NO_FORWARD_BUFFER_SYNC)
         self.forward = build_forward(ddp, self.config)
         self.trained = False  # since the buffers were last aligned
+        # Flags go through gloo on the host even with NCCL: agreeing needs no device sync.
+        self.flags = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        self.resume_rng: dict | None = None  # this process's, from a mid-epoch checkpoint
 
     def batch_starts(self) -> range:
         return batch_starts(share(len(self.train_split)), self.batch_size, self.drop_last)
@@ -231,7 +242,16 @@ class DistributedTrainer(Trainer):
     def epoch_order(self) -> torch.Tensor:
         if self.rank:  # augmentation and dropout draw differently on each process
             torch.manual_seed(self.config["seed"] + 1_000_003 * self.rank + self.epoch)
-        return shard(super().epoch_order(), self.rank, self.world)
+        order = shard(super().epoch_order(), self.rank, self.world)
+        if self.resume_rng is not None:  # where this process's augmentation stopped
+            set_rng_states(self.resume_rng, self.device, self.shuffle)
+            self.resume_rng = None
+        return order
+
+    def agree(self, flag: int) -> int:
+        flags = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.flags)
+        return int(flags)
 
     def finish_pass(self, meter: Meter) -> dict:
         all_reduce_meter(meter)
@@ -266,10 +286,25 @@ class DistributedTrainer(Trainer):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "processes": self.world}
 
+    def position(self) -> dict:
+        """Also every process's random states and metric sums (a collective)."""
+        mine = {"rng": rng_states(self.device, self.shuffle),
+                "meter": tree_map_only(torch.Tensor, lambda t: t.detach().cpu(),
+                                       self.meter.state_dict())}
+        ranks = [None] * self.world
+        dist.all_gather_object(ranks, mine)
+        return {**super().position(), "ranks": ranks}
+
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        position = getattr(self, "resume_position", None)
-        if position and self.rank:  # a mid-epoch checkpoint's metric sums are rank 0's
+        position = self.resume_position
+        if not position:
+            return
+        ranks = position.get("ranks")
+        if ranks and len(ranks) == self.world:
+            self.resume_position = {**position, "meter": ranks[self.rank]["meter"]}
+            self.resume_rng = ranks[self.rank]["rng"]
+        elif self.rank:  # an older checkpoint: its metric sums are rank 0's
             empty = {"total": None, "count": 0}
             self.resume_position = {**position, "meter": {k: empty for k in position["meter"]}}
 
@@ -323,24 +358,35 @@ def launch_train(nproc: int, argv: list[str], model: str | None, config_file: st
     return launch(nproc, without_nproc(argv))
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """``python -m cnnbench *argv`` in ``nproc`` local processes through torch's elastic
-    launcher (``torchrun --standalone --nproc-per-node nproc``); the exit code (a process's own
-    code when one fails, e.g. 2 for a one-line error)."""
+def launch(nproc: int, argv: list[str], target: tuple[str, ...] = ("-m", "cnnbench")) -> int:
+    """``python -m cnnbench *argv`` (``target``: what to run) in ``nproc`` local processes
+    through torch's elastic launcher (``torchrun --standalone --nproc-per-node nproc``); the
+    exit code (a process's own code when one fails, e.g. 2 for a one-line error, 130 after
+    Ctrl-C: the launcher passes the signal to every process, which checkpoint and stop)."""
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     # torchrun's default (with a warning) is one thread each; share the cores out instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if "LOGLEVEL" not in os.environ:  # its log (closing signals, failed ranks) would repeat
+        for name in ("torch.distributed.elastic", "torch.distributed.launcher"):  # rank 0's
+            logger = logging.getLogger(name)  # one line; LOGLEVEL=INFO shows it
+            logger.addHandler(logging.NullHandler())
+            logger.propagate = False
     args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc),
-                                "-m", "cnnbench", *argv])
+                                *target, *argv])
     try:
         torchrun.run(args)
+    except SignalException as exc:  # the processes have stopped (or were killed after 30 s)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         codes = {r: f.exitcode for r, f in exc.failures.items()}
         if codes.get(0, 0) > 0:  # rank 0 has said why (the others print no errors)
             return codes[0]
         r, code = min(((r, c) for r, c in codes.items() if c > 0), default=(0, 1))
+        if code in (130, 143):  # stopped on a signal: rank 0 said so before it was reaped
+            return code
         sys.stderr.write(f"error: process {r} of {nproc} exited with code {code}\n")
         return code
     return 0

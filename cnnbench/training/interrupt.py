@@ -38,12 +38,19 @@ class Interrupted(Exception):
 
 
 class Interrupt(Callback):
-    """Ctrl-C/SIGTERM: finish the step, checkpoint the position, say how to resume, stop."""
+    """Ctrl-C/SIGTERM: finish the step, checkpoint the position, say how to resume, stop.
+
+    Several processes (torchrun sends the signal to each; one may get it alone) stop after the
+    same step: every ``every`` steps and at each epoch's end they agree on the largest signal
+    any of them has seen (``Trainer.agree``: a small collective, not one per step). Rank 0
+    writes the checkpoint while the others wait; every process then exits 130/143."""
 
     order = 95  # after the epoch's checkpoint and log
+    every = 10  # steps between the processes' agreements (one process: every step, no cost)
 
     def __init__(self):
-        self.signum: int | None = None
+        self.signum: int | None = None  # this process's signal
+        self.stopping: int | None = None  # the signal every process stops on
         self.previous: dict = {}
 
     def request(self, signum: int = signal.SIGINT, frame=None) -> None:
@@ -53,7 +60,7 @@ class Interrupt(Callback):
         self.signum = signum
 
     def before_fit(self, trainer: Trainer) -> None:
-        self.signum = None
+        self.signum = self.stopping = None
         if threading.current_thread() is threading.main_thread():  # signals go to the main one
             self.previous = {s: signal.signal(s, self.request) for s in SIGNALS}
 
@@ -62,29 +69,47 @@ class Interrupt(Callback):
             signal.signal(s, handler)
         self.previous = {}
 
+    def agree(self, trainer: Trainer) -> int | None:
+        self.stopping = trainer.agree(self.signum or 0) or None
+        return self.stopping
+
     def after_step(self, trainer: Trainer, step: Step) -> None:
-        if self.signum is None:
-            return
         total = len(trainer.batch_starts())
-        if trainer.run_dir is not None and step.batch + 1 < total:
-            if not all(torch.isfinite(p).all() for p in trainer.model.parameters()):
-                raise CnnbenchError(f"interrupted with non-finite weights in epoch {step.epoch}: "
-                                    f"not checkpointed (the last good last.pt is kept)")
-            state = trainer.state_dict()
-            state["position"] = trainer.position()
-            save_checkpoint(state, trainer.run_dir / "checkpoints" / "last.pt")
-            self.stop(trainer, f"in epoch {step.epoch} after step {step.batch + 1} of {total}")
-        # The epoch's last step: its checkpoint comes with the epoch's end (after_epoch).
+        if step.batch + 1 == total:  # its checkpoint comes with the epoch's end (after_epoch)
+            return
+        if trainer.world > 1 and (step.batch + 1) % self.every:
+            return
+        if self.agree(trainer) is None or trainer.run_dir is None:
+            return
+        if not all(torch.isfinite(p).all() for p in trainer.model.parameters()):  # equal on all
+            raise CnnbenchError(f"interrupted with non-finite weights in epoch {step.epoch}: "
+                                f"not checkpointed (the last good last.pt is kept)")
+        state = trainer.state_dict()
+        state["position"] = trainer.position()  # a collective with several processes
+        failure = None
+        if trainer.rank == 0:
+            try:
+                save_checkpoint(state, trainer.run_dir / "checkpoints" / "last.pt")
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the others know
+                failure = exc
+        # The others wait for the checkpoint: the launcher stops every process once one exits.
+        trainer.agree(int(failure is not None))
+        if failure is not None:
+            raise failure
+        self.stop(trainer, f"in epoch {step.epoch} after step {step.batch + 1} of {total}")
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
-        if self.signum is not None:
+        if self.agree(trainer) is not None:
             self.stop(trainer, f"after epoch {row['epoch']}")
 
     def stop(self, trainer: Trainer, where: str) -> None:
-        name = signal.Signals(self.signum).name
-        resume = (f"; continue with: cnnbench train --resume {trainer.run_dir}"
-                  if trainer.run_dir is not None else "")
-        raise Interrupted(f"{name}: stopped {where}, checkpoint written{resume}", self.signum)
+        name = signal.Signals(self.stopping).name
+        resume = ""
+        if trainer.run_dir is not None:
+            resume = f"; continue with: cnnbench train --resume {trainer.run_dir}"
+            if trainer.world > 1:
+                resume += f" --nproc {trainer.world} (or torchrun with {trainer.world} processes)"
+        raise Interrupted(f"{name}: stopped {where}, checkpoint written{resume}", self.stopping)
 
 
 @contextlib.contextmanager

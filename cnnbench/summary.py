@@ -4,27 +4,33 @@ The model runs one forward pass on the CPU. PyTorch's ``meta`` device gives the 
 FLOPs without initialising a weight or doing arithmetic, but its kernels cost a one-off import
 (~1.5 s here) that is dearer than running most models: it is used only where the weights would
 not fit in memory, where the CPU pass takes longer than ``CPU_SECONDS``, or where the model
-does not run on the CPU. Large models (over ``META_PARAMS`` parameters) skip the initialisation
-of their weights, which costs more than the pass itself and does not change a shape or a FLOP.
+does not run on the CPU (``device="auto"``; ``cpu``, ``cuda`` or ``meta`` is the only one tried).
+The model is built on ``meta`` and given zeros for weights: initialising them costs more than the
+pass itself and changes no shape or FLOP. Options follow torchinfo: columns (input shape, kernel,
+parameter percentages, receptive field and stride from :mod:`cnnbench.rf`), train or eval mode,
+dtype, device, a row per weight tensor (``verbose``) and several inputs.
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``: one multiply-add counts as 2 FLOPs;
 operators it has no formula for (pooling, activations, normalisation) are named, not counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from cnnbench.building import build, eval_mode
+from cnnbench.building import build
 from cnnbench.capture import on_first_device, tensors
-from cnnbench.errors import CnnbenchError
+from cnnbench.devices import resolve_device
+from cnnbench.errors import CnnbenchError, did_you_mean
 
 
 def shape_of(output):
@@ -32,7 +38,53 @@ def shape_of(output):
     return tree_map(lambda v: list(v.shape) if isinstance(v, torch.Tensor) else None, output)
 
 
-META_PARAMS = 40_000_000
+# Columns of the table, in display order; torchinfo's names are accepted for ours.
+COLUMNS = ("input_shape", "output_shape", "kernel", "params", "params_percent", "trainable",
+           "flops", "rf")
+DEFAULT_COLUMNS = ("output_shape", "params", "trainable", "flops")
+COLUMN_ALIASES = {"input_size": "input_shape", "output_size": "output_shape",
+                  "kernel_size": "kernel", "num_params": "params", "mult_adds": "flops"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+MODES = ("eval", "train")
+DEVICES = ("auto", "cpu", "cuda", "meta")
+
+
+def parse_columns(text: str | None) -> tuple[str, ...]:
+    """``"kernel,params_percent"`` -> the columns in display order (``all`` for every one)."""
+    if not text:
+        return DEFAULT_COLUMNS
+    if text.strip() == "all":
+        return COLUMNS
+    wanted = set()
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        column = COLUMN_ALIASES.get(word, word)
+        if column not in COLUMNS:
+            raise CnnbenchError(f"unknown column {word!r}"
+                                f"{did_you_mean(word, [*COLUMNS, *COLUMN_ALIASES])}: "
+                                f"use {', '.join(COLUMNS)} or all")
+        wanted.add(column)
+    return tuple(c for c in COLUMNS if c in wanted)
+
+
+def _check_choice(what: str, value: str, choices) -> None:
+    if value not in choices:
+        raise CnnbenchError(f"unknown --{what} {value!r}{did_you_mean(value, choices)}: "
+                            f"use {', '.join(choices)}")
+
+
+@contextlib.contextmanager
+def _in_mode(model: nn.Module, mode: str):
+    """``model`` in train or eval mode for the pass; every module's own flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(mode == "train")
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 CPU_SECONDS = 1.0  # a CPU pass longer than this costs more than the meta device's import
 
 
@@ -45,6 +97,7 @@ class _TooSlow(RuntimeError):
 _ARITHMETIC = ("pool", "norm", "upsample", "softmax", "grid_sampler", "embedding", "rsub", "cumsum")
 
 
+@lru_cache(maxsize=None)
 def _does_arithmetic(op) -> bool:
     name = op.__name__
     tags = getattr(op, op.overloads()[0]).tags
@@ -99,14 +152,15 @@ class Trace:
     output: object
     first_call: dict[str, int]  # the order in which modules were first entered
     shapes: dict[str, object]  # output shapes of the last call
+    input_shapes: dict[str, object]  # shapes of the last call's arguments
     own_flops: dict[str, int]  # FLOPs of the operations run while the module was the innermost
     total_flops: int
     activation_bytes: int  # outputs of all leaf modules
     uncounted: list[str]  # operators that did arithmetic without a FLOP formula
 
 
-def _trace(model: nn.Module, x: torch.Tensor, seconds: float | None = None) -> Trace:
-    """Run ``model(x)`` once, recording call order, output shapes and each module's own FLOPs.
+def _trace(model: nn.Module, xs: list[torch.Tensor], seconds: float | None = None) -> Trace:
+    """Run ``model(*xs)`` once, recording call order, output shapes and each module's own FLOPs.
 
     FLOPs are attributed to the innermost module running when they are counted, so that a
     module whose children are called by someone else (a block iterating over its ``ModuleList``)
@@ -125,7 +179,7 @@ def _trace(model: nn.Module, x: torch.Tensor, seconds: float | None = None) -> T
     deadline = None if seconds is None else time.perf_counter() + seconds
 
     names = {m: n for n, m in model.named_modules() if n}
-    first_call, shapes, own_flops = {}, {}, defaultdict(int)
+    first_call, shapes, input_shapes, own_flops = {}, {}, {}, defaultdict(int)
     stack, counted, leaf_bytes = [""], [0], [0]
 
     def account():
@@ -139,6 +193,7 @@ def _trace(model: nn.Module, x: torch.Tensor, seconds: float | None = None) -> T
         account()
         stack.append(names[module])
         first_call.setdefault(names[module], len(first_call))
+        input_shapes[names[module]] = shape_of(args[0] if len(args) == 1 else args)
 
     def hook(module, args, output):
         account()
@@ -153,12 +208,13 @@ def _trace(model: nn.Module, x: torch.Tensor, seconds: float | None = None) -> T
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad(), counter:
-            output = model(x)
+            output = model(*xs)
             account()
     finally:
         for h in handles:
             h.remove()
-    return Trace(output, first_call, shapes, dict(own_flops), counter.get_total_flops(),
+    return Trace(output, first_call, shapes, input_shapes, dict(own_flops),
+                 counter.get_total_flops(),
                  leaf_bytes[0], sorted(uncounted))
 
 
@@ -169,49 +225,127 @@ def _available_bytes() -> float:
         return math.inf
 
 
-def _run_somewhere(name, model_args, size, batch_size):
-    """Trace on the CPU; on the meta device where that is quicker or the CPU cannot (see above)."""
-    meta_model, info = build(name, model_args, in_channels=size[0], device="meta")
+def _materialise(model: nn.Module, device: str) -> nn.Module:
+    """A meta-built model on ``device`` with zeros for weights: initialising them costs more
+    than the pass itself and changes no shape and no FLOP. (``to_empty`` would cost more:
+    its ``empty_like`` of a meta tensor runs in Python; and it unties shared weights.)"""
+    made = {}
+    for m in model.modules():
+        for store, is_param in ((m._parameters, True), (m._buffers, False)):
+            for key, t in store.items():
+                if t is not None and id(t) not in made:
+                    zeros = torch.zeros(t.shape, dtype=t.dtype, device=device)
+                    made[id(t)] = (nn.Parameter(zeros, t.requires_grad) if is_param else zeros)
+                if t is not None:
+                    store[key] = made[id(t)]
+    return model
+
+
+def _sizes(input_size) -> list[tuple[int, ...]]:
+    """One size ``(C, H, W)`` or several (one per positional input) -> a list of sizes."""
+    if input_size and isinstance(input_size[0], (tuple, list)):
+        return [tuple(s) for s in input_size]
+    return [tuple(input_size)]
+
+
+def _run_somewhere(name, model_args, sizes, batch_size, *, mode="eval", dtype="float32",
+                   device="auto"):
+    """Trace on the CPU; on the meta device where that is quicker or the CPU cannot (see above).
+    An explicit ``device`` is the only one tried."""
+    meta_model, info = build(name, model_args, in_channels=sizes[0][0], device="meta")
+    meta_model.to(DTYPES[dtype])
     weights = [*meta_model.parameters(), *meta_model.buffers()]
     weight_bytes = sum(t.numel() * t.element_size() for t in weights)
-    large = sum(p.numel() for p in meta_model.parameters()) > META_PARAMS
-    built = {"meta": (meta_model, info)}
-    if large:  # uninitialised CPU weights: allocating them is all it costs
-        built["cpu"] = (build(name, model_args, in_channels=size[0], device="meta")[0]
-                        .to_empty(device="cpu"), info)
+    if device == "auto":
+        devices = ("cpu", "meta") if 4 * weight_bytes < _available_bytes() else ("meta",)
+    else:
+        devices = (device,)
+    built = {"meta": (meta_model, info)} if devices[0] == "meta" else {
+        devices[0]: (_materialise(meta_model, devices[0]), info)}
 
-    def run(model, info, device):
-        x = torch.zeros((batch_size, *size), device=device)
-        with eval_mode(model):
-            return model, info, x, _trace(model, x, CPU_SECONDS if device == "cpu" else None)
+    def run(model, info, on):
+        if dtype != "float32":
+            model.to(DTYPES[dtype])
+        xs = [torch.zeros((batch_size, *s), device=on, dtype=DTYPES[dtype]) for s in sizes]
+        seconds = CPU_SECONDS if on == "cpu" and device == "auto" else None
+        with _in_mode(model, mode):
+            return model, info, xs, _trace(model, xs, seconds)
 
-    fits = 4 * weight_bytes < _available_bytes()
-    return on_first_device(name, model_args, size, run,
-                           devices=("cpu", "meta") if fits else ("meta",),
+    return on_first_device(name, model_args, sizes[0], run, devices=devices,
                            batch_size=batch_size, built=built)
 
 
-def summarize(name: str, input_size: tuple[int, int, int] | None = None, *, batch_size: int = 1,
-              depth: int = 3, model_args: dict | None = None) -> dict:
-    """The summary of registered model (or ``torchvision:<name>``) ``name`` as a JSON-ready dict."""
-    from cnnbench.registry import get_model_info
-
-    size = tuple(input_size or get_model_info(name).input_size)
+def _check_options(batch_size, depth, mode, dtype, device) -> None:
     if batch_size < 1 or depth < 0:
         raise CnnbenchError("--batch-size must be >= 1 and --depth >= 0")
-    model, info, x, trace = _run_somewhere(name, model_args, size, batch_size)
-    return {"model": info.name, "task": info.task, **_tabulate(model, x, trace, depth)}
+    _check_choice("mode", mode, MODES)
+    _check_choice("dtype", dtype, DTYPES)
+    _check_choice("device", device, DEVICES)
+    if device == "cuda":
+        resolve_device(device)  # one line where there is no GPU
 
 
-def summarize_module(model: nn.Module, input_size: tuple[int, ...], *, batch_size: int = 1,
-                     depth: int = 3) -> dict:
-    """The same summary for any module, run once on zeros of ``input_size`` (no batch) on the
-    device of its parameters (the CPU for a module without any)."""
-    device = next(model.parameters(), torch.empty(0)).device
-    x = torch.zeros((batch_size, *input_size), device=device)
-    with eval_mode(model):
-        trace = _trace(model, x)
-    return {"model": type(model).__name__, "task": None, **_tabulate(model, x, trace, depth)}
+def summarize(name: str, input_size=None, *, batch_size: int = 1, depth: int = 3,
+              model_args: dict | None = None, columns=DEFAULT_COLUMNS, mode: str = "eval",
+              dtype: str = "float32", device: str = "auto", verbose: bool = False) -> dict:
+    """The summary of registered model (or ``torchvision:<name>``) ``name`` as a JSON-ready dict.
+
+    ``input_size`` is ``(C, H, W)`` or a list of them, one per positional input of ``forward``.
+    Layers get the keys of ``columns`` beyond the default ones (``input_shape``, ``kernel_size``,
+    ``params_percent``, ``receptive_field`` and ``stride``), and ``weights`` with ``verbose``.
+    """
+    from cnnbench.registry import get_model_info
+
+    sizes = _sizes(input_size or get_model_info(name).input_size)
+    columns = parse_columns(",".join(columns)) if not isinstance(columns, str) else \
+        parse_columns(columns)
+    _check_options(batch_size, depth, mode, dtype, device)
+    model, info, xs, trace = _run_somewhere(name, model_args, sizes, batch_size, mode=mode,
+                                            dtype=dtype, device=device)
+    fields = None
+    if "rf" in columns:
+        from cnnbench.rf.analysis import analyse
+
+        fields = _fields(analyse(name, sizes[0], model_args) if len(sizes) == 1 else None)
+    return {"model": info.name, "task": info.task,
+            **_tabulate(model, xs, trace, depth, columns, verbose, fields)}
+
+
+def summarize_module(model: nn.Module, input_size, *, batch_size: int = 1, depth: int = 3,
+                     columns=DEFAULT_COLUMNS, mode: str = "eval", verbose: bool = False) -> dict:
+    """The same summary for any module, run once on zeros of ``input_size`` (no batch; a list of
+    sizes for several inputs) on the device and in the dtype of its parameters (the CPU and
+    float32 for a module without any)."""
+    from cnnbench.rf.analysis import analyse_module
+
+    sizes = _sizes(input_size)
+    columns = parse_columns(columns if isinstance(columns, str) else ",".join(columns))
+    _check_options(batch_size, depth, mode, "float32", "auto")
+    first = next(model.parameters(), torch.empty(0))
+    dtype = first.dtype if first.is_floating_point() else torch.float32
+    xs = [torch.zeros((batch_size, *s), device=first.device, dtype=dtype) for s in sizes]
+    with _in_mode(model, mode):
+        trace = _trace(model, xs)
+    fields = None
+    if "rf" in columns:
+        fields = _fields(analyse_module(model, sizes[0], device=first.device)
+                         if len(sizes) == 1 else None)
+    return {"model": type(model).__name__, "task": None,
+            **_tabulate(model, xs, trace, depth, columns, verbose, fields)}
+
+
+def _fields(analysis) -> dict[str, dict]:
+    """Receptive field and stride of each module's first output, where it is a spatial map
+    whose field is known (no operation without a rule upstream)."""
+    fields = {}
+    for row in analysis.rows if analysis is not None else []:
+        f = row.field
+        if "#" in row.name or f.dims is None or any("uninterpreted" in fl for fl in f.flags):
+            continue
+        summary = f.summary()
+        fields.setdefault(row.name.split("[")[0], {"receptive_field": summary["receptive_field"],
+                                                   "stride": summary["stride"]})
+    return fields
 
 
 def _module_tree(model: nn.Module, trace: Trace) -> tuple[list[str], set[str]]:
@@ -249,13 +383,29 @@ def _module_tree(model: nn.Module, trace: Trace) -> tuple[list[str], set[str]]:
     return order, {n for n in names if first[n] == math.inf}
 
 
-def _tabulate(model: nn.Module, x: torch.Tensor, trace: Trace, depth: int) -> dict:
+def _trainable(params) -> bool | str:
+    """True, False, or "partly" where some of a row's parameters are frozen."""
+    flags = {p.requires_grad for p in params}
+    return "partly" if len(flags) > 1 else flags != {False}
+
+
+def _kernel(module: nn.Module) -> list[int] | None:
+    k = getattr(module, "kernel_size", None)
+    if k is None:
+        return None
+    return list(k) if isinstance(k, (tuple, list)) else [k, k]
+
+
+def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int,
+              columns=DEFAULT_COLUMNS, verbose: bool = False, fields: dict | None = None) -> dict:
     modules = dict(model.named_modules())
     order, never_ran = _module_tree(model, trace)
     inclusive = defaultdict(int)  # FLOPs of a module and everything below it
     for n in reversed(order):
         inclusive[n] += trace.own_flops.get(n, 0)
         inclusive[n.rpartition(".")[0]] += inclusive[n]
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
     layers, counted = [], set()
     for n in order:
         level = n.count(".") + 1
@@ -264,28 +414,41 @@ def _tabulate(model: nn.Module, x: torch.Tensor, trace: Trace, depth: int) -> di
         # A row whose children are shown keeps only what they do not account for, so that
         # the rows add up to the totals; a parameter shared by two modules counts once.
         expanded = level < depth
-        params = [p for p in modules[n].parameters(recurse=not expanded) if id(p) not in counted]
-        counted.update(id(p) for p in params)
-        layers.append({
+        own = [(k, p) for k, p in modules[n].named_parameters(recurse=not expanded)
+               if id(p) not in counted]
+        counted.update(id(p) for _, p in own)
+        row = {
             "name": n, "type": type(modules[n]).__name__, "depth": level,
-            "output_shape": trace.shapes.get(n), "params": sum(p.numel() for p in params),
-            "trainable": all(p.requires_grad for p in params),
+            "output_shape": trace.shapes.get(n), "params": sum(p.numel() for _, p in own),
+            "trainable": _trainable(p for _, p in own),
             "flops": trace.own_flops.get(n, 0) if expanded else inclusive[n],
-        })
-    params = list(model.parameters())
-    total = sum(p.numel() for p in params)
+        }
+        if "input_shape" in columns:
+            row["input_shape"] = trace.input_shapes.get(n)
+        if "kernel" in columns:
+            row["kernel_size"] = _kernel(modules[n])
+        if "params_percent" in columns:
+            row["params_percent"] = 100 * row["params"] / total if total else 0.0
+        if fields is not None:
+            row.update(fields.get(n, {"receptive_field": None, "stride": None}))
+        if verbose:
+            row["weights"] = [{"name": k, "shape": list(p.shape), "params": p.numel(),
+                               "trainable": p.requires_grad} for k, p in own]
+        layers.append(row)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    x = xs[0]
     notes = model.summary_notes(x) if hasattr(model, "summary_notes") else []
     idle = [n for n in order if n in never_ran and n.rpartition(".")[0] not in never_ran]
     if idle:
         notes.append("not run by this forward pass (output shape --): " + ", ".join(idle))
     return {
-        "input_size": list(x.shape), "layers": layers, "outputs": shape_of(trace.output),
+        "input_size": list(x.shape) if len(xs) == 1 else [list(t.shape) for t in xs],
+        "layers": layers, "outputs": shape_of(trace.output),
         "total_params": total, "trainable_params": trainable,
         "non_trainable_params": total - trainable, "flops": trace.total_flops,
         "param_bytes": sum(p.numel() * p.element_size() for p in params) + buffers,
         "activation_bytes": trace.activation_bytes,
-        "input_bytes": x.numel() * x.element_size(), "device": str(x.device), "notes": notes,
-        "uncounted_ops": trace.uncounted,
+        "input_bytes": sum(t.numel() * t.element_size() for t in xs), "device": str(x.device),
+        "notes": notes, "uncounted_ops": trace.uncounted,
     }

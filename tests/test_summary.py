@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from cnnbench.cli import app
 from cnnbench.registry import get_model, get_model_info, list_models
-from cnnbench.summary import summarize, summarize_module
+from cnnbench.errors import CnnbenchError
+from cnnbench.summary import parse_columns, summarize, summarize_module
 
 runner = CliRunner()
 
@@ -141,7 +142,7 @@ def test_meta_device_takes_over_where_the_cpu_is_slow_or_memory_short(monkeypatc
     on_meta = summarize("googlenet", depth=1)
     assert on_meta["device"] == "meta"
     monkeypatch.undo()
-    reference = summarize("googlenet", depth=1)
+    reference = summarize("googlenet", depth=1, device="cpu")  # auto may pick meta under load
     assert reference["device"] == "cpu"
     assert {k: v for k, v in on_meta.items() if k != "device"} == \
         {k: v for k, v in reference.items() if k != "device"}
@@ -225,6 +226,9 @@ def test_models_lists_every_name_with_params():
     (["summary", "lenet", "--model-arg", "oops"], "bad --model-arg"),
     (["summary", "vgg11", "--model-arg", "rati=4"], "did you mean ratio"),
     (["models", "--task", "detect"], "did you mean detection"),
+    (["summary", "lenet", "--columns", "kernal"], "did you mean kernel"),
+    (["summary", "lenet", "--mode", "test"], "unknown --mode 'test'"),
+    (["summary", "lenet", "--dtype", "int8"], "unknown --dtype 'int8'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     code, out, err = run_cli(*args)
@@ -238,3 +242,100 @@ def test_version_and_help():
     assert code == 0 and out.startswith("cnnbench ")
     result = runner.invoke(app, ["summary", "--help"])
     assert result.exit_code == 0 and "Examples" in result.output
+
+
+# --- options at parity with torchinfo (issue 11) ---
+
+def test_columns_take_torchinfo_names_and_keep_display_order():
+    assert parse_columns(None) == ("output_shape", "params", "trainable", "flops")
+    assert parse_columns("mult_adds,input_size,num_params,kernel_size") == \
+        ("input_shape", "kernel", "params", "flops")
+    assert parse_columns("all")[-1] == "rf"
+    with pytest.raises(CnnbenchError, match="did you mean params_percent"):
+        parse_columns("params_percnt")
+
+
+def test_extra_columns_give_input_shape_kernel_percent_and_receptive_field():
+    s = summarize("lenet", columns=("input_shape", "kernel", "params_percent", "rf"))
+    rows = {layer["name"]: layer for layer in s["layers"]}
+    assert rows["3"]["input_shape"] == [1, 6, 14, 14] and rows["3"]["kernel_size"] == [5, 5]
+    assert rows["2"]["kernel_size"] == [2, 2] and rows["7"]["kernel_size"] is None
+    assert rows["7"]["params_percent"] == pytest.approx(100 * 48_120 / 61_706)
+    assert sum(r["params_percent"] for r in rows.values()) == pytest.approx(100)
+    # conv 5 -> pool 2 (field 6, stride 2) -> conv 5 (6 + 4 * 2 = 14) -> pool 2 (16, stride 4)
+    assert [rows[n]["receptive_field"] for n in "0235"] == [[5, 5], [6, 6], [14, 14], [16, 16]]
+    assert rows["5"]["stride"] == [4, 4]
+    assert rows["7"]["receptive_field"] is None  # after the flatten: no spatial map
+    assert "kernel_size" not in summarize("lenet")["layers"][0]  # only when asked
+
+
+def test_verbose_lists_each_weight_and_partly_frozen_layers():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    model[0].weight.requires_grad_(False)
+    s = summarize_module(model, (1, 8, 8), verbose=True)
+    conv, bn = s["layers"]
+    assert conv["trainable"] == "partly" and bn["trainable"] is True
+    assert conv["weights"] == [
+        {"name": "weight", "shape": [4, 1, 3, 3], "params": 36, "trainable": False},
+        {"name": "bias", "shape": [4], "params": 4, "trainable": True}]
+    assert s["trainable_params"] == 4 + 8 and s["non_trainable_params"] == 36
+    whole = summarize_module(model, (1, 8, 8), depth=0)
+    assert whole["layers"] == []
+    seq = summarize_module(nn.Sequential(model), (1, 8, 8), depth=1)
+    assert seq["layers"][0]["trainable"] == "partly"
+
+
+class TwoInputs(nn.Module):
+    """A forward with two tensors and a head that runs only in training."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, stride=2)
+        self.b = nn.Conv2d(3, 2, 1)
+        self.aux = nn.Linear(2, 5)
+
+    def forward(self, big, small):
+        y = self.a(big)[..., :32, :32] + self.b(small)  # [N, 2, 32, 32]
+        if self.training:
+            return y, self.aux(y.mean((2, 3)))
+        return y
+
+
+def test_several_inputs_and_train_mode():
+    model = TwoInputs().eval()
+    s = summarize_module(model, [(1, 96, 96), (3, 32, 32)], columns="input_shape")
+    rows = {layer["name"]: layer for layer in s["layers"]}
+    assert s["input_size"] == [[1, 1, 96, 96], [1, 3, 32, 32]]
+    assert rows["a"]["output_shape"] == [1, 2, 47, 47]
+    assert rows["b"]["input_shape"] == [1, 3, 32, 32]
+    assert rows["aux"]["output_shape"] is None and s["outputs"] == [1, 2, 32, 32]
+    trained = summarize_module(model, [(1, 96, 96), (3, 32, 32)], mode="train")
+    assert {r["name"]: r for r in trained["layers"]}["aux"]["output_shape"] == [1, 5]
+    assert list(trained["outputs"]) == [[1, 2, 32, 32], [1, 5]]
+    assert not model.training  # the mode is put back
+
+
+def test_dtype_and_device():
+    bf16 = summarize("lenet", dtype="bfloat16")
+    fp32 = summarize("lenet")
+    assert bf16["param_bytes"] * 2 == fp32["param_bytes"] and bf16["input_bytes"] == 28 * 28 * 2
+    assert bf16["layers"] == fp32["layers"] and bf16["flops"] == fp32["flops"]
+    meta = summarize("lenet", device="meta")
+    assert meta["device"] == "meta" and meta["layers"] == fp32["layers"]
+    if not torch.cuda.is_available():
+        with pytest.raises(CnnbenchError, match="--device cuda"):
+            summarize("lenet", device="cuda")
+
+
+def test_cli_shows_new_columns_and_weight_rows():
+    result = runner.invoke(app, ["summary", "lenet", "--verbose",
+                                 "--columns", "kernel_size,num_params,params_percent,rf",
+                                 "--dtype", "float64", "--mode", "train"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any("RF / stride" in line and "params %" in line for line in lines)
+    assert any("5x5" in line and "0.25 %" in line and "5 / 1" in line for line in lines)
+    assert any("· weight [6, 1, 5, 5]" in line and "150" in line for line in lines)
+    assert "Parameter memory      482.08 KiB" in result.output  # float64: twice float32's
+    data = json.loads(runner.invoke(app, ["summary", "lenet", "--json", "--columns", "rf"]).output)
+    assert data["layers"][2]["receptive_field"] == [6, 6]

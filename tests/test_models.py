@@ -322,3 +322,14 @@ def test_torchvision_models_build_without_any_download():
     # without weights: 3x3 conv 1024->256 (no bias), batch norm 256, 1x1 conv 256->21.
     aux = 1024 * 256 * 9 + bn(256) + conv(256, 21, 1)
     assert count(model) == 35_322_218 - aux
+
+
+def test_scratch_batch_norm_trains_under_bf16_autocast_with_float32_averages():
+    # Under autocast a convolution hands BatchNorm bfloat16 activations; the moving averages
+    # stay float32 (a CUDA run of lenet-bn's GPU profile failed here).
+    conv, bn = nn.Conv2d(1, 4, 3), BatchNorm(4, num_dims=4)
+    x = torch.randn(8, 1, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = bn.train()(conv(x))
+    assert bn.moving_mean.dtype == torch.float32 and bn.moving_var.dtype == torch.float32
+    assert bn.moving_mean.abs().sum() > 0 and torch.isfinite(y).all()

@@ -31,9 +31,9 @@ class BatchNorm(nn.Module):
             mean = x.mean(dim=dims, keepdim=True)
             var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
             x_hat = (x - mean) / torch.sqrt(var + self.eps)
-            with torch.no_grad():
-                self.moving_mean.lerp_(mean, 1.0 - self.momentum)
-                self.moving_var.lerp_(var, 1.0 - self.momentum)
+            with torch.no_grad():  # under autocast the statistics may be half precision
+                self.moving_mean.lerp_(mean.to(self.moving_mean.dtype), 1.0 - self.momentum)
+                self.moving_var.lerp_(var.to(self.moving_var.dtype), 1.0 - self.momentum)
         return self.gamma * x_hat + self.beta
 
 

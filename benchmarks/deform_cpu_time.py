@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from cnnbench.bench import _deform_inputs, deform_impls, parse_shape
+    from cnnbench.bench.ops import _deform_inputs, deform_impls, parse_shape
 
     shape = parse_shape(args.shape)
     data = _deform_inputs(shape, torch.device("cpu"), torch.float32)

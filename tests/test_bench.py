@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from cnnbench import bench
+from cnnbench.bench import models, timing
 from cnnbench.cli import app
 from cnnbench.errors import CnnbenchError
 
@@ -77,20 +78,20 @@ def test_bench_lenet_json_has_timm_columns(tmp_path):
 
 
 def test_few_cores_mean_one_thread_unless_told(monkeypatch):
-    monkeypatch.setattr(bench, "available_cores", lambda: 2)
+    monkeypatch.setattr(timing, "available_cores", lambda: 2)
     assert bench.choose_threads() == (1, "default with 2 cores; --threads N to change")
     assert bench.choose_threads(3) == (3, "--threads")
-    monkeypatch.setattr(bench, "available_cores", lambda: 16)
+    monkeypatch.setattr(timing, "available_cores", lambda: 16)
     assert bench.choose_threads() == (torch.get_num_threads(), "PyTorch's default")
     with pytest.raises(CnnbenchError, match="--threads must be >= 1"):
         bench.choose_threads(0)
 
 
 def test_bench_runs_on_the_chosen_threads_and_says_so(monkeypatch):
-    monkeypatch.setattr(bench, "available_cores", lambda: 4)
+    monkeypatch.setattr(timing, "available_cores", lambda: 4)
     torch.set_num_threads(2)  # the one_thread fixture restores it
     seen = []
-    monkeypatch.setattr(bench, "time_call", lambda fn, *a, **k: seen.append(
+    monkeypatch.setattr(models, "time_call", lambda fn, *a, **k: seen.append(
         torch.get_num_threads()) or {"median_ms": 1.0, "iqr_ms": 0.0, "runs": 1})
     result = CliRunner().invoke(app, ["bench", "lenet", "-b", "1", "--no-train"])
     assert result.exit_code == 0, result.output
@@ -139,9 +140,7 @@ def test_training_step_uses_the_recipe_optimizer_or_the_option():
         bench.training_optimizer("lenet", "adan")
 
 
-def test_detail_splits_the_training_step_and_restores_the_weights():
-    from cnnbench.building import build
-
+def test_detail_splits_the_training_step_into_forward_backward_and_optimizer():
     result = bench.bench_model("lenet", batch_sizes=[2], device="cpu", min_run_time=0.01,
                                detail=True, optimizer="sgd")
     row = result["rows"][0]
@@ -158,14 +157,14 @@ def test_detail_splits_the_training_step_and_restores_the_weights():
 
 def _out_of_memory_above(limit, monkeypatch):
     """Inputs above ``limit`` samples fail to allocate, as on a full GPU."""
-    make = bench._example_input
+    make = models._example_input
 
     def example_input(batch, size, setup):
         if batch > limit:
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {batch} MiB")
         return make(batch, size, setup)
 
-    monkeypatch.setattr(bench, "_example_input", example_input)
+    monkeypatch.setattr(models, "_example_input", example_input)
 
 
 def test_out_of_memory_is_retried_at_half_the_batch(monkeypatch):

@@ -243,3 +243,77 @@ def test_coco_map_equals_pycocotools_on_random_boxes():
                 worst = max(worst, abs(a - b))
         assert any(0 < v < 1 for v in reference)  # the scenes are neither trivial nor empty
     assert worst <= 1e-12
+
+
+# The batched matching against the per-image version it replaced (kept here as the reference).
+
+def _old_box_iou(a, b):
+    """The IoU before it went one coordinate at a time."""
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = area_a[..., :, None] + area_b[..., None, :] - inter
+    return inter / union.clamp(min=1e-9)
+
+
+def _match_one_image(anchors, boxes, labels, threshold):
+    """SSD's matching for one image, its real objects only, one greedy pick at a time."""
+    cols = torch.nonzero(labels >= 0).flatten()
+    matched = torch.full((len(anchors),), -1, dtype=torch.long)
+    if len(cols) == 0:
+        return matched
+    iou = _old_box_iou(anchors, boxes[cols])
+    best, arg = iou.max(1)
+    matched[best >= threshold] = cols[arg[best >= threshold]]
+    table = iou.clone()
+    for _ in range(len(cols)):
+        a, j = divmod(int(table.argmax()), len(cols))
+        matched[a] = cols[j]
+        table[a, :] = -2.0
+        table[:, j] = -2.0
+    return matched
+
+
+def _random_scene_boxes(g, n, m, grid):
+    """Boxes on a coarse grid (so IoUs tie), duplicates, padding rows, images with no object."""
+    xy = torch.randint(0, grid - 1, (n, m, 2), generator=g).float() / grid
+    wh = torch.randint(1, grid // 2, (n, m, 2), generator=g).float() / grid
+    boxes = torch.cat((xy, (xy + wh).clamp(max=1)), -1)
+    boxes[:, 1] = boxes[:, 0]  # a duplicate object: the same IoU with every anchor
+    labels = torch.randint(-1, 5, (n, m), generator=g)
+    labels[0] = -1  # an image with no object at all
+    boxes[labels < 0] = 0.0
+    return boxes, labels
+
+
+def test_box_iou_is_bitwise_the_old_formula():
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(30, 4, generator=g)
+    a[5] = a[6].flip(0)  # x1 < x0: no area
+    b = torch.rand(3, 7, 4, generator=g)
+    assert torch.equal(B.batched_box_iou(a, b), _old_box_iou(a.expand(3, -1, -1), b))
+    assert torch.equal(B.batched_box_iou(b, b), _old_box_iou(b, b))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_matching_equals_the_per_image_version(seed):
+    g = torch.Generator().manual_seed(seed)
+    grid = 8
+    anchors = torch.cat((grid_anchors(4, 4, (0.25, 0.5), (1.0, 2.0)),
+                         grid_anchors(2, 2, (0.5,), (1.0,))))
+    anchors = torch.cat((anchors, anchors[:5]))  # duplicate anchors: ties between anchors
+    boxes, labels = _random_scene_boxes(g, 12, 5, grid)
+    for threshold in (0.3, 0.5):
+        matched = B.match(anchors, boxes, labels, threshold)
+        for i in range(len(boxes)):
+            assert torch.equal(matched[i], _match_one_image(anchors, boxes[i], labels[i],
+                                                            threshold)), (seed, threshold, i)
+    cls, offsets = B.detection_targets(anchors, boxes, labels, 0.5)
+    assert (cls[0] == 0).all()  # the image with no object is all background
+    for i in range(len(boxes)):
+        m = _match_one_image(anchors, boxes[i], labels[i], 0.5)
+        want_cls = torch.where(m >= 0, labels[i][m.clamp(min=0)] + 1, 0)
+        want_offsets = B.encode(anchors, boxes[i][m.clamp(min=0)])
+        assert torch.equal(cls[i], want_cls) and torch.equal(offsets[i], want_offsets)

@@ -140,3 +140,25 @@ def test_ssd_loss_counts_only_the_hardest_negatives():
     # One object: max(3 x 1, 8) = 8 negatives, the ones with the largest loss.
     assert cls.item() == pytest.approx((ce[4] + negatives[:8].sum()).item(), rel=1e-5)
     assert loc.item() == pytest.approx(0.5 * 0.5 ** 2)  # smooth-L1 (beta 1) of 0.5
+
+
+@pytest.mark.parametrize("kind", ["smooth_l1", "l1"])
+def test_box_loss_by_mask_trains_exactly_as_by_index(kind):
+    """The box loss sums under a mask (no host sync) instead of indexing ``pred[pos]``: the
+    gradient is bitwise the same; the sum may differ in its last bit (another adding order)."""
+    from torch.nn import functional as F
+
+    from cnnbench.tasks.detection import _box_loss
+
+    g = torch.Generator().manual_seed(1)
+    pred = torch.randn(4, 50, 4, generator=g, requires_grad=True)
+    target = torch.randn(4, 50, 4, generator=g)
+    pos = torch.rand(4, 50, generator=g) < 0.1
+    pos[0] = False  # an image with no matched anchor
+    loss_fn = F.l1_loss if kind == "l1" else F.smooth_l1_loss
+    old = loss_fn(pred[pos], target[pos], reduction="sum")
+    (old_grad,) = torch.autograd.grad(old, pred)
+    new = _box_loss(pred, target, pos, kind)
+    (new_grad,) = torch.autograd.grad(new, pred)
+    assert torch.equal(new_grad, old_grad) and (new_grad[~pos] == 0).all()
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=0)

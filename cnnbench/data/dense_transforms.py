@@ -51,7 +51,9 @@ def random_affine(images: torch.Tensor, boxes: torch.Tensor | None = None,
         masks = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                               align_corners=False)[:, 0].to(masks.dtype)
     if boxes is not None:
-        boxes, labels = _move_boxes(boxes, labels, torch.linalg.inv(a), t, w, h, min_visible)
+        # inv_ex: inv's error check would wait for the device.
+        boxes, labels = _move_boxes(boxes, labels, torch.linalg.inv_ex(a).inverse, t, w, h,
+                                    min_visible)
     return out, boxes, labels, masks
 
 

@@ -24,7 +24,7 @@ def ssd_loss(cls_logits, box_offsets, cls_target, box_target, neg_ratio: float =
     """(box loss, class loss), each summed and divided by the number of matched anchors."""
     pos = cls_target > 0
     num_pos = pos.sum().clamp(min=1).float()
-    loc = _box_loss(box_offsets[pos], box_target[pos], box_loss) / num_pos
+    loc = _box_loss(box_offsets, box_target, pos, box_loss) / num_pos
     ce = F.cross_entropy(cls_logits.flatten(0, 1), cls_target.flatten(),
                          reduction="none").view_as(cls_target)
     # Hard negative mining: only the background anchors the model gets most wrong count, at most
@@ -44,14 +44,17 @@ def focal_loss(cls_logits, box_offsets, cls_target, box_target, box_loss: str = 
     num_pos = pos.sum().clamp(min=1).float()
     one_hot = F.one_hot(cls_target, cls_logits.shape[-1] + 1)[..., 1:].to(cls_logits.dtype)
     cls = sigmoid_focal_loss(cls_logits, one_hot, alpha, gamma, reduction="sum") / num_pos
-    loc = _box_loss(box_offsets[pos], box_target[pos], box_loss) / num_pos
+    loc = _box_loss(box_offsets, box_target, pos, box_loss) / num_pos
     return loc, cls
 
 
-def _box_loss(pred, target, kind: str):
+def _box_loss(pred, target, pos, kind: str):
+    """Summed over the anchors where ``pos``: a mask, not an index, so the host never waits."""
     if kind == "l1":
-        return F.l1_loss(pred, target, reduction="sum")
-    return F.smooth_l1_loss(pred, target, reduction="sum", beta=1.0)
+        per_anchor = F.l1_loss(pred, target, reduction="none")
+    else:
+        per_anchor = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
+    return torch.where(pos[..., None], per_anchor, 0.0).sum()
 
 
 class Detection(DenseTask):

@@ -66,10 +66,12 @@ def run_cli(argv: list[str]) -> None:
         code = exit_.code or 0
     with open(f"exit{os.environ['RANK']}", "w") as file:
         file.write(f"{code}\n")
-    # The launcher stops the others once one process has failed: rank 0 waits (at most 20 s)
-    # for process 1 to report, so a missing exit1 means process 1 did not get there.
-    for _ in range(200 if code and os.environ["RANK"] == "0" else 0):
-        if os.path.exists("exit1"):
+    # The launcher stops the others once one process has failed, and reports the first failure
+    # it sees: a failing process 1 waits (at most 20 s) for rank 0 to report and exit first, as
+    # rank 0 is the one that prints; so a missing exit1 means process 1 did not get there.
+    for _ in range(200 if code and os.environ["RANK"] != "0" else 0):
+        if os.path.exists("exit0"):
+            time.sleep(0.5)  # rank 0 is exiting
             break
         time.sleep(0.1)
     if code:

@@ -9,15 +9,18 @@ The model is built on ``meta`` and given zeros for weights: initialising them co
 pass itself and changes no shape or FLOP. Options follow torchinfo: columns (input shape, kernel,
 parameter percentages, receptive field and stride from :mod:`cnnbench.rf`), train or eval mode,
 dtype, device, a row per weight tensor (``verbose``) and several inputs.
-FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``: one multiply-add counts as 2 FLOPs;
+FLOPs come from ``torch.utils.flop_counter``'s formulas, counted as ``FlopCounterMode`` counts
+them (one multiply-add is 2 FLOPs) by a lighter dispatch mode of ours;
 operators it has no formula for (pooling, activations, normalisation) are named, not counted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from functools import lru_cache
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from cnnbench.building import build
@@ -35,6 +39,8 @@ from cnnbench.errors import CnnbenchError, did_you_mean
 
 def shape_of(output):
     """Shapes of a tensor or of the tensors inside tuples, lists and dicts (None for the rest)."""
+    if isinstance(output, torch.Tensor):
+        return list(output.shape)
     return tree_map(lambda v: list(v.shape) if isinstance(v, torch.Tensor) else None, output)
 
 
@@ -113,19 +119,11 @@ def _op_label(op) -> str:
     return "batch_norm" if "batch_norm" in name else name
 
 
-def _flop_counter():
-    """``FlopCounterMode``, without the two imports it would cost a summary.
-
-    * Importing ``torch.utils.flop_counter`` imports Triton (0.2 s with CUDA builds of torch) only
-      to recognise Triton kernels, which an eager forward pass never runs: hide Triton while the
-      module loads (it then counts Triton kernels as nothing) and unhide it at once.
-    * Its ``__torch_dispatch__`` is wrapped to disable dynamo, and the wrapper imports
-      ``torch._dynamo`` (1.3 s) on first use. Outside ``torch.compile`` the disabling changes
-      nothing, so mark the function as already wrapped.
-    """
-    import logging
-    import sys
-
+def _flop_registry() -> dict:
+    """``torch.utils.flop_counter``'s FLOP formulas, by operator, without the import of Triton
+    it would cost a summary (0.2 s with CUDA builds of torch): it imports Triton only to recognise
+    Triton kernels, which an eager forward pass never runs, so Triton is hidden while the module
+    loads (it then counts Triton kernels as nothing) and unhidden at once."""
     if "torch.utils.flop_counter" not in sys.modules and "triton" not in sys.modules:
         logger = logging.getLogger("torch.utils.flop_counter")
         level, logger.level = logger.level, logging.ERROR  # its "triton not found" warning
@@ -137,12 +135,89 @@ def _flop_counter():
             logger.setLevel(level)
     from torch.utils import flop_counter
 
-    for cls in vars(flop_counter).values():
-        dispatch = getattr(cls, "__torch_dispatch__", None) if isinstance(cls, type) else None
-        fn = getattr(dispatch, "__wrapped__", None)
-        if fn is not None and not hasattr(fn, "__dynamo_disable"):
-            fn.__dynamo_disable = fn
-    return flop_counter.FlopCounterMode
+    global _SHAPE_WRAPPER_CODE
+    _SHAPE_WRAPPER_CODE = flop_counter.shape_wrapper(len).__code__
+    return flop_counter.flop_registry
+
+
+_SHAPE_WRAPPER_CODE = None  # the code of the formulas' shape-taking wrapper, once loaded
+
+
+# Operators that only ask about a tensor's layout; answered by the tensor itself, never counted.
+_METADATA = {torch.ops.aten.sym_is_contiguous.default, torch.ops.aten.is_contiguous.default,
+             torch.ops.aten.is_contiguous.memory_format,
+             torch.ops.aten.is_strides_like_format.default,
+             torch.ops.aten.is_non_overlapping_and_dense.default, torch.ops.aten.size.default,
+             torch.ops.aten.sym_size.default, torch.ops.aten.stride.default,
+             torch.ops.aten.sym_stride.default, torch.ops.aten.storage_offset.default,
+             torch.ops.aten.sym_storage_offset.default, torch.ops.aten.numel.default,
+             torch.ops.aten.sym_numel.default, torch.ops.aten.dim.default,
+             torch.ops.prim.layout.default}
+
+
+def _shapes(v):
+    """``torch.utils.flop_counter.get_shape`` mapped over an operator's arguments, without the
+    pytree machinery (several times the cost of a convolution on a small input)."""
+    if isinstance(v, torch.Tensor):
+        return v.shape
+    if type(v) in (list, tuple):
+        return type(v)(_shapes(a) for a in v)
+    if type(v) is dict:
+        return {k: _shapes(a) for k, a in v.items()}
+    return v
+
+
+def _apply(formula, args, kwargs, out) -> int:
+    """``formula(*args, **kwargs, out_val=out)``; one wrapped by ``shape_wrapper`` gets shapes."""
+    raw = getattr(formula, "__wrapped__", None)
+    if raw is None or formula.__code__ is not _SHAPE_WRAPPER_CODE:
+        return formula(*args, **kwargs, out_val=out)
+    return raw(*_shapes(args), out_shape=_shapes(out), **_shapes(kwargs))
+
+
+@lru_cache(maxsize=None)
+def _decomposes(func) -> bool:
+    """Whether ``func`` has a composite kernel that ``FlopCounterMode`` would run instead."""
+    cia = torch._C.DispatchKey.CompositeImplicitAutograd
+    return func is not torch.ops.prim.device.default and (
+        cia in func.py_kernels or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), cia))
+
+
+class _FlopCounter(TorchDispatchMode):
+    """``FlopCounterMode``'s count (same formulas, same decompositions) without its per-module
+    bookkeeping: the total so far, and the operators that did arithmetic without a formula.
+    (``FlopCounterMode`` tracks every module with global hooks, which costs more than a small
+    model's pass.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.registry = _flop_registry()
+        self.total = 0
+        self.uncounted: set[str] = set()
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Not wrapped to disable dynamo: no model is compiled here, and the wrapper imports
+        # ``torch._dynamo`` (1.3 s) and costs a Python frame per operator.
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _METADATA or isinstance(func, torch._ops.HigherOrderOperator):
+            return NotImplemented
+        if _decomposes(func):
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        formula = self.registry.get(packet)
+        if formula is not None:
+            self.total += _apply(formula, args, kwargs, out)
+        elif _does_arithmetic(packet):
+            self.uncounted.add(_op_label(packet))
+        return out
 
 
 @dataclass
@@ -167,40 +242,34 @@ def _trace(model: nn.Module, xs: list[torch.Tensor], seconds: float | None = Non
     still accounts for every FLOP exactly once. With ``seconds``, a pass still running after
     that long stops with :class:`_TooSlow`.
     """
-    counter = _flop_counter()(display=False)
-    count_flops, uncounted = counter._count_flops, set()
-
-    def count(op, out, args, kwargs):
-        if op not in counter.flop_registry and _does_arithmetic(op):
-            uncounted.add(_op_label(op))
-        return count_flops(op, out, args, kwargs)
-
-    counter._count_flops = count
+    counter = _FlopCounter()
     deadline = None if seconds is None else time.perf_counter() + seconds
 
     names = {m: n for n, m in model.named_modules() if n}
+    leaves = {m for m in names if next(m.children(), None) is None}
     first_call, shapes, input_shapes, own_flops = {}, {}, {}, defaultdict(int)
     stack, counted, leaf_bytes = [""], [0], [0]
 
     def account():
-        total = counter.get_total_flops()
-        own_flops[stack[-1]] += total - counted[0]
-        counted[0] = total
+        own_flops[stack[-1]] += counter.total - counted[0]
+        counted[0] = counter.total
 
     def pre_hook(module, args):
         if deadline is not None and time.perf_counter() > deadline:
             raise _TooSlow(f"the CPU pass took over {seconds} s")
         account()
-        stack.append(names[module])
-        first_call.setdefault(names[module], len(first_call))
-        input_shapes[names[module]] = shape_of(args[0] if len(args) == 1 else args)
+        name = names[module]
+        stack.append(name)
+        first_call.setdefault(name, len(first_call))
+        input_shapes[name] = shape_of(args[0] if len(args) == 1 else args)
 
     def hook(module, args, output):
         account()
         stack.pop()
         shapes[names[module]] = shape_of(output)
-        if not any(True for _ in module.children()):
-            leaf_bytes[0] += sum(t.numel() * t.element_size() for t in tensors(output))
+        if module in leaves:
+            outs = (output,) if isinstance(output, torch.Tensor) else tensors(output)
+            leaf_bytes[0] += sum(t.numel() * t.element_size() for t in outs)
 
     handles = []
     for module in names:
@@ -213,9 +282,8 @@ def _trace(model: nn.Module, xs: list[torch.Tensor], seconds: float | None = Non
     finally:
         for h in handles:
             h.remove()
-    return Trace(output, first_call, shapes, input_shapes, dict(own_flops),
-                 counter.get_total_flops(),
-                 leaf_bytes[0], sorted(uncounted))
+    return Trace(output, first_call, shapes, input_shapes, dict(own_flops), counter.total,
+                 leaf_bytes[0], sorted(counter.uncounted))
 
 
 def _available_bytes() -> float:

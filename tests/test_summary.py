@@ -339,3 +339,18 @@ def test_cli_shows_new_columns_and_weight_rows():
     assert "Parameter memory      482.08 KiB" in result.output  # float64: twice float32's
     data = json.loads(runner.invoke(app, ["summary", "lenet", "--json", "--columns", "rf"]).output)
     assert data["layers"][2]["receptive_field"] == [6, 6]
+
+
+def test_flops_equal_flop_counter_modes_count_without_importing_dynamo():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 5)).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(2, 3, 8, 8))
+    assert summarize_module(model, (3, 8, 8), batch_size=2)["flops"] == \
+        counter.get_total_flops() > 0
+    code = ("import sys; from cnnbench.summary import summarize; summarize('lenet'); "
+            "print('torch._dynamo' in sys.modules)")  # a 1.3 s import a summary does not need
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -408,9 +408,20 @@ def receptive_field(
             render.out.print(f"Heat map written to {erf}")
 
 
+# Click's base class of usage errors (an unknown option, a bad or missing value), which typer
+# re-exports only through its subclass BadParameter.
+UsageError = typer.BadParameter.__mro__[1]
+
+
 def main() -> None:
     try:
-        app()
+        code = app(prog_name="cnnbench", standalone_mode=False)  # usage errors: one line
+    except UsageError as exc:
+        message = exc.format_message().strip()  # blank: the help was shown (no arguments)
+        if message:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            sys.stderr.write(f"error: {message}{where}\n")
+        sys.exit(2)
     except CnnbenchError as exc:
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it once
             sys.stderr.write(f"error: {exc}\n")
@@ -426,6 +437,7 @@ def main() -> None:
         if os.environ.get("RANK", "0") == "0":
             sys.stderr.write(f"{exc}\n")
         sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

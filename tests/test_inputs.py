@@ -96,6 +96,11 @@ BAD_INPUTS = [
      "weights_backbone=DEFAULT refused"),
     (["receptive-field", "vgg11", "-m", "ratio=0"], "ratio must be a whole number >= 1"),
     (["bench", "lenet", "-m", "width=2"], "'lenet' has no option 'width'"),
+    (["summary", "lenet", "--dept", "2"],
+     "No such option: --dept (Possible options: --depth"),
+    (["runs", "--root", "x"], "No such option: --root (see `cnnbench runs --help`)"),
+    (["summary", "lenet", "--depth", "two"], "Invalid value for '--depth'"),
+    (["summary"], "Missing argument"),
 ]
 
 

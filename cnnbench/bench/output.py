@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from cnnbench.errors import CnnbenchError
 
@@ -98,3 +99,16 @@ def plot_sweep(result: dict | list[dict], path: str) -> None:
         raise CnnbenchError(f"cannot write --plot {path}: {exc.strerror}") from None
     finally:
         plt.close(fig)
+
+
+def check_writable(path: str | None, option: str) -> None:
+    """Fail before any work when ``path`` cannot be written (missing or read-only folder)."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CnnbenchError(f"cannot write {option} {path}: it is a folder")
+    if not os.path.isdir(folder):
+        raise CnnbenchError(f"cannot write {option} {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise CnnbenchError(f"cannot write {option} {path}: permission denied")

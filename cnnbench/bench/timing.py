@@ -181,16 +181,3 @@ def device_name(dev: torch.device) -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def check_writable(path: str | None, option: str) -> None:
-    """Fail before any work when ``path`` cannot be written (missing or read-only folder)."""
-    if not path:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise CnnbenchError(f"cannot write {option} {path}: it is a folder")
-    if not os.path.isdir(folder):
-        raise CnnbenchError(f"cannot write {option} {path}: no folder {folder}")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CnnbenchError(f"cannot write {option} {path}: permission denied")

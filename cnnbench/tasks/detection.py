@@ -42,7 +42,10 @@ def focal_loss(cls_logits, box_offsets, cls_target, box_target, box_loss: str = 
     """RetinaNet: sigmoid focal loss over every anchor and class, smooth-L1 on matched anchors."""
     pos = cls_target > 0
     num_pos = pos.sum().clamp(min=1).float()
-    one_hot = F.one_hot(cls_target, cls_logits.shape[-1] + 1)[..., 1:].to(cls_logits.dtype)
+    # One-hot of the object classes (1..C; background 0 matches none) by comparison: unlike
+    # F.one_hot, no range check that reads the device.
+    classes = torch.arange(1, cls_logits.shape[-1] + 1, device=cls_target.device)
+    one_hot = (cls_target[..., None] == classes).to(cls_logits.dtype)
     cls = sigmoid_focal_loss(cls_logits, one_hot, alpha, gamma, reduction="sum") / num_pos
     loc = _box_loss(box_offsets, box_target, pos, box_loss) / num_pos
     return loc, cls

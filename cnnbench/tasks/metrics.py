@@ -96,9 +96,15 @@ class BoxL1(Metric):
 
 
 def confusion_matrix(pred: torch.Tensor, true: torch.Tensor, k: int) -> torch.Tensor:
-    """``[k, k]`` counts, rows the true class, columns the predicted; void pixels are skipped."""
-    keep = true != IGNORE
-    return torch.bincount(true[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+    """``[k, k]`` counts, rows the true class, columns the predicted; void pixels are skipped.
+
+    Void pixels go to one extra bin that is dropped; ``scatter_add_`` into a fixed number of
+    bins, not ``bincount`` or a boolean mask, so that the host never waits for the device.
+    """
+    cells = torch.where(true == IGNORE, k * k, true.long() * k + pred.long())
+    counts = torch.zeros(k * k + 1, dtype=torch.long, device=cells.device)
+    counts.scatter_add_(0, cells.flatten(), torch.ones_like(cells.flatten()))
+    return counts[:k * k].reshape(k, k)
 
 
 def iou_from_confusion(confusion: torch.Tensor) -> torch.Tensor:

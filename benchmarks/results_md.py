@@ -71,8 +71,29 @@ def markdown(rows: list[dict]) -> str:
                 f"{fmt(r['value'], '.4f')} | {fmt(r['book'], '.3f')} | {fmt(r['epochs'], 'd')} | "
                 f"{fmt(r['minutes'], '.2f')} | {fmt(r['images_per_second'], ',.0f')} | "
                 f"{r['run']} |")
-        lines.append("")
+        lines += ["", *spread(r for r in rows if r["device"] == device)]
     return "\n".join(lines)
+
+
+def spread(rows) -> list[str]:
+    """A table of the recipes run with several seeds: mean, range and the book's distance."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["value"] is not None:
+            groups.setdefault((r["model"], r["recipe"], r["profile"], r["metric"], r["book"]),
+                              []).append(r["value"])
+    several = {k: v for k, v in sorted(groups.items()) if len(v) > 1}
+    if not several:
+        return []
+    lines = ["Seed spread (recipes run more than once):", "",
+             "| model | recipe | profile | test metric | runs | mean | min | max | mean - book |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for (model, recipe_, profile, metric, book), values in several.items():
+        mean = sum(values) / len(values)
+        lines.append(f"| {model} | {recipe_} | {profile} | {metric} | {len(values)} | "
+                     f"{mean:.4f} | {min(values):.4f} | {max(values):.4f} | "
+                     f"{fmt(None if book is None else mean - book, '+.4f')} |")
+    return lines + [""]
 
 
 def main() -> None:

@@ -60,6 +60,22 @@ def test_a_training_step_never_waits_for_the_device(model, fmnist_dir):
     assert all(torch.isfinite(torch.as_tensor(v)) for v in meter.compute().values())
 
 
+@pytest.mark.parametrize("model", list(STEP_CASES))
+def test_prepare_model_and_loss_trace_as_one_graph(model, fmnist_dir):
+    """What ``compile:`` compiles (accel.CompiledForward): the task's augmentation, the model
+    and the loss, one dynamo graph with no break, so inductor fuses across them and
+    reduce-overhead captures all of it."""
+    model_args, extra = STEP_CASES[model]
+    overrides = {**TINY, "data": str(fmnist_dir), **extra, "model_args": model_args}
+    trainer = build_trainer(cfg.resolve(model, None, overrides), callbacks=[])
+    images, targets = trainer.train_split.take(torch.arange(4))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(trainer._forward_loss)(images, targets, True)
+    torch._dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
+        [str(b.reason)[:200] for b in explained.break_reasons]
+
+
 def test_dice_and_focal_one_hots_match_torch():
     from cnnbench.tasks.detection import focal_loss
     from cnnbench.tasks.segmentation import dice_loss

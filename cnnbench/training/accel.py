@@ -96,31 +96,36 @@ def compile_mode(value) -> str | None:
 
 
 class CompiledForward:
-    """``torch.compile(model)`` that falls back to the eager model if the first steps fail.
+    """``torch.compile`` of the trainer's forward-and-loss that falls back to eager if it fails.
 
+    The compiled function is the whole differentiable part of a step: the task's ``prepare``
+    (uint8 to float, augmentation on the device), the model, and the task's loss (matching and
+    encoding for the detectors). None of them reads the device (``syncs.py``), so dynamo traces
+    them into one graph with no break, inductor fuses across their borders, and
+    ``reduce-overhead`` replays the forward and the backward each as one CUDA graph.
     Compilation happens at the first call (and the backward graph at the first backward), so
     the trainer asks :meth:`fall_back` when its first step raises and runs the step again.
     """
 
-    def __init__(self, model: nn.Module, mode: str):
-        self.model, self.mode = model, mode
-        self.compiled = torch.compile(model, mode=None if mode == "default" else mode)
+    def __init__(self, fn, mode: str):
+        self.fn, self.mode = fn, mode
+        self.compiled = torch.compile(fn, mode=None if mode == "default" else mode)
         self.proven = False  # a training step went through
 
-    def __call__(self, x):
-        return self.compiled(x)
+    def __call__(self, *args, **kwargs):
+        return self.compiled(*args, **kwargs)
 
-    def fall_back(self, exc: BaseException) -> nn.Module:
+    def fall_back(self, exc: BaseException):
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         print(f"warning: torch.compile (mode {self.mode}) failed, training eagerly: "
               f"{type(exc).__name__}: {reason}", file=sys.stderr)
-        return self.model
+        return self.fn
 
 
-def build_forward(model: nn.Module, config: dict):
-    """The callable the trainer runs: the model, or a :class:`CompiledForward`."""
+def build_forward(fn, config: dict):
+    """The callable the trainer runs: ``fn`` itself, or a :class:`CompiledForward` of it."""
     mode = compile_mode(config.get("compile"))
-    return model if mode is None else CompiledForward(model, mode)
+    return fn if mode is None else CompiledForward(fn, mode)
 
 
 def drop_last(config: dict, device: torch.device) -> bool:

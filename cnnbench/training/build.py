@@ -22,7 +22,7 @@ from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.registry import get_model_info
 from cnnbench.tasks.base import get_task
 from cnnbench.training import distributed
-from cnnbench.training.accel import build_forward, drop_last, init_weights
+from cnnbench.training.accel import drop_last, init_weights
 from cnnbench.training.callbacks import Report, standard_callbacks
 from cnnbench.training.checks import check_classes, check_labels
 from cnnbench.training.interrupt import resource_errors, say
@@ -85,7 +85,6 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     callbacks = distributed.rank_callbacks(callbacks)
     trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
     trainer = trainer_cls(c, task, splits, model, optimizer, schedule, device=device,
-                          forward=build_forward(model, c),
                           amp_dtype=amp_dtype,
                           scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
                           shuffle=shuffle, callbacks=callbacks, run_dir=run_dir, monitor=monitor)

@@ -230,7 +230,8 @@ class DistributedTrainer(Trainer):
         ddp = DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             **NO_FORWARD_BUFFER_SYNC)
-        self.forward = build_forward(ddp, self.config)
+        self.net = ddp
+        self.forward = build_forward(self._forward_loss, self.config)
         self.trained = False  # since the buffers were last aligned
         # Flags go through gloo on the host even with NCCL: agreeing needs no device sync.
         self.flags = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None

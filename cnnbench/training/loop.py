@@ -28,7 +28,7 @@ from cnnbench.data.splits import Split
 from cnnbench.errors import CnnbenchError
 from cnnbench.tasks.base import Task
 from cnnbench.tasks.metrics import Meter
-from cnnbench.training.accel import CompiledForward, drop_last
+from cnnbench.training.accel import CompiledForward, build_forward, drop_last
 from cnnbench.training.rng import rng_states, set_rng_states
 from cnnbench.training.schedules import jump_to
 
@@ -109,17 +109,19 @@ class Trainer:
     rank, world = 0, 1  # this process among ``world`` (distributed.py)
 
     def __init__(self, config: dict, task: Task, splits: tuple[Split, Split, Split], model,
-                 optimizer, schedule, *, device: torch.device, forward=None, amp_dtype=None,
+                 optimizer, schedule, *, device: torch.device, amp_dtype=None,
                  scaler=None, shuffle: torch.Generator | None = None, callbacks=(),
                  run_dir: str | Path | None = None, monitor: str | None = None):
         self.config, self.task, self.device = config, task, device
         self.train_split, self.val_split, self.test_split = splits
-        self.model, self.forward = model, forward or model
+        self.model = self.net = model  # net: what a step calls (distributed.py wraps it)
         self.optimizer, self.schedule = optimizer, schedule
         # Each group's peak lr (the schedule multiplies it): OneCycleLR's max_lr, LambdaLR's base.
         self.base_lrs = [g.get("max_lr", g.get("initial_lr")) for g in optimizer.param_groups]
         self.amp_dtype = amp_dtype
         self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
+        # prepare + model + loss, compiled as one function when the recipe asks (accel.py)
+        self.forward = build_forward(self._forward_loss, config)
         self.channels_last = device.type == "cuda" and config.get("channels_last", False)
         self.drop_last = drop_last(config, device)
         self.shuffle = shuffle or torch.Generator().manual_seed(config.get("seed", 0))
@@ -169,9 +171,13 @@ class Trainer:
 
     def forward_loss(self, images: torch.Tensor, targets, train: bool, eager: bool = False):
         """(output, the task's targets, loss) for a uint8 batch on the device."""
+        return (self._forward_loss if eager else self.forward)(images, targets, train)
+
+    def _forward_loss(self, images: torch.Tensor, targets, train: bool):
+        """The eager function that ``self.forward`` may be a compiled version of."""
         x, y = self.prepare(images, targets, train=train)
         with self.autocast():
-            output = (self.model if eager else self.forward)(x)
+            output = self.net(x)
             return output, y, self.task.loss(output, y)
 
     def train_step(self, images: torch.Tensor, targets):
@@ -261,7 +267,7 @@ class Trainer:
         """(output, targets) of the model in eval mode for a uint8 batch (for pictures)."""
         with eval_mode(self.model), self.autocast():
             x, y = self.prepare(images, targets, train=False)
-            return self.forward(x), y
+            return self.model(x), y
 
     # -- the whole run --
 

@@ -203,7 +203,7 @@ def time_layer(impl, n, c, h, w, k, og, dtype, timer=None) -> dict:
         result = {"fwd_ms": timer(fwd), "fwd_bwd_ms": timer(fwd_bwd)}
     except (RuntimeError, torch.OutOfMemoryError) as exc:
         result = {"fwd_ms": None, "fwd_bwd_ms": None, "error": str(exc).splitlines()[0][:120]}
-    del data, grad, leaves
+    data.clear(), leaves.clear()  # free the layer's tensors before the next one
     torch.cuda.empty_cache()
     return result
 

@@ -9,13 +9,18 @@ than one big kernel. This script prints both clocks: with ``--threads 1`` the th
     .venv/bin/python benchmarks/deform_cpu_time.py                 # 1 thread, default shape
     .venv/bin/python benchmarks/deform_cpu_time.py --threads 2 --repeats 5
     .venv/bin/python benchmarks/deform_cpu_time.py --shape 8,128,28,28,3
+    .venv/bin/python benchmarks/deform_cpu_time.py --against HEAD   # also ours as committed
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,12 +37,28 @@ def measure(fn, repeats: int) -> tuple[float, float]:
     return min(wall) * 1e3, min(cpu) * 1e3
 
 
+def ours_at(revision: str):
+    """``deform_conv2d`` of ``cnnbench/ops/deform.py`` as of a git revision, for before/after."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(["git", "show", f"{revision}:cnnbench/ops/deform.py"], cwd=root,
+                            check=True, capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "deform_at_revision.py")
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"deform_at_{revision}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module.deform_conv2d
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="8,64,56,56,3", help="N,C,H,W[,K]")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impls", default="ours,torchvision,notes,conv2d")
+    parser.add_argument("--against", metavar="REV",
+                        help="also time ours as of this git revision (impl 'ours@REV')")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -46,6 +67,10 @@ def main() -> None:
     shape = parse_shape(args.shape)
     data = _deform_inputs(shape, torch.device("cpu"), torch.float32)
     available = deform_impls()
+    impls = args.impls.split(",")
+    if args.against:
+        available[f"ours@{args.against}"] = ours_at(args.against)
+        impls.insert(impls.index("ours") + 1 if "ours" in impls else 0, f"ours@{args.against}")
     names = ("input", "offset", "mask", "weight", "bias")
     leaves = {k: data[k].clone().requires_grad_() for k in names}
     pad = data["padding"]
@@ -60,7 +85,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'impl':<12} {'fwd wall':>9} {'fwd cpu':>9} {'f+b wall':>9} {'f+b cpu':>9}  (ms)")
     results = {}
-    for impl in args.impls.split(","):
+    for impl in impls:
         with torch.no_grad():
             fwd = measure(lambda: call(impl, data), args.repeats)
 

@@ -65,10 +65,11 @@ def _max_errors(a, b):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def tiny_chunks(monkeypatch):
-    # 50 output positions per chunk (3x3, 4 channels), so chunks end mid-row and mid-image.
-    monkeypatch.setattr(deform, "CHUNK_BYTES", 50 * 9 * 4 * 4)
+@pytest.fixture(params=[50, 130], ids=["image-parts", "whole-images"])
+def tiny_chunks(monkeypatch, request):
+    # Output positions per chunk at 3x3, 4 channels. 50: chunks end mid-row, in parts of an
+    # image; 130: chunks of whole images (two 7x9 outputs, then the third on its own).
+    monkeypatch.setattr(deform, "CHUNK_BYTES", request.param * 9 * 4 * 4)
 
 
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "k{}s{}d{}p{}og{}wg{}m{}b{}o{}".format(*c))
@@ -77,6 +78,16 @@ def test_output_and_every_gradient_match_torchvision(case, tiny_chunks):
     errors = _max_errors(_outputs_and_grads(deform_conv2d, data),
                          _outputs_and_grads(tv_deform_conv2d, data))
     assert max(errors.values()) < TOL, errors
+
+
+def test_int64_corner_rows_give_the_same_result(monkeypatch):
+    # int32 rows unless the bordered input has 2**31 rows or more: too big for a test, so the
+    # int64 path is forced.
+    data = _data(3, 1, 1, 1, 2, 1, True, True, 3.0)
+    expected = _outputs_and_grads(deform_conv2d, data)
+    monkeypatch.setattr(deform, "_index_dtype", lambda rows: torch.int64)
+    errors = _max_errors(_outputs_and_grads(deform_conv2d, data), expected)
+    assert max(errors.values()) < 1e-6, errors
 
 
 def test_integer_sample_positions_give_torchvision_gradients():

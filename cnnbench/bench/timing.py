@@ -110,7 +110,10 @@ class _LiveTensorBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            # Strided tensors only: a sparse one (ours' backward makes small CSR patterns) has
+            # no storage of its own to ask for.
+            if (isinstance(t, torch.Tensor) and t.device.type == "cpu"
+                    and t.layout == torch.strided):
                 storage = t.untyped_storage()
                 key = storage.data_ptr()
                 if key and key not in self.live:

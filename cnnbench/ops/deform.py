@@ -9,20 +9,23 @@ GEMM forward, atomics for the input gradient), or to torchvision's op where Trit
 importable. How ours is computed on the CPU:
 
 1. Every tap of every output position is a bilinear sample: four corner pixels with weights
-   ``(1-ly)(1-lx), (1-ly)lx, ly(1-lx), ly*lx`` (times the mask). The input is zero-padded by one
-   pixel and stored channels-last, so a corner is one contiguous row of channels and a corner
-   outside the image is clamped onto the zero border: that *is* torchvision's zero-outside rule.
+   ``(1-ly)(1-lx), (1-ly)lx, ly(1-lx), ly*lx`` (times the mask). The input is zero-padded by two
+   pixels and stored channels-last, so a corner is one contiguous row of channels, the four
+   corners are always the same four rows around the top-left one, and a sample one pixel or more
+   outside the image has all four on the zero border: that *is* torchvision's zero-outside rule.
 2. A weighted sum of four rows is exactly what ``F.embedding_bag(mode="sum",
    per_sample_weights=...)`` computes, with a fused, vectorised kernel. It fills the im2col
    matrix (positions x kh*kw*C) one chunk of positions at a time, so the block stays in cache.
-3. One matrix product per chunk with the weight gives the output.
+3. One matrix product per chunk with the weight gives the output, written straight into NCHW.
 
-The backward (a custom ``autograd.Function``) recomputes a chunk's columns instead of storing
-them, multiplies back through the weight, and then needs two sparse steps:
+The backward (a custom ``autograd.Function``) recomputes a chunk's columns for the weight
+gradient instead of storing them (cheaper, see ``CHUNK_BYTES``), multiplies the output gradient
+back through the weight into a column gradient (one row per sample), and then needs two sparse
+steps:
 
-* the gradient of the sample positions and of the mask: the derivative of a bilinear sample
-  along y (or x) is itself a weighted sum of the same four corners, so ``embedding_bag`` with
-  the derivative weights, then a dot product with the sample's column gradient (``bmm``);
+* the gradient of the sample positions and of the mask: each is a fixed combination of the
+  four dot products (corner row . the sample's column gradient), which
+  ``torch.sparse.sampled_addmm`` computes without gathering the corners;
 * the gradient of the input, a scatter-add of the column gradient into the corners, done
   without atomics or a serial loop: sort a chunk's corner indices and let ``embedding_bag``
   sum, for every input pixel, the column-gradient rows that touched it.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -43,7 +47,11 @@ from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
 # Bytes of im2col columns per chunk: small enough to stay in a CPU's cache, big enough that
-# Python's per-chunk overhead stays negligible. On CUDA one chunk covers everything.
+# Python's per-chunk overhead stays negligible. On CUDA one chunk covers everything. The
+# backward recomputes the columns rather than keeping them from the forward: at batch 8, 64
+# channels, 56x56, 3x3 on one core, the forward's embedding_bag calls take 9 ms when each chunk
+# reuses the memory of the one before and 35 ms when every chunk is kept (58 MB of fresh
+# memory), more than the 9 ms that recomputing costs the backward.
 CHUNK_BYTES = 4 << 20
 
 
@@ -155,61 +163,95 @@ def _sample_positions(geo, offset):
     return py, px
 
 
-class _Taps:
-    """Corner rows and bilinear factors of every sample (flattened positions x taps x groups).
+# The input as a table of channel rows has a zero border this wide: the corners of a sample one
+# pixel or more outside the image then all land on it (see _corner_line).
+BORDER = 2
 
-    Rows index the zero-bordered, channels-last input ``[N * (H+2) * (W+2) * groups, C/groups]``.
-    A sample one pixel or more outside has all four corners on the zero border, so it reads
-    zero, as in torchvision, with no special case.
+
+class _Taps:
+    """Every sample's top-left corner row and bilinear fractions, flattened in the samples' order
+    (image, output position, tap, offset group): one *bag* of four corners per sample.
+
+    Rows index the bordered, channels-last input ``[N * (H+4) * (W+4) * groups, C/groups]``.
+    Thanks to the two-pixel border a sample's four corners are always the rows
+    ``first + corners``, whatever the sample's position, so only ``first`` is stored.
     """
 
     def __init__(self, geo, py, px):
         b, g = geo.batch, geo.offset_groups
         # [N, H_out * W_out * taps, groups]: the batch and group parts of a row are broadcast.
         py, px = py.reshape(b, -1, g), px.reshape(b, -1, g)
-        hp, wp = geo.height + 2, geo.width + 2
-        r0, r1, self.ly = _corner_lines(py, geo.height)
-        c0, c1, self.lx = _corner_lines(px, geo.width)
-        image_and_group = (torch.arange(b, device=py.device).view(b, 1, 1) * (hp * wp * g)
-                           + torch.arange(g, device=py.device).view(1, 1, g))
-        first = (r0 * wp + c0) * g + image_and_group
-        right = (c1 - c0) * g  # 0 where both columns sit on the border
-        down = (r1 - r0) * (wp * g)
-        self.index = torch.stack([first, first + right, first + down, first + down + right],
-                                 dim=-1).view(-1, 4)
-        self.ly, self.lx = self.ly.reshape(-1), self.lx.reshape(-1)
+        hp, wp = geo.height + 2 * BORDER, geo.width + 2 * BORDER
+        dtype = _index_dtype(b * hp * wp * g)
+        row, ly = _corner_line(py, geo.height, dtype)
+        col, lx = _corner_line(px, geo.width, dtype)
+        image_and_group = (torch.arange(b, dtype=dtype, device=py.device).view(b, 1, 1)
+                           * (hp * wp * g)
+                           + torch.arange(g, dtype=dtype, device=py.device).view(1, 1, g))
+        self.first = ((row * wp + col) * g + image_and_group).reshape(-1)
+        self.ly, self.lx = ly.reshape(-1), lx.reshape(-1)
+        # Top-left, top-right, bottom-left, bottom-right: one pixel is ``g`` rows.
+        self.corners = torch.tensor([0, g, wp * g, (wp + 1) * g], dtype=dtype, device=py.device)
 
-    def bilinear(self):
-        ly, lx = self.ly, self.lx
+    def index(self, bags):
+        """Corner rows ``[n, 4]`` of a run of bags (increasing along each bag)."""
+        return self.first[bags].unsqueeze(1) + self.corners
+
+    def weights(self, bags, mask):
+        """``(1-ly)(1-lx), (1-ly)lx, ly(1-lx), ly*lx`` of a run of bags, times the mask."""
+        ly, lx = self.ly[bags], self.lx[bags]
         hy, hx = 1 - ly, 1 - lx
+        if mask is not None:
+            hy, ly = hy * mask[bags], ly * mask[bags]
+        # Four products of vectors, stacked: a broadcast outer product over [n, 2, 2] is
+        # several times slower (its innermost dimension is 2).
         return torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], 1)
 
-    def d_dy(self):
-        lx = self.lx
-        return torch.stack([lx - 1, -lx, 1 - lx, lx], 1)
+    def position_gradients(self, dots, mask):
+        """Gradients of the sample rows, columns and mask, from ``dots[n, j]``: the column
+        gradient of sample n dotted with its corner j (see :func:`_corner_dots`).
 
-    def d_dx(self):
-        ly = self.ly
-        return torch.stack([ly - 1, 1 - ly, -ly, ly], 1)
+        A sample is ``mask * ((1-ly) top + ly bottom)`` with ``top = (1-lx) c00 + lx c01`` and
+        ``bottom = (1-lx) c10 + lx c11``: its derivative along y is ``mask * (bottom - top)``,
+        along x ``mask * (right - left)``, and along the mask the unmasked sample.
+        """
+        ly, lx = self.ly, self.lx
+        d00, d01, d10, d11 = dots.unbind(1)
+        top, bottom = torch.lerp(d00, d01, lx), torch.lerp(d10, d11, lx)
+        left, right = torch.lerp(d00, d10, ly), torch.lerp(d01, d11, ly)
+        grad_y, grad_x = bottom - top, right - left
+        if mask is not None:
+            grad_y *= mask
+            grad_x *= mask
+        return grad_y, grad_x, torch.lerp(top, bottom, ly)
 
 
-def _corner_lines(p, size):
-    """Bordered rows (or columns) of the two corners around ``p``, and ``p``'s fraction.
+def _index_dtype(rows):
+    """int32 where the table's rows fit: embedding_bag, the sort and the sparse product all take
+    int32 indices, and run about a quarter faster on them than on int64."""
+    return torch.int32 if rows <= torch.iinfo(torch.int32).max else torch.int64
 
-    Clamping to ``[-1, size]`` (then + 1 for the border) sends a corner outside the input onto
-    a zero border line. Positions are first clamped to ``[-2, size + 1]``, still wholly
-    outside, so that infinities stay finite; NaN stays NaN in the weights.
+
+def _corner_line(p, size, dtype):
+    """The bordered line (row or column) of the top-left corner around ``p``, and ``p``'s fraction.
+
+    The corners' lines are ``floor(p)`` and the next one. Positions are first clamped to
+    ``[-2, size + 1]``, where a sample is wholly outside: both lines then lie in the two-line zero
+    border on that side (``size + 1`` keeps the top-left line at ``size``, its fraction 0), and
+    infinities become finite. NaN stays NaN in the fraction, so in the weights.
     """
     p = p.clamp(-2, size + 1)
     low = p.floor()
     frac = p - low
-    low = low.nan_to_num_(nan=-2.0).long()
-    return low.clamp(-1, size).add_(1), low.clamp(-2, size - 1).add_(2), frac
+    return low.nan_to_num_(nan=-2.0).clamp_(max=size).to(dtype).add_(BORDER), frac
 
 
 def _table(x):
-    """The input with a one-pixel zero border, channels-last: a table of channel rows."""
-    return F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
+    """The input with a zero border of ``BORDER`` pixels, channels-last: a table of channel rows."""
+    n, c, h, w = x.shape
+    table = x.new_zeros(n, h + 2 * BORDER, w + 2 * BORDER, c)
+    table[:, BORDER:h + BORDER, BORDER:w + BORDER] = x.permute(0, 2, 3, 1)
+    return table
 
 
 def _weight_matrix(weight, groups):
@@ -237,12 +279,29 @@ def _ungroup_columns(grouped, geo):
 
 
 def _chunks(geo, element_size, device):
-    """Runs of output positions whose columns fill about ``CHUNK_BYTES``."""
-    positions = geo.batch * geo.h_out * geo.w_out
+    """Runs ``(start, stop)`` of output positions (numbered across the batch) whose columns fill
+    about ``CHUNK_BYTES``: whole images, or equal parts of one image, so that a run is one block
+    of an NCHW tensor (see :func:`_block`)."""
+    per_image = geo.h_out * geo.w_out
+    positions = geo.batch * per_image
     if device.type != "cpu":
         return [(0, positions)]
     step = max(1, CHUNK_BYTES // (geo.taps * geo.channels * element_size))
-    return [(s, min(s + step, positions)) for s in range(0, positions, step)]
+    if step >= per_image:
+        step -= step % per_image
+        return [(s, min(s + step, positions)) for s in range(0, positions, step)]
+    parts = -(-per_image // step)
+    bounds = [per_image * p // parts for p in range(parts + 1)]
+    return [(i * per_image + a, i * per_image + b) for i in range(geo.batch)
+            for a, b in zip(bounds, bounds[1:])]
+
+
+def _block(t, start, stop):
+    """Positions ``start:stop`` of a contiguous NCHW tensor as a view ``[images, C, positions]``
+    (a run of :func:`_chunks`: whole images, or a part of one)."""
+    n, c, h, w = t.shape
+    first, last = start // (h * w), (stop - 1) // (h * w)
+    return t.view(n, c, h * w)[first:last + 1, :, start - first * h * w:stop - last * h * w]
 
 
 class _DeformIm2col(torch.autograd.Function):
@@ -251,28 +310,35 @@ class _DeformIm2col(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, py, px, mask, weight, bias, geo):
         rows = _table(x).view(-1, geo.channels // geo.offset_groups)
-        wmat = _weight_matrix(weight, geo.weight_groups)
+        wg = geo.weight_groups
+        wmat = _weight_matrix(weight, wg)
         per_pos = geo.taps * geo.offset_groups  # bags per output position
         taps = _Taps(geo, py, px)
-        weights = taps.bilinear() if mask is None else taps.bilinear() * mask.reshape(-1, 1)
-        out = x.new_empty(geo.batch * geo.h_out * geo.w_out, geo.c_out)
+        mask = mask.reshape(-1) if mask is not None else None  # one value per bag
+        # Contiguous NCHW like torchvision's result, so that callers may .view() it.
+        out = x.new_empty(geo.batch, geo.c_out, geo.h_out, geo.w_out)
         for start, stop in _chunks(geo, x.element_size(), x.device):
             bags = slice(start * per_pos, stop * per_pos)
-            cols = F.embedding_bag(taps.index[bags], rows, per_sample_weights=weights[bags],
+            cols = F.embedding_bag(taps.index(bags), rows,
+                                   per_sample_weights=taps.weights(bags, mask),
                                    mode="sum").view(stop - start, -1)
-            if geo.weight_groups == 1:
-                torch.mm(cols, wmat[0], out=out[start:stop])
+            block = _block(out, start, stop)  # [images, C_out, positions]
+            if wg == 1 and block.shape[0] == 1:
+                # Straight into the output: a transposed matrix with leading dimension H*W.
+                _addmm(bias, cols, wmat[0], out=block[0].t())
+                continue
+            if wg == 1:
+                result = _addmm(bias, cols, wmat[0])
             else:
-                out[start:stop] = torch.bmm(_group_columns(cols, geo), wmat) \
-                    .permute(1, 0, 2).reshape(stop - start, -1)
-        if bias is not None:
-            out += bias
+                result = torch.bmm(_group_columns(cols, geo), wmat).permute(1, 0, 2) \
+                    .reshape(stop - start, -1)
+                if bias is not None:
+                    result += bias
+            block.copy_(result.view(block.shape[0], -1, geo.c_out).transpose(1, 2))
         ctx.geo, ctx.taps, ctx.has_bias = geo, taps, bias is not None
         ctx.save_for_backward(x, mask, weight)
         ctx.position_shape = py.shape
-        # Contiguous like torchvision's result, so that callers may .view() it.
-        return out.view(geo.batch, geo.h_out, geo.w_out, geo.c_out).permute(0, 3, 1, 2) \
-            .contiguous()
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -280,76 +346,91 @@ class _DeformIm2col(torch.autograd.Function):
         geo, taps = ctx.geo, ctx.taps
         need_x, need_py, need_px, need_mask, need_w, need_b = ctx.needs_input_grad[:6]
         need_mask = need_mask and mask is not None
+        need_dots = need_py or need_px or need_mask
         cg = geo.channels // geo.offset_groups
-        rows = _table(x).view(-1, cg)
-        wmat = _weight_matrix(weight, geo.weight_groups)
-        per_pos = geo.taps * geo.offset_groups
-        m = mask.reshape(-1, 1) if mask is not None else None
         wg = geo.weight_groups
-        go = grad_out.permute(0, 2, 3, 1).reshape(-1, wg, geo.c_out // wg).to(x.dtype)
-        n_bags = taps.index.shape[0]
-        grad_wmat = torch.zeros_like(wmat) if need_w else None
-        wanted = [need_py, need_px, need_mask]
-        grad_pos = x.new_empty(n_bags, sum(wanted)) if any(wanted) else None
-        grad_rows = torch.zeros_like(rows) if need_x else None
-        rows_per_image = (geo.height + 2) * (geo.width + 2) * geo.offset_groups
-        per_image = geo.h_out * geo.w_out
+        rows = _table(x).view(-1, cg)
+        wmat = _weight_matrix(weight, wg)
         wmat_t = wmat.transpose(1, 2).contiguous()
-        weights = taps.bilinear() if m is None else taps.bilinear() * m
-        if grad_pos is not None:
-            # d(sample)/dy, d(sample)/dx and the unmasked sample, each a 4-corner sum: k bags
-            # per sample, then k dot products with the sample's column gradient.
-            factors = []
-            if need_py:
-                factors.append(taps.d_dy() if m is None else taps.d_dy() * m)
-            if need_px:
-                factors.append(taps.d_dx() if m is None else taps.d_dx() * m)
-            if need_mask:
-                factors.append(taps.bilinear())
-            k = len(factors)
-            factors = torch.stack(factors, 1)  # [bags, k, 4]
+        per_pos = geo.taps * geo.offset_groups
+        grad_out = grad_out.to(x.dtype).contiguous()
+        grad_wmat = torch.zeros_like(wmat) if need_w else None
+        dots = x.new_empty(taps.first.shape[0], 4) if need_dots else None
+        grad_x = x.new_empty(x.shape) if need_x else None
+        rows_per_image = rows.shape[0] // geo.batch
+        per_image = geo.h_out * geo.w_out
+        image_rows = None  # the input gradient of the current images, bordered, channels-last
 
         for start, stop in _chunks(geo, x.element_size(), x.device):
             bags = slice(start * per_pos, stop * per_pos)
-            go_c = go[start:stop].transpose(0, 1)  # [groups, n, C_out/groups]
-            if need_w:
-                cols = F.embedding_bag(taps.index[bags], rows, per_sample_weights=weights[bags],
-                                       mode="sum").view(stop - start, -1)
-                grad_wmat.baddbmm_(_group_columns(cols, geo).transpose(1, 2), go_c)
-            if not (need_x or grad_pos is not None):
+            index, weights = taps.index(bags), taps.weights(bags, mask)
+            # [groups, n, C_out/groups]: a view of grad_out within one image, else a copy.
+            go_c = _block(grad_out, start, stop).transpose(1, 2).reshape(stop - start, wg, -1) \
+                .transpose(0, 1)
+            if need_w:  # the columns again (cheaper than keeping them: see CHUNK_BYTES)
+                cols = F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")
+                grad_wmat.baddbmm_(_group_columns(cols.view(stop - start, -1), geo)
+                                   .transpose(1, 2), go_c)
+            if not (need_x or need_dots):
                 continue
+            # The column gradient: one row of C/groups per sample (bag).
             if wg == 1:
-                chunk_grad = torch.mm(go_c[0], wmat_t[0]).view(-1, cg)
+                grad_cols = torch.mm(go_c[0], wmat_t[0]).view(-1, cg)
             else:
-                chunk_grad = _ungroup_columns(torch.bmm(go_c, wmat_t), geo).reshape(-1, cg)
-            if grad_pos is not None:
-                index = taps.index[bags].unsqueeze(1).expand(-1, k, -1).reshape(-1, 4)
-                samples = F.embedding_bag(index, rows, per_sample_weights=factors[bags].view(-1, 4),
-                                          mode="sum")
-                torch.bmm(samples.view(-1, k, cg), chunk_grad.unsqueeze(-1),
-                          out=grad_pos[bags].unsqueeze(-1))
+                grad_cols = _ungroup_columns(torch.bmm(go_c, wmat_t), geo).reshape(-1, cg)
+            if need_dots:
+                dots[bags] = _corner_dots(index, rows, grad_cols)
             if need_x:
-                # A chunk's corners all lie in the rows of its own images.
+                # A chunk's corners all lie in the rows of its own images: the gradient of
+                # those images' bordered table, summed over the parts of an image, then copied
+                # into grad_x once the image is complete.
                 lo = start // per_image * rows_per_image
                 hi = ((stop - 1) // per_image + 1) * rows_per_image
-                grad_rows[lo:hi] += _scatter_rows(taps.index[bags] - lo, weights[bags],
-                                                  chunk_grad, hi - lo)
+                part = _scatter_rows(index - lo, weights, grad_cols, hi - lo)
+                image_rows = part if start % per_image == 0 else image_rows.add_(part)
+                if stop % per_image == 0:
+                    h, w, b = geo.height, geo.width, BORDER
+                    grad_x[lo // rows_per_image:hi // rows_per_image].copy_(
+                        image_rows.view(-1, h + 2 * b, w + 2 * b, geo.channels)[
+                            :, b:h + b, b:w + b].permute(0, 3, 1, 2))
 
-        grad_x = None
-        if need_x:
-            h, w = geo.height, geo.width
-            grad_x = grad_rows.view(geo.batch, h + 2, w + 2, geo.channels)[:, 1:h + 1, 1:w + 1] \
-                .permute(0, 3, 1, 2)
         grad_weight = None
         if need_w:
             c_out, cpg, kh, kw = weight.shape
             grad_weight = grad_wmat.view(wg, kh * kw, cpg, c_out // wg).permute(0, 3, 2, 1) \
                 .reshape(c_out, cpg, kh, kw)
-        grad_bias = go.sum(0).reshape(-1) if need_b and ctx.has_bias else None
-        pos_grads = iter(grad_pos.t().reshape(-1, *ctx.position_shape)) \
-            if grad_pos is not None else None
-        grad_py, grad_px, grad_m = (next(pos_grads) if want else None for want in wanted)
+        grad_bias = grad_out.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        grad_py = grad_px = grad_m = None
+        if need_dots:
+            grad_py, grad_px, grad_m = (g.view(ctx.position_shape) if want else None for g, want
+                                        in zip(taps.position_gradients(dots, mask),
+                                               (need_py, need_px, need_mask)))
         return grad_x, grad_py, grad_px, grad_m, grad_weight, grad_bias, None
+
+
+def _addmm(bias, a, b, out=None):
+    """``a @ b + bias``, or ``a @ b`` where there is no bias."""
+    if bias is None:
+        return torch.mm(a, b, out=out)
+    return torch.addmm(bias, a, b, out=out)
+
+
+def _corner_dots(index, rows, grad):
+    """``out[n, j] = rows[index[n, j]] . grad[n]``: each sample's column gradient dotted with
+    each of its four corners, without gathering the corners into a tensor.
+
+    These are the entries of ``grad @ rows.T`` on the sparsity pattern of ``index``: a sampled
+    dense-dense product, which ``torch.sparse.sampled_addmm`` computes as one vectorised dot
+    product per entry. ``index`` increases along each bag, so the pattern is a valid CSR matrix
+    (the invariant checks, which would cost a pass, are skipped).
+    """
+    n = index.shape[0]
+    crow = torch.arange(0, 4 * n + 1, 4, dtype=index.dtype, device=index.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Sparse CSR tensor support is in beta state"
+        pattern = torch.sparse_csr_tensor(crow, index.view(-1), grad.new_zeros(4 * n),
+                                          (n, rows.shape[0]), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, grad, rows.t(), beta=0).values().view(n, 4)
 
 
 def _scatter_rows(index, weights, source, n_rows):
@@ -358,12 +439,13 @@ def _scatter_rows(index, weights, source, n_rows):
     Sorting the indices turns the scatter into a gather: ``embedding_bag`` sums, for every
     output row, the ``source`` rows that point at it, each bag one run of the sorted order.
     """
-    flat = index.reshape(-1)
+    flat = index.view(-1)  # int32 where the rows fit: it sorts in about half the time
     order = torch.sort(flat, stable=True).indices
     counts = torch.bincount(flat, minlength=n_rows)
     starts = torch.cumsum(counts, 0) - counts
-    return F.embedding_bag(order // index.shape[1], source, starts,
-                           per_sample_weights=weights.reshape(-1)[order], mode="sum")
+    # The sample of each entry: order // 4, a shift.
+    return F.embedding_bag(order >> 2, source, starts,
+                           per_sample_weights=weights.view(-1).index_select(0, order), mode="sum")
 
 
 # --- CUDA: the Triton kernels --------------------------------------------------------------------

@@ -29,9 +29,10 @@ step() {
 if [ "$DRY" = 1 ]; then
     DEV=cpu; LIMIT=(--limit 256); ROUNDS=1; STEPS=(--steps 2 --warmup 1 --scenes 100)
     TRAIN=(--limit 256 --epochs 1 --device cpu); SCENES=(--set scenes=100 --set val_size=20)
+    PROFILED=2
 else
     DEV=cuda; LIMIT=(); ROUNDS=3; STEPS=(--steps 200 --warmup 30 --scenes 2000)
-    TRAIN=(--device cuda); SCENES=()
+    TRAIN=(--device cuda); SCENES=(); PROFILED=20
     $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" > "$OUT/device.txt" 2>&1
 fi
 
@@ -43,6 +44,9 @@ step overhead_compiled 180 $PY benchmarks/trainer_overhead.py --device $DEV --no
 # 3. throughput with the cuda profiles (resnet18 at 96 px, lenet, unet width 64).
 step throughput 240 $PY benchmarks/throughput.py --device $DEV --models resnet18 lenet unet \
     "${STEPS[@]}" "${LIMIT[@]}"
+# 3b. where a step's time goes (torch.profiler: host and device ms per part, a trace each).
+step profile 150 $PY benchmarks/throughput.py --device $DEV --models lenet resnet18 \
+    "${STEPS[@]}" "${LIMIT[@]}" --profile "$OUT/profile" --profile-steps $PROFILED
 # 4-5. end to end with the default GPU recipe.
 step train_resnet18 200 $PY -m cnnbench train resnet18 "${TRAIN[@]}" --quiet --json \
     --run-dir "$OUT/runs/resnet18"

@@ -60,3 +60,25 @@ def test_reproduce_refuses_an_unknown_recipe_before_training(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "experiments/vgg12.yaml" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_throughput_profile_labels_each_part_of_a_step(tmp_path, fmnist_dir):
+    env = dict(os.environ, CNNBENCH_DATA=str(fmnist_dir), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"),
+                           "--device", "cpu", "--models", "lenet", "--steps", "2", "--warmup",
+                           "1", "--limit", "96", "--profile", str(tmp_path), "--profile-steps",
+                           "3"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout.splitlines()[0])
+    assert row["profile"] == "none"  # the recipe's device profile, beside the profiler's figures
+    p = row["profiler"]
+    parts = p["parts"]
+    assert set(parts) == {"take", "forward+loss", "optimizer", "metrics", "backward and rest"}
+    assert all(parts[k]["host_ms"] > 0 for k in parts)
+    # the parts add up to the labelled step, which the wall clock bounds
+    assert abs(sum(t["host_ms"] for t in parts.values()) - p["step_host_ms"]) < 1e-2
+    assert p["step_host_ms"] <= p["wall_ms"] * 1.01
+    assert any(op["op"] == "aten::convolution_backward" for op in p["top_ops"])
+    trace = json.loads((tmp_path / "lenet-trace.json").read_text())
+    assert any(e.get("name") == "forward+loss" for e in trace["traceEvents"])
+    assert "forward+loss" in proc.stderr  # the table, for people

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from cnnbench import __version__
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, report
 from cnnbench.training.optimizers import OPTIMIZERS
 from cnnbench.training.schedules import SCHEDULES
 
@@ -423,8 +423,7 @@ def main() -> None:
             sys.stderr.write(f"error: {message}{where}\n")
         sys.exit(2)
     except CnnbenchError as exc:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it once
-            sys.stderr.write(f"error: {exc}\n")
+        report(str(exc))  # one line, also from several processes (errors.report)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -12,6 +12,9 @@ working directory:
 
 ``cli CLI-ARGS...``: ``cnnbench CLI-ARGS`` in each process.
 
+``alone RANK CLI-ARGS...``: process RANK runs ``cnnbench CLI-ARGS`` at once; the others wait
+(up to 60 s) to be stopped by the launcher.
+
 ``interrupt RANK STEP CLI-ARGS...``: each runs ``cnnbench CLI-ARGS --run-dir straight`` and
 then ``cnnbench CLI-ARGS --run-dir cut`` with process RANK sending itself SIGINT after STEP of
 epoch 1 and the processes agreeing every 2 steps (one launch for both runs).
@@ -99,5 +102,10 @@ if __name__ == "__main__":
         sys.exit(distributed.launch(2, sys.argv[1:], target=(__file__,)))
     elif mode == "cli":
         run_cli(args)
+    elif mode == "alone":
+        if os.environ["RANK"] == args[0]:
+            sys.argv = ["cnnbench", *args[1:]]
+            cli.main()
+        time.sleep(60)
     else:
         interrupt(int(args[0]), int(args[1]), args[2:])

@@ -1,10 +1,13 @@
 """Distributed data parallel: two gloo processes on the CPU train as one, write one run folder,
 and resume with another number of processes."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
@@ -167,6 +170,36 @@ def test_resume_of_a_run_locked_by_a_live_process_is_one_line_and_exit_2(
                            f"wait for it or choose another --run-dir\n")
     assert (run / LOCK).read_text() == f"{os.getpid()}\n"
     assert [row["epoch"] for row in read_metrics(run)] == [1]
+
+
+def test_an_error_in_process_1_alone_is_its_own_one_line_naming_the_process(tmp_path):
+    """Rank 0 prints for everyone, but when process 1 fails alone its reason still reaches the
+    user: one line, its message, which process; exit 2, the other process stopped."""
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "ddp_worker.py"), "alone", "1", "train", "lenet",
+         "--epochs", "0"], cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    assert "epochs" in done.stderr and done.stderr.endswith(" (process 1 of 2)\n")
+    assert time.monotonic() - t0 < 50  # rank 0 was stopped, not waited for
+
+
+def test_the_launcher_prints_one_line_for_any_failure():
+    from cnnbench.training.distributed import _failed
+
+    def line(codes, said):
+        err = io.StringIO()
+        with redirect_stderr(err):
+            code = _failed(codes, said, 4)
+        return code, err.getvalue()
+
+    assert line({0: 2, 1: 2}, {0: "bad", 1: "bad"}) == (2, "error: bad\n")
+    assert line({0: -15, 2: 2}, {2: "no GPU"}) == (2, "error: no GPU (process 2 of 4)\n")
+    assert line({0: 1}, {}) == (1, "")  # rank 0 printed its own traceback
+    assert line({0: 130, 1: 130}, {}) == (130, "")  # stopped on Ctrl-C: rank 0 said so
+    assert line({0: -15, 3: 1}, {}) == (1, "error: process 3 of 4 exited with code 1\n")
 
 
 @pytest.mark.parametrize("argv, message", [

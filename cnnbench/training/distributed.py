@@ -36,6 +36,7 @@ import inspect
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ from torch.utils._pytree import tree_map_only
 
 from cnnbench import config as cfg
 from cnnbench.data.splits import Split
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import LAUNCHER_ERRORS, CnnbenchError, reported
 from cnnbench.tasks.metrics import Meter
 from cnnbench.training.accel import build_forward
 from cnnbench.training.callbacks import NaNGuard
@@ -377,17 +378,32 @@ def launch(nproc: int, argv: list[str], target: tuple[str, ...] = ("-m", "cnnben
             logger.propagate = False
     args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc),
                                 *target, *argv])
-    try:
-        torchrun.run(args)
-    except SignalException as exc:  # the processes have stopped (or were killed after 30 s)
-        return 128 + int(exc.sigval)
-    except ChildFailedError as exc:
-        codes = {r: f.exitcode for r, f in exc.failures.items()}
-        if codes.get(0, 0) > 0:  # rank 0 has said why (the others print no errors)
-            return codes[0]
-        r, code = min(((r, c) for r, c in codes.items() if c > 0), default=(0, 1))
-        if code in (130, 143):  # stopped on a signal: rank 0 said so before it was reaped
-            return code
-        sys.stderr.write(f"error: process {r} of {nproc} exited with code {code}\n")
-        return code
+    with tempfile.TemporaryDirectory(prefix="cnnbench-errors-") as errors:
+        os.environ[LAUNCHER_ERRORS] = errors  # the processes leave their one line there
+        try:
+            torchrun.run(args)
+        except SignalException as exc:  # the processes have stopped (or were killed after 30 s)
+            return 128 + int(exc.sigval)
+        except ChildFailedError as exc:
+            return _failed({r: f.exitcode for r, f in exc.failures.items()}, reported(errors),
+                           nproc)
+        finally:
+            os.environ.pop(LAUNCHER_ERRORS, None)
     return 0
+
+
+def _failed(codes: dict[int, int], said: dict[int, str], nproc: int) -> int:
+    """One line for the failed processes (rank 0's error if it gave one, else the first
+    process's that did, naming it) and the exit code to leave with."""
+    if said:
+        r = 0 if 0 in said else min(said)
+        where = "" if r == 0 else f" (process {r} of {nproc})"
+        sys.stderr.write(f"error: {said[r]}{where}\n")
+        return codes[r] if codes.get(r, 0) > 0 else 2
+    if codes.get(0, 0) > 0:  # rank 0 has said why itself (a signal's message, a traceback)
+        return codes[0]
+    r, code = min(((r, c) for r, c in codes.items() if c > 0), default=(0, 1))
+    if code in (130, 143):  # stopped on a signal: rank 0 said so before it was reaped
+        return code
+    sys.stderr.write(f"error: process {r} of {nproc} exited with code {code}\n")
+    return code

@@ -76,6 +76,31 @@ def test_prepare_model_and_loss_trace_as_one_graph(model, fmnist_dir):
         [str(b.reason)[:200] for b in explained.break_reasons]
 
 
+@pytest.mark.parametrize("model", list(STEP_CASES))
+def test_the_compiled_forward_and_loss_equal_the_eager_ones(model, fmnist_dir):
+    """AOT autograd's graphs of prepare + model + loss (what inductor compiles, without its C
+    build) give the eager loss and gradients, for every task."""
+    model_args, extra = STEP_CASES[model]
+    overrides = {**TINY, "data": str(fmnist_dir), **extra, "model_args": model_args}
+    trainer = build_trainer(cfg.resolve(model, None, overrides), callbacks=[])
+    trainer.model.train()
+    images, targets = trainer.train_split.take(torch.arange(4))
+    torch._dynamo.reset()
+    compiled = torch.compile(trainer._forward_loss, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (trainer._forward_loss, compiled):
+        torch.manual_seed(0)  # the same augmentation and dropout draws
+        loss = fn(images, targets, True)[2]
+        grads = torch.autograd.grad(loss, list(trainer.model.parameters()), allow_unused=True)
+        results.append((loss.detach(), [g for g in grads if g is not None]))
+    torch._dynamo.reset()
+    (eager_loss, eager_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-4, atol=1e-6)
+    assert len(grads) == len(eager_grads) > 0
+    for g, e in zip(grads, eager_grads):
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-5)
+
+
 def test_dice_and_focal_one_hots_match_torch():
     from cnnbench.tasks.detection import focal_loss
     from cnnbench.tasks.segmentation import dice_loss

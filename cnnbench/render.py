@@ -159,6 +159,10 @@ class TrainReporter:
         what = "resuming" if info["resumed"] else "training"
         size = "x".join(map(str, info["input_size"]))
         profile = f", profile {info['profile']}" if info.get("profile", "none") != "none" else ""
+        how = [info["amp"].replace("torch.", "")] if info.get("amp", "none") != "none" else []
+        if info.get("compile"):  # the first steps take seconds: say why before they start
+            how.append(f"torch.compile {info['compile']}, compiling at the first steps")
+        profile += f" ({', '.join(how)})" if how else ""
         self.console.print(
             f"{what} {info['model']} ({info['task']}, {info['params']:,} params) on "
             f"{info['device']}: {info['train']:,} train / {info['val']:,} val / "

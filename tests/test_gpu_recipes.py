@@ -243,3 +243,23 @@ def test_the_overhead_benchmark_runs_on_the_cpu_with_a_limit(fmnist_dir):
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["device"] == "cpu" and set(result["seconds"]) == {"cnnbench", "hand"}
     assert 0 < result["images"] <= 64 and result["cnnbench_over_hand"] > 0
+
+
+def test_the_start_line_says_amp_and_compile_before_the_slow_first_steps(tmp_path, fmnist_dir):
+    import io
+
+    from rich.console import Console
+
+    from cnnbench.render import TrainReporter
+
+    (tmp_path / "none.yaml").write_text("")
+    lines = []
+    for compile_ in ("reduce-overhead", False):
+        config = cfg.resolve("lenet", tmp_path / "none.yaml", dict(
+            data=str(fmnist_dir), limit=32, val_size=0, epochs=1, compile=compile_))
+        trainer = build_trainer(config, callbacks=[])
+        text = io.StringIO()
+        TrainReporter(quiet=True, console=Console(file=text, width=300)).start(trainer.describe())
+        lines.append(text.getvalue())
+    assert "(torch.compile reduce-overhead, compiling at the first steps)" in lines[0]
+    assert "torch.compile" not in lines[1] and "(" not in lines[1].split("params)")[1]

@@ -328,6 +328,8 @@ class Trainer:
                 "test": len(self.test_split), "epochs": self.config["epochs"],
                 "start_epoch": self.epoch + 1, "resumed": self.epoch > 0,
                 "input_size": self.config["input_size"], "amp": str(self.amp_dtype or "none"),
+                "compile": (self.forward.mode if isinstance(self.forward, CompiledForward)
+                            else None),
                 "profile": self.config.get("profile", "none")}
 
     # -- checkpoints --

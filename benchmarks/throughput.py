@@ -126,6 +126,7 @@ def profile_steps(trainer, starts: list[int], steps: int, folder, name: str) -> 
 def throughput(model: str, device: str, steps: int, warmup: int, scenes: int,
                overrides: dict, profile_dir=None, profiled_steps: int = 10) -> dict:
     from cnnbench import config as cfg
+    from cnnbench.devices import device_name
     from cnnbench.training.build import build_trainer
     from cnnbench.training.loop import batch_starts
 
@@ -157,8 +158,7 @@ def throughput(model: str, device: str, steps: int, warmup: int, scenes: int,
     profiled = (profile_steps(trainer, starts, profiled_steps, profile_dir, model)
                 if profile_dir else None)
     return {"model": model, "device": str(trainer.device),
-            "device_name": (torch.cuda.get_device_name(trainer.device)
-                            if trainer.device.type == "cuda" else "cpu"),
+            "device_name": device_name(trainer.device),
             "profile": config["profile"], "batch_size": bs, "amp": config["amp"],
             "compile": config["compile"], "model_args": config["model_args"],
             "input_size": config["input_size"], "steps": steps, "warmup_seconds": warm,

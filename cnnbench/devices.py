@@ -24,3 +24,22 @@ def resolve_device(name: str, allow_mps: bool = True) -> torch.device:
         raise CnnbenchError("--device mps asked for, but Apple's MPS is not available here; "
                             "use --device cpu or auto")
     return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name on CUDA; on the CPU its model (Linux's /proc/cpuinfo), else the platform's
+    processor or machine type."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as info:
+                for line in info:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        import platform
+
+        return platform.processor() or platform.machine() or "cpu"
+    return device.type

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_leaves
 import numpy as np
 import torch
 
+from cnnbench import devices
 from cnnbench.errors import CnnbenchError
 
 
@@ -179,8 +180,7 @@ def num_threads(n: int):
 
 
 def device_name(dev: torch.device) -> str:
+    """The device's name (devices.py); on the CPU with the threads a measurement used."""
     if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    import platform
-
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+        return devices.device_name(dev)
+    return f"{devices.device_name(dev)} ({torch.get_num_threads()} threads)"

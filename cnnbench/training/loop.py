@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_map_only
 
 from cnnbench.building import eval_mode
 from cnnbench.data.splits import Split
+from cnnbench.devices import device_name
 from cnnbench.errors import CnnbenchError
 from cnnbench.tasks.base import Task
 from cnnbench.tasks.metrics import Meter
@@ -306,8 +307,7 @@ class Trainer:
         results = {
             "model": self.config["model"], "task": self.task.name, "run_dir": str(self.run_dir),
             "monitor": self.monitor, "device": str(self.device), "params": self.params,
-            "device_name": (torch.cuda.get_device_name(self.device)
-                            if self.device.type == "cuda" else self.device.type),
+            "device_name": device_name(self.device),
             "epochs": self.epoch, "started": self.started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "best_epoch": None, f"best_val_{self.monitor}": None,  # the checkpoint's tracker

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from cnnbench.config import read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def command(name: str, seed: int, folder: Path, device: str, dry: bool) -> list[
            "--run-dir", str(folder), "--quiet", "--json"]
     if dry:
         cmd += ["--limit", "256", "--epochs", "1"]
-        if "scenes" in yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text()):
+        if "scenes" in read_yaml(ROOT / "experiments" / f"{name}.yaml"):
             cmd += ["--set", "scenes=64", "--set", "val_size=16"]
     return cmd
 
@@ -51,7 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     missing = [r for r in args.recipes if not (ROOT / "experiments" / f"{r}.yaml").is_file()]
     if missing:
-        sys.exit(f"error: no recipe experiments/{missing[0]}.yaml")
+        print(f"error: no recipe experiments/{missing[0]}.yaml", file=sys.stderr)
+        sys.exit(2)
     device = "cpu" if args.dry else args.device
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)

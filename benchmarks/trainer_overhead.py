@@ -172,6 +172,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from cnnbench import config as cfg
+    from cnnbench.bench.timing import device_name
     from cnnbench.training.build import build_trainer
 
     # d2l's LeNet recipe: plain SGD, [0, 1] pixels, no augmentation. No device profile: the
@@ -184,8 +185,7 @@ def main() -> None:
     hand = Hand(trainer, args.lr, args.compile)
     init = {k: v.clone() for k, v in hand.init.items()}  # the same first weights everywhere
     n = len(trainer.train_split)
-    where = (torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda"
-             else f"{torch.get_num_threads()} threads")
+    where = device_name(trainer.device)  # on the CPU with the threads used
     print(f"{args.model}, {n:,} training images, batch {args.batch_size}, plain SGD, "
           f"{trainer.device} ({where}), "
           f"amp {args.amp}, compile {args.compile or 'off'}, {args.rounds} rounds", flush=True)

@@ -101,9 +101,9 @@ def confusion_matrix(pred: torch.Tensor, true: torch.Tensor, k: int) -> torch.Te
     Void pixels go to one extra bin that is dropped; ``scatter_add_`` into a fixed number of
     bins, not ``bincount`` or a boolean mask, so that the host never waits for the device.
     """
-    cells = torch.where(true == IGNORE, k * k, true.long() * k + pred.long())
+    cells = torch.where(true == IGNORE, k * k, true.long() * k + pred.long()).flatten()
     counts = torch.zeros(k * k + 1, dtype=torch.long, device=cells.device)
-    counts.scatter_add_(0, cells.flatten(), torch.ones_like(cells.flatten()))
+    counts.scatter_add_(0, cells, torch.ones_like(cells))
     return counts[:k * k].reshape(k, k)
 
 

@@ -200,9 +200,10 @@ class TrainReporter:
         tests = "  ".join(f"{k[5:]} {v:.4f}" for k, v in results.items()
                           if k.startswith("test_") and k != "test_seconds"
                           and isinstance(v, float))
-        self.console.print(f"test  {tests}  ({results['minutes']:.1f} min training, best val "
-                           f"epoch {results['best_epoch']}) -> {results['run_dir']}",
-                           soft_wrap=True)
+        weights = f"{results.get('test_checkpoint', 'last')}.pt of epoch {results['test_epoch']}"
+        self.console.print(f"test on {weights}  {tests}  ({results['minutes']:.1f} min "
+                           f"training, best val epoch {results['best_epoch']}) -> "
+                           f"{results['run_dir']}", soft_wrap=True)
 
 
 def runs_table(rows: list[dict]) -> None:

@@ -38,6 +38,21 @@ class Context:
         return len(self.class_names)
 
 
+def context_state(context: Context) -> dict:
+    """The context without its class names, for a checkpoint (which holds them beside it)."""
+    return {"channels": context.channels, "mean": list(context.mean), "std": list(context.std),
+            "model_args": dict(context.model_args)}
+
+
+def stored_context(state: dict | None) -> Context | None:
+    """The context a checkpoint holds (None for one written before checkpoints held it)."""
+    if not state or "context" not in state or "class_names" not in state:
+        return None
+    c = state["context"]
+    return Context(tuple(state["class_names"]), int(c["channels"]), tuple(c["mean"]),
+                   tuple(c["std"]), dict(c["model_args"]))
+
+
 class Task(ABC):
     """One kind of problem; the trainer calls these and nothing model-specific."""
 

@@ -20,7 +20,7 @@ from cnnbench.data.sources import load_data
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.registry import get_model_info
-from cnnbench.tasks.base import get_task
+from cnnbench.tasks.base import get_task, stored_context
 from cnnbench.training import distributed
 from cnnbench.training.accel import drop_last, init_weights
 from cnnbench.training.callbacks import Report, standard_callbacks
@@ -57,7 +57,8 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     if len(splits[0]) == 0:
         raise CnnbenchError("the training split is empty (check --limit and --data)")
     info = get_model_info(c["model"])
-    context = task_cls.setup(c, data, info)
+    # A checkpoint's own context: the normalisation it trained with, whatever data come now.
+    context = stored_context(checkpoint) or task_cls.setup(c, data, info)
     check_classes(context, c["model_args"])
     check_labels((data.train, data.val, data.test), context.num_classes)
     task = task_cls(c, context)

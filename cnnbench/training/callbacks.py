@@ -20,7 +20,7 @@ import torch
 
 from cnnbench import config as cfg
 from cnnbench.building import eval_mode
-from cnnbench.checkpoints import save_checkpoint
+from cnnbench.checkpoints import load_checkpoint, save_checkpoint
 from cnnbench.errors import CnnbenchError
 from cnnbench.strict_json import dumps
 from cnnbench.training.interrupt import Interrupt
@@ -269,7 +269,8 @@ class NaNGuard(Callback):
 class Checkpoint(Callback):
     """``checkpoints/last.pt`` every epoch; ``best.pt`` when ``monitor`` improves (validation,
     else training). ``mode`` ``auto`` minimises a loss or an error and maximises the rest
-    (fastai's ``TrackerCallback``); ``max`` or ``min`` say it outright."""
+    (fastai's ``TrackerCallback``); ``max`` or ``min`` say it outright. The test pass at the
+    end runs on ``best.pt``'s weights, so the test figures belong with the best validation."""
 
     order = 40
 
@@ -294,9 +295,16 @@ class Checkpoint(Callback):
         if improved:
             save_checkpoint(state, trainer.run_dir / "checkpoints" / "best.pt")
 
+    def before_test(self, trainer: Trainer) -> None:
+        if self.best_epoch and self.best_epoch != trainer.epoch:  # else: they are in place
+            state = load_checkpoint(run_dir(trainer) / "checkpoints" / "best.pt")
+            trainer.model.load_state_dict(state["model"])
+
     def after_test(self, trainer: Trainer, results: dict) -> None:
         results["best_epoch"] = self.best_epoch
         results[f"best_val_{self.monitor}"] = self.best
+        if self.best_epoch:
+            results["test_checkpoint"], results["test_epoch"] = "best", self.best_epoch
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}

@@ -19,6 +19,7 @@ What a distributed run means here:
 * :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients, so the weights stay
   equal on every process. Batch-norm running statistics are per process between evaluations;
   rank 0's are broadcast before each evaluation, so the checkpoint holds the evaluated ones.
+  Before the test pass every process takes rank 0's weights (those of ``best.pt``).
   ``sync_batchnorm: true`` (CUDA only) uses batch statistics of the global batch instead.
 * Only rank 0 writes (run folder, metrics.jsonl, TensorBoard, checkpoints, results) and prints;
   it claims (or, resuming, locks) the run folder and sends its path, or its one-line error, to
@@ -277,6 +278,10 @@ class DistributedTrainer(Trainer):
         return metrics, collected
 
     def test(self) -> dict:
+        # Rank 0's weights: its Checkpoint callback may have put best.pt's in place.
+        for tensor in self.model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+        self.trained = False
         results = super().test()
         results["processes"] = self.world
         return results

@@ -8,9 +8,10 @@ trainer from a configuration.
 Events, in order: ``before_fit``, then per epoch ``before_epoch``, ``after_step`` after every
 optimizer step (with the step's tensors: reading one waits for the device, so a callback does it
 rarely) and ``after_epoch`` (with the epoch's row of plain numbers, read from the device once),
-then ``after_test`` (the results, which callbacks complete) and ``after_fit`` (always, also after
-an error). A callback stops the run cleanly with :class:`CancelFitException`, or ends an epoch's
-training early with :class:`CancelEpochException`.
+then ``before_test`` (a callback may put the weights to test in place: ``Checkpoint`` loads
+``best.pt``), ``after_test`` (the results, which callbacks complete) and ``after_fit`` (always,
+also after an error). A callback stops the run cleanly with :class:`CancelFitException`, or
+ends an epoch's training early with :class:`CancelEpochException`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cnnbench.building import eval_mode
 from cnnbench.data.splits import Split
 from cnnbench.devices import device_name
 from cnnbench.errors import CnnbenchError
-from cnnbench.tasks.base import Task
+from cnnbench.tasks.base import Task, context_state
 from cnnbench.tasks.metrics import Meter
 from cnnbench.training.accel import CompiledForward, build_forward, drop_last
 from cnnbench.training.rng import rng_states, set_rng_states
@@ -65,6 +66,8 @@ class Callback:
     def after_step(self, trainer: "Trainer", step: Step) -> None: ...
 
     def after_epoch(self, trainer: "Trainer", row: dict) -> None: ...
+
+    def before_test(self, trainer: "Trainer") -> None: ...
 
     def after_test(self, trainer: "Trainer", results: dict) -> None: ...
 
@@ -278,6 +281,7 @@ class Trainer:
             self._event("before_fit")
             for epoch in range(self.epoch + 1, self.config["epochs"] + 1):
                 self.fit_epoch(epoch)
+            self._event("before_test")
             self.results = self.test()
         except CancelFitException:
             pass
@@ -311,6 +315,8 @@ class Trainer:
             "epochs": self.epoch, "started": self.started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "best_epoch": None, f"best_val_{self.monitor}": None,  # the checkpoint's tracker
+            # The weights tested: the last epoch's, unless a callback put others in place.
+            "test_checkpoint": "last", "test_epoch": self.epoch,
             **{f"test_{k}": v for k, v in self.test_metrics.items()},
             "train_seconds": None, "minutes": None,  # from metrics.jsonl, all epochs
             "test_seconds": time.perf_counter() - t0,
@@ -351,6 +357,8 @@ class Trainer:
             "rng": rng_states(self.device, self.shuffle),
             "threads": torch.get_num_threads(),  # a resume uses as many: bitwise the same sums
             "config": self.config,
+            "class_names": list(self.task.context.class_names),
+            "context": context_state(self.task.context),  # what predict needs, without data
         }
         for callback in self.callbacks:
             state.update(callback.state_dict())

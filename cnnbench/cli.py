@@ -239,6 +239,66 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
     render.print_json(rows) if as_json else render.runs_table(rows)
 
 
+
+# --- eval and predict (issue 17) ---
+
+CHECKPOINT_HELP = "best (the monitor's choice) or last (the last epoch's)."
+
+
+@app.command("eval")
+def eval_(
+    run: str = typer.Argument(..., help="A run folder (runs/MODEL-TIME)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP),
+    data: Optional[str] = typer.Option(None, "--data", help="Other data (as `train --data`); "
+                                       "default: the run's."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N test images "
+                                        "(default: the run's limit)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps "
+                                         "(default: the run's)."),
+    tta: bool = typer.Option(False, "--tta", help="Average the class probabilities of each "
+                             "image and its mirror image (classification, segmentation)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the pictures "
+                                      "(default: RUN/eval)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Test metrics of a run's checkpoint, per-class table, confusion matrix and pictures.
+
+    Pictures (PNG): the confusion matrix, the top losses (classification), predictions
+    against the truth (detection, segmentation, single-object). Examples:
+    `cnnbench eval runs/lenet-20260101-120000`, `cnnbench eval RUN --checkpoint last --tta`,
+    `cnnbench eval RUN --json --out pictures/`.
+    """
+    from cnnbench import render
+    from cnnbench.evaluate import evaluate
+
+    result = evaluate(run, checkpoint, data=data, limit=limit, device=device, tta=tta, out=out)
+    render.print_json(result) if as_json else render.eval_report(result)
+
+
+@app.command()
+def predict(
+    run: str = typer.Argument(..., help="A run folder (runs/MODEL-TIME)."),
+    images: List[str] = typer.Argument(..., metavar="IMAGE...", help="PNG or JPEG files."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP),
+    top: int = typer.Option(3, "--top", min=1, help="Classes shown per image."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write each image with its "
+                                      "prediction drawn to this folder."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps "
+                                         "(default: the run's)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Class and score (or boxes, or mask shares) per image file, from a run's checkpoint.
+
+    Each file is read as the training data were (grey or colour, the model's input size, the
+    task's normalisation). Examples: `cnnbench predict runs/lenet-20260101-120000 shoe.png`,
+    `cnnbench predict RUN a.png b.jpg --top 5 --out drawn/`.
+    """
+    from cnnbench import render
+    from cnnbench.predict import predict as predict_files
+
+    rows = predict_files(run, images, checkpoint, top=top, out=out, device=device)
+    render.print_json(rows) if as_json else render.predictions_lines(rows)
+
 # --- bench (issue 4) ---
 
 @app.command()

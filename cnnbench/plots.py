@@ -1,4 +1,4 @@
-"""Figures written as PNG files (matplotlib is imported only when one is drawn)."""
+"""Figures written as PNG files (matplotlib and Pillow are imported only when one is drawn)."""
 
 from __future__ import annotations
 
@@ -74,3 +74,62 @@ def save_erf_png(erf: dict, path: str) -> None:
         fig.savefig(path, format="png", dpi=100)
     except (OSError, ValueError) as exc:
         raise CnnbenchError(f"cannot write {path}: {exc}") from None
+
+
+def _replace_atomically(path, write) -> None:
+    """``write(tmp)`` then rename to ``path``: a picture is never seen half-written."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CnnbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_picture_png(picture, path) -> None:
+    """A ``[3, H, W]`` tensor (uint8, or float in [0, 1]) as a PNG file, written atomically."""
+    import torch
+    from PIL import Image
+
+    if picture.is_floating_point():
+        picture = (picture.clamp(0, 1) * 255).round().to(torch.uint8)
+    if picture.shape[0] == 1:
+        picture = picture.expand(3, -1, -1)
+    pixels = picture.permute(1, 2, 0).contiguous().cpu().numpy()
+    _replace_atomically(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+
+def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = False) -> None:
+    """A confusion matrix (rows: true class, columns: predicted) as a heat map with its counts
+    (fastai's ``plot_confusion_matrix``); ``normalize_rows`` colours each row's shares (pixel
+    counts of very different sizes), the numbers stay counts."""
+    from matplotlib.figure import Figure
+
+    m = np.asarray(matrix, dtype=np.float64)
+    k = len(names)
+    shade = m / np.maximum(m.sum(1, keepdims=True), 1) if normalize_rows else m
+    side = max(4.8, 0.55 * k + 2.5)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(shade, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8,
+                 label="share of the true class" if normalize_rows else "images")
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize="small")
+    ax.set_yticks(range(k), names, fontsize="small")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    top = shade.max() if shade.size else 0
+    for i in range(k):
+        for j in range(k):
+            count = m[i, j]
+            text = f"{count:.0f}" if count < 10_000 else f"{count / 1000:.0f}k"
+            ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
+                    color="white" if top and shade[i, j] > top / 2 else "black")
+    ax.set_title(textwrap.fill(title, 70), fontsize="small")
+    _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

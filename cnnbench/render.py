@@ -228,6 +228,68 @@ def runs_table(rows: list[dict]) -> None:
         out.print("No runs yet: `cnnbench train lenet` makes one.")
 
 
+
+# --- eval and predict (issue 17) ---
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "--"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
+def eval_report(result: dict, top_losses: int = 8) -> None:
+    """`cnnbench eval RUN`: metrics, per-class table, confusion matrix, top losses, pictures."""
+    tta = ", flip TTA" if result["tta"] else ""
+    out.print(f"{result['run']} ({result['model']}, {result['task']}): "
+              f"{result['checkpoint']}.pt of epoch {result['epoch']} on {result['images']:,} "
+              f"test images{tta}", soft_wrap=True)
+    out.print("  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()))
+    rows = result["per_class"]
+    if rows:
+        table = Table(title="Per class", title_justify="left")
+        for col in rows[0]:
+            table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
+        for r in rows:
+            table.add_row(*(str(v) if k == "class" else _cell(v) for k, v in r.items()))
+        out.print(table)
+    confusion = result["confusion_matrix"]
+    if confusion and len(confusion) <= 20:
+        names = result["class_names"]
+        if len(confusion) == len(names) + 1:
+            names = ["background", *names]
+        table = Table(title="Confusion matrix (rows: actual, columns: predicted)",
+                      title_justify="left")
+        table.add_column("actual", no_wrap=True)
+        for i in range(len(names)):
+            table.add_column(str(i), justify="right", no_wrap=True)
+        for i, (name, row) in enumerate(zip(names, confusion)):
+            table.add_row(f"{i} {name}", *(f"{v:,}" for v in row))
+        out.print(table)
+    worst = result.get("top_losses", [])[:top_losses]
+    if worst:
+        table = Table(title="Top losses", title_justify="left")
+        for col in ("image", "actual", "predicted", "loss", "p(actual)"):
+            table.add_column(col, justify="right" if col in ("image", "loss", "p(actual)")
+                             else "left", no_wrap=True)
+        for w in worst:
+            table.add_row(str(w["index"]), w["actual"], w["predicted"], f"{w['loss']:.3f}",
+                          f"{w['probability']:.3f}")
+        out.print(table)
+    for name, path in result["pictures"].items():
+        out.print(f"{name.replace('_', ' ')}: {path}", soft_wrap=True)
+
+
+def predictions_lines(rows: list[dict]) -> None:
+    """`cnnbench predict`: one block per file."""
+    for r in rows:
+        found = r["predictions"]
+        out.print(f"{r['file']}: {r['summary']}", soft_wrap=True)
+        for p in found:
+            box = (" at " + ",".join(f"{v:.0f}" for v in p["box"])) if "box" in p else ""
+            out.print(f"  {p['class']:<16} {p['score']:.4f}{box}", soft_wrap=True)
+        if r.get("picture"):
+            out.print(f"  drawn: {r['picture']}", soft_wrap=True)
+
 # --- bench (issue 4) ---
 
 def _ms(value, spread=None) -> str:

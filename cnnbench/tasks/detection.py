@@ -99,11 +99,11 @@ class Detection(DenseTask):
     def metrics(self):
         return {"map": MeanAP(self.detect, self.context.num_classes)}  # map50 and map
 
-    def log_images(self, writer, step, images, output, targets) -> None:
+    def draw(self, images, output, targets, n: int = 8) -> list[torch.Tensor]:
+        """uint8 pictures of the first ``n`` images: the true boxes (green, with the class) and
+        the detections scoring at least ``draw_threshold`` (red, with class and score)."""
         class_names = self.context.class_names
-        from torchvision.utils import make_grid
-
-        n = min(8, images.shape[0])
+        n = min(n, images.shape[0])
         dets = self.detect(tuple(o if i == 0 else o[:n] for i, o in enumerate(output)))
         threshold = float(self.config.get("draw_threshold", 0.3))
         pictures = []
@@ -116,7 +116,13 @@ class Detection(DenseTask):
                                        d["boxes"][keep],
                                        [f"{class_names[j]} {s:.2f}" for j, s in
                                         zip(d["labels"][keep], d["scores"][keep])]))
-        writer.add_image("test/boxes", make_grid(torch.stack(pictures), nrow=4), step)
+        return pictures
+
+    def log_images(self, writer, step, images, output, targets) -> None:
+        from torchvision.utils import make_grid
+
+        writer.add_image("test/boxes", make_grid(torch.stack(self.draw(images, output, targets)),
+                                                 nrow=4), step)
 
     def final_report(self, output_targets) -> dict:
         class_names = self.context.class_names

@@ -45,17 +45,23 @@ class SingleObject(DenseTask):
     def metrics(self):
         return {"acc": ClassAccuracy(), "box_iou": BoxIoU(), "box_l1": BoxL1()}
 
-    def log_images(self, writer, step, images, output, targets) -> None:
-        class_names = self.context.class_names
-        from torchvision.utils import make_grid
-
+    def draw(self, images, output, targets, n: int = 8) -> list[torch.Tensor]:
+        """uint8 pictures of the first ``n`` images: the true box and class (green) and the
+        predicted ones (red)."""
         from cnnbench.tasks.detection import draw_boxes
 
+        class_names = self.context.class_names
         pictures = []
-        for i in range(min(8, images.shape[0])):
+        for i in range(min(n, images.shape[0])):
             true_box, true_label = targets["box"][i].cpu(), int(targets["label"][i])
             pred_box = output[i, :4].float().sigmoid().cpu()
             pred_label = int(output[i, 4:].argmax())
             pictures.append(draw_boxes(images[i].cpu(), true_box[None], [class_names[true_label]],
                                        pred_box[None], [class_names[pred_label]]))
-        writer.add_image("test/largest_object", make_grid(torch.stack(pictures), nrow=4), step)
+        return pictures
+
+    def log_images(self, writer, step, images, output, targets) -> None:
+        from torchvision.utils import make_grid
+
+        writer.add_image("test/largest_object",
+                         make_grid(torch.stack(self.draw(images, output, targets)), nrow=4), step)

@@ -1,0 +1,271 @@
+"""`cnnbench eval`: a run's checkpoint on its test split (or other data), with pictures.
+
+The trainer is rebuilt from the run's ``config.yaml`` and the checkpoint (``build_trainer`` with
+that checkpoint, as a resume does), and ``Trainer.evaluate`` measures the test split: the same
+data, batches, device and code as the test pass at the end of training, so on ``best.pt`` the
+figures equal ``results.json``'s. What each task adds is one entry of ``VIEWS``: its per-class
+table, its confusion matrix (if it has one) and its pictures, written to ``RUN/eval/`` (or
+``--out``). Nothing else in the run folder changes.
+
+``--tta`` (test-time augmentation, classification and segmentation): every image is scored
+twice, as it is and mirrored left-right (the mirrored output flipped back for masks), and the
+class probabilities of the two are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils._pytree import tree_leaves
+
+from cnnbench import config as cfg
+from cnnbench.checkpoints import load_checkpoint
+from cnnbench.errors import CnnbenchError
+from cnnbench.tasks.metrics import confusion_matrix, f1_per_class
+
+CHECKPOINTS = ("best", "last")
+PICTURES = 8  # images drawn in a predictions grid
+TOP_LOSSES = 16  # images in the top-losses grid (fastai's plot_top_losses)
+
+
+# -- the run --
+
+def open_run(run: str | Path, checkpoint: str = "best") -> tuple[Path, dict, dict]:
+    """``(folder, config, checkpoint state)``: the configuration from ``config.yaml`` (keys added
+    since the run take their defaults) and ``checkpoints/{best,last}.pt``; every problem is a
+    one-line error."""
+    if checkpoint not in CHECKPOINTS:
+        raise CnnbenchError(f"--checkpoint must be {' or '.join(CHECKPOINTS)}, not {checkpoint!r}")
+    run = Path(run)
+    if not run.is_dir():
+        raise CnnbenchError(f"no run folder {run}")
+    if not (run / "config.yaml").is_file():
+        raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
+    config = {**{k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()},
+              **cfg.read_yaml(run / "config.yaml")}
+    state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")
+    if not config.get("threads") and state.get("threads"):
+        torch.set_num_threads(state["threads"])  # as many as in training: the same sums, bitwise
+    return run, config, state
+
+
+def output_folder(run: Path, out: str | Path | None) -> Path:
+    """``out`` or ``RUN/eval``, checked writable (nothing is made yet)."""
+    from cnnbench.training.runs import check_writable
+
+    folder = Path(out) if out else run / "eval"
+    if folder.exists() and not folder.is_dir():
+        raise CnnbenchError(f"cannot write pictures to {folder}: it is a file")
+    check_writable(folder)
+    return folder
+
+
+# -- test-time augmentation --
+
+class FlipTTA(nn.Module):
+    """The model on the image and on its mirror image; returns the log of the mean class
+    probabilities (scores whose softmax is that mean, so the task's loss and metrics apply)."""
+
+    def __init__(self, model: nn.Module, unflip: Callable):
+        super().__init__()
+        self.model, self.unflip = model, unflip
+
+    def forward(self, x):
+        plain = self.model(x).float().log_softmax(1)
+        mirrored = self.unflip(self.model(x.flip(-1))).float().log_softmax(1)
+        return torch.logaddexp(plain, mirrored) - math.log(2)
+
+
+# -- per task: the per-class table, the confusion matrix, the pictures --
+
+def class_scores(confusion: torch.Tensor, names) -> list[dict]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (rows: true)."""
+    confusion = torch.as_tensor(confusion).double()
+    tp = confusion.diag()
+    predicted, support = confusion.sum(0), confusion.sum(1)
+    f1 = f1_per_class(tp, predicted - tp, support - tp)
+    return [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
+             "support": int(s)}
+            for name, p, r, f, s in zip(names, tp / predicted.clamp(min=1),
+                                        tp / support.clamp(min=1), f1, support)]
+
+
+def _cat(outputs, pick) -> torch.Tensor:
+    return torch.cat([pick(o, t) for o, t in outputs])
+
+
+def _classification_confusion(task, outputs, report) -> torch.Tensor:
+    return torch.tensor(report["confusion_matrix"])
+
+
+def _single_object_confusion(task, outputs, report) -> torch.Tensor:
+    pred = _cat(outputs, lambda o, t: o[:, 4:].argmax(1))
+    true = _cat(outputs, lambda o, t: t["label"])
+    return confusion_matrix(pred, true, task.context.num_classes)
+
+
+def _segmentation_confusion(task, outputs, report) -> torch.Tensor:
+    k = task.model_classes(task.context.num_classes)
+    return sum(confusion_matrix(o.argmax(1).flatten(), t["masks"].flatten(), k)
+               for o, t in outputs)
+
+
+def _report_rows(**columns) -> Callable:
+    """Per-class rows from the task's final report: ``column=report key``."""
+    def rows(task, report, confusion, names):
+        return [{"class": name, **{col: report[key].get(name) for col, key in columns.items()}}
+                for name in names]
+    return rows
+
+
+def _confusion_rows(task, report, confusion, names):
+    return class_scores(confusion, names)
+
+
+def top_losses(outputs, images: torch.Tensor, names, n: int = TOP_LOSSES) -> list[dict]:
+    """The ``n`` test images with the highest cross-entropy (fastai's ``top_losses``): index,
+    actual and predicted class, loss and the probability given to the actual class."""
+    logits = _cat(outputs, lambda o, t: o.float())
+    labels = _cat(outputs, lambda o, t: t)
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    probs = logits.softmax(1)
+    worst = losses.argsort(descending=True)[:n]
+    return [{"index": int(i), "actual": names[int(labels[i])],
+             "predicted": names[int(probs[i].argmax())], "loss": float(losses[i]),
+             "probability": float(probs[i, labels[i]])} for i in worst]
+
+
+def _classification_pictures(task, images, outputs, folder, result) -> dict:
+    from cnnbench.tasks.classification import PRED_COLOUR, TRUE_COLOUR, labelled_grid
+
+    worst = top_losses(outputs, images, task.context.class_names)
+    result["top_losses"] = worst
+    captions = [[(f"pred {w['predicted']}", PRED_COLOUR), (f"true {w['actual']}", TRUE_COLOUR),
+                 (f"loss {w['loss']:.2f} p {w['probability']:.2f}", (0, 0, 0))] for w in worst]
+    picture = labelled_grid(images[[w["index"] for w in worst]].cpu(), captions, nrow=8)
+    return {"top_losses": picture}
+
+
+def _first_batch(outputs) -> tuple:
+    """``(output, targets, n)``: the first batch and how many of its images to draw."""
+    output, targets = outputs[0]
+    return output, targets, min(PICTURES, len(tree_leaves(targets)[0]))
+
+
+def _box_pictures(task, images, outputs, folder, result) -> dict:
+    output, targets, n = _first_batch(outputs)
+    return {"predictions": _grid(task.draw(images[:n].cpu(), output, targets, n), nrow=4)}
+
+
+def _mask_pictures(task, images, outputs, folder, result) -> dict:
+    from cnnbench.tasks.segmentation import overlay_masks
+
+    k = task.model_classes(task.context.num_classes)
+    output, targets, n = _first_batch(outputs)
+    shown = images[:n].cpu()
+    rows = torch.cat([overlay_masks(shown, output[:n].argmax(1), k),  # predicted, then true
+                      overlay_masks(shown, targets["masks"][:n], k)])
+    return {"predictions": _grid(list(rows), nrow=n)}
+
+
+def _grid(pictures: list[torch.Tensor], nrow: int) -> torch.Tensor:
+    from cnnbench.data.transforms import grid
+
+    return grid(torch.stack(pictures).float() / 255, nrow=nrow)
+
+
+@dataclass(frozen=True)
+class View:
+    """What ``eval`` shows for one task, besides its metrics."""
+
+    rows: Callable  # (task, report, confusion, class names) -> per-class rows
+    confusion: Callable | None = None  # (task, outputs, report) -> [k, k] counts
+    pictures: Callable | None = None  # (task, images, outputs, folder, result) -> {name: picture}
+    unflip: Callable | None = None  # --tta: the mirrored output put back (None: no TTA)
+    background: bool = False  # the confusion matrix has a background class first
+
+
+VIEWS: dict[str, View] = {
+    "classification": View(_confusion_rows, _classification_confusion, _classification_pictures,
+                           unflip=lambda o: o),
+    "single-object": View(_confusion_rows, _single_object_confusion, _box_pictures),
+    "multi-label": View(_report_rows(f1="per_class_f1", ap="per_class_ap")),
+    "segmentation": View(_report_rows(iou="per_class_iou"), _segmentation_confusion,
+                         _mask_pictures, unflip=lambda o: o.flip(-1), background=True),
+    "detection": View(_report_rows(ap50="per_class_ap50"), None, _box_pictures),
+}
+
+
+# -- eval --
+
+def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
+             limit: int | None = None, device: str | None = None, tta: bool = False,
+             out: str | Path | None = None) -> dict:
+    """The test metrics of a run's checkpoint, its per-class table and confusion matrix, and
+    pictures (confusion matrix, top losses, predictions against the truth) written to ``out``
+    (default ``RUN/eval``). ``data``/``limit``/``device`` replace the run's own."""
+    run, config, state = open_run(run, checkpoint)
+    view = VIEWS.get(config.get("task"))
+    if view is None:
+        raise CnnbenchError(f"{run} trained a {config.get('task')} task: eval knows "
+                            f"{', '.join(VIEWS)}")
+    if tta and view.unflip is None:
+        raise CnnbenchError(f"--tta is for {', '.join(k for k, v in VIEWS.items() if v.unflip)} "
+                            f"runs, not {config['task']}")
+    for key, value in (("data", data), ("limit", limit), ("device", device)):
+        if value is not None:
+            config[key] = cfg.check(key, value, cfg.TRAINER_KEYS, "command line")
+    folder = output_folder(run, out)
+
+    from cnnbench.training.build import build_trainer
+
+    trainer = build_trainer(config, callbacks=[], checkpoint=state)
+    split = trainer.test_split
+    if not len(split):
+        raise CnnbenchError("the test split is empty (check --limit and --data)")
+    if tta:
+        trainer.net = FlipTTA(trainer.model, view.unflip)
+    metrics, outputs = trainer.evaluate(split, collect=True)
+    task = trainer.task
+    report = task.final_report(outputs)
+    names = list(task.context.class_names)
+    confusion = view.confusion(task, outputs, report) if view.confusion else None
+    result = {
+        "run": str(run), "model": config["model"], "task": task.name,
+        "checkpoint": checkpoint, "epoch": int(state["epoch"]),
+        "data": config.get("data"), "images": len(split), "tta": tta,
+        "metrics": metrics,
+        "per_class": view.rows(task, report, confusion, names),
+        "class_names": names,
+        "confusion_matrix": None if confusion is None else confusion.tolist(),
+        "report": report,
+        "pictures": {},
+    }
+    pictures = view.pictures(task, split.images, outputs, folder, result) if view.pictures \
+        else {}
+    folder.mkdir(parents=True, exist_ok=True)
+    from cnnbench import plots
+
+    if confusion is not None:
+        axis = ["background", *names] if view.background else names
+        path = folder / "confusion.png"
+        plots.save_confusion_png(confusion, axis, path, _title(result, "confusion matrix"),
+                                 normalize_rows=view.background)
+        result["pictures"]["confusion"] = str(path)
+    for name, picture in pictures.items():
+        path = folder / f"{name}.png"
+        plots.save_picture_png(picture, path)
+        result["pictures"][name] = str(path)
+    return result
+
+
+def _title(result: dict, what: str) -> str:
+    tta = ", TTA" if result["tta"] else ""
+    return (f"{Path(result['run']).name} ({result['model']}), {result['checkpoint']}.pt of "
+            f"epoch {result['epoch']}{tta}: {what} on {result['images']:,} test images")

@@ -158,6 +158,23 @@ def _first_batch(outputs) -> tuple:
     return output, targets, min(PICTURES, len(tree_leaves(targets)[0]))
 
 
+def _label_pictures(task, images, outputs, folder, result) -> dict:
+    """Multi-label: the first test images with their true classes (green) and the classes
+    scoring above ``threshold`` (red)."""
+    from cnnbench.tasks.classification import PRED_COLOUR, TRUE_COLOUR, labelled_grid
+
+    names, threshold = task.context.class_names, float(task.config.get("threshold", 0.5))
+    scores = _cat(outputs, lambda o, t: o.float().sigmoid())[:2 * PICTURES]
+    truth = _cat(outputs, lambda o, t: t["multi_hot"])[:len(scores)]
+
+    def listed(row):
+        return ", ".join(names[int(j)] for j in row.nonzero().flatten()) or "-"
+
+    captions = [[(listed(t), TRUE_COLOUR), (listed(p > threshold), PRED_COLOUR)]
+                for t, p in zip(truth, scores)]
+    return {"predictions": labelled_grid(images[:len(scores)].cpu(), captions, nrow=8)}
+
+
 def _box_pictures(task, images, outputs, folder, result) -> dict:
     output, targets, n = _first_batch(outputs)
     return {"predictions": _grid(task.draw(images[:n].cpu(), output, targets, n), nrow=4)}
@@ -195,7 +212,8 @@ VIEWS: dict[str, View] = {
     "classification": View(_confusion_rows, _classification_confusion, _classification_pictures,
                            unflip=lambda o: o),
     "single-object": View(_confusion_rows, _single_object_confusion, _box_pictures),
-    "multi-label": View(_report_rows(f1="per_class_f1", ap="per_class_ap")),
+    "multi-label": View(_report_rows(f1="per_class_f1", ap="per_class_ap"), None,
+                        _label_pictures),
     "segmentation": View(_report_rows(iou="per_class_iou"), _segmentation_confusion,
                          _mask_pictures, unflip=lambda o: o.flip(-1), background=True),
     "detection": View(_report_rows(ap50="per_class_ap50"), None, _box_pictures),

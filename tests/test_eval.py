@@ -15,8 +15,8 @@ from cnnbench.cli import main
 from cnnbench.data.fashion_mnist import CLASS_NAMES
 from cnnbench.evaluate import FlipTTA, class_scores, evaluate
 from cnnbench.predict import predict
-from cnnbench.training.build import build_trainer, train
-from cnnbench.training.loop import Callback
+from cnnbench.training.build import build_trainer, resume_trainer, train
+from cnnbench.training.loop import CancelFitException, Callback
 
 TINY = dict(limit=96, val_size=16, batch_size=16, epochs=3, optimizer="sgd", lr=0.05,
             momentum=0.9, log_graph=False, log_images=False)
@@ -76,6 +76,28 @@ def test_the_test_pass_runs_on_best_pt_and_says_which(lenet_run):
     assert best["epoch"] == 1 and last["epoch"] == 3
     assert best["metrics"]["loss"] == results["test_loss"]
     assert last["metrics"]["loss"] != results["test_loss"]  # two more epochs moved the weights
+
+
+class StopAfterFirst(Callback):
+    order = 95
+
+    def after_epoch(self, trainer, row):
+        raise CancelFitException
+
+
+def test_a_resumed_run_tests_the_best_pt_of_before_the_resume(tmp_path, fmnist_dir):
+    (tmp_path / "none.yaml").write_text("")
+    overrides = {**TINY, "data": str(fmnist_dir)}
+    cut = train("lenet", config_file=tmp_path / "none.yaml", overrides=overrides,
+                run_dir=tmp_path / "run", callbacks=[FirstEpochBest(), StopAfterFirst()])
+    assert cut is None
+    trainer = resume_trainer(tmp_path / "run")
+    trainer.add_callbacks(FirstEpochBest())
+    results = trainer.fit()
+    assert results["epochs"] == 3 and (results["test_checkpoint"], results["test_epoch"]) == (
+        "best", 1)
+    assert evaluate(tmp_path / "run", out=tmp_path / "eval")["metrics"]["loss"] == \
+        results["test_loss"]
 
 
 def test_eval_json_equals_results_json_exactly(lenet_run, capsys, tmp_path):

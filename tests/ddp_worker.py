@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py in two processes.
 
-``record RUN EPOCHS OUT`` (under torchrun): resume a run in every process, recording each
-process's weights after every step and at the end (``OUT/rank<r>.pt``)::
+``record RUN EPOCHS OUT [first-best]`` (under torchrun): resume a run in every process,
+recording each process's weights after every step and at the end (``OUT/rank<r>.pt``); with
+``first-best`` no later epoch beats epoch 1, so best.pt stays epoch 1's::
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 \
         tests/ddp_worker.py record RUN EPOCHS OUT
@@ -46,6 +47,16 @@ class RecordWeights(Callback):
         torch.save({"steps": torch.stack(self.steps), "images": self.images,
                     "state": trainer.model.state_dict(), "results": trainer.results},
                    f"{self.out}/rank{distributed.rank()}.pt")
+
+
+class FirstEpochStaysBest(Callback):
+    """Later epochs score below any real one (before ``Checkpoint`` reads the row)."""
+
+    order = 35
+
+    def after_epoch(self, trainer, row):
+        if row["epoch"] > 1:
+            row[f"val_{trainer.monitor}"] = -1.0
 
 
 class SignalAt(Callback):
@@ -97,6 +108,8 @@ if __name__ == "__main__":
     if mode == "record":
         trainer = resume_trainer(args[0], {"epochs": int(args[1])})
         trainer.add_callbacks(RecordWeights(args[2]))
+        if args[3:] == ["first-best"]:
+            trainer.add_callbacks(FirstEpochStaysBest())
         trainer.fit()
     elif not distributed.launched():
         sys.exit(distributed.launch(2, sys.argv[1:], target=(__file__,)))

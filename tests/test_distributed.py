@@ -44,10 +44,13 @@ def exit_codes(folder: Path) -> list[int]:
 
 
 def single_process_evaluation(run: Path) -> tuple[dict, dict]:
-    """Validation and test metrics of ``last.pt``'s weights, evaluated by one process."""
+    """Validation metrics of ``last.pt``'s weights and test metrics of ``best.pt``'s (what the
+    test pass at the end of training measures), evaluated by one process."""
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     trainer = build_trainer(state["config"], callbacks=[], checkpoint=state)
-    return trainer.evaluate(trainer.val_split)[0], trainer.evaluate(trainer.test_split)[0]
+    val = trainer.evaluate(trainer.val_split)[0]
+    trainer.model.load_state_dict(load_checkpoint(run / "checkpoints" / "best.pt")["model"])
+    return val, trainer.evaluate(trainer.test_split)[0]
 
 
 def assert_same_metrics(distributed_metrics: dict, single: dict, prefix: str) -> None:
@@ -96,6 +99,30 @@ def test_resume_of_a_one_process_run_on_two_keeps_the_weights_equal_on_both(
     assert_same_metrics(read_metrics(run)[-1], val, "val_")
     assert_same_metrics(results, test, "test_")
     assert ranks[1]["results"]["test_acc"] == results["test_acc"]
+
+
+def test_two_processes_test_the_weights_of_best_pt(tmp_path, fmnist_dir, recipe):
+    run = tmp_path / "run"
+    train("lenet", recipe, {**SMALL, "data": str(fmnist_dir)}, run_dir=run)  # best.pt: epoch 1
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(TESTS / "ddp_worker.py"), "record", str(run), "3", str(out), "first-best"],
+        cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 3 and (results["test_checkpoint"], results["test_epoch"]) == (
+        "best", 1)
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1
+    for rank in range(2):  # rank 0 loaded best.pt and sent its weights to rank 1
+        state = torch.load(out / f"rank{rank}.pt", weights_only=False)
+        assert all(torch.equal(v, best["model"][k]) for k, v in state["state"].items())
+        assert state["results"]["test_acc"] == results["test_acc"]
+    _, test = single_process_evaluation(run)
+    assert_same_metrics(results, test, "test_")
 
 
 def test_nproc_launches_two_processes_that_write_one_run_and_print_once(

@@ -264,7 +264,7 @@ def eval_(
     """Test metrics of a run's checkpoint, per-class table, confusion matrix and pictures.
 
     Pictures (PNG): the confusion matrix, the top losses (classification), predictions
-    against the truth (detection, segmentation, single-object). Examples:
+    against the truth (the other tasks). Examples:
     `cnnbench eval runs/lenet-20260101-120000`, `cnnbench eval RUN --checkpoint last --tta`,
     `cnnbench eval RUN --json --out pictures/`.
     """

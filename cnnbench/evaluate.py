@@ -128,7 +128,7 @@ def _confusion_rows(task, report, confusion, names):
     return class_scores(confusion, names)
 
 
-def top_losses(outputs, images: torch.Tensor, names, n: int = TOP_LOSSES) -> list[dict]:
+def top_losses(outputs, names, n: int = TOP_LOSSES) -> list[dict]:
     """The ``n`` test images with the highest cross-entropy (fastai's ``top_losses``): index,
     actual and predicted class, loss and the probability given to the actual class."""
     logits = _cat(outputs, lambda o, t: o.float())
@@ -141,11 +141,14 @@ def top_losses(outputs, images: torch.Tensor, names, n: int = TOP_LOSSES) -> lis
              "probability": float(probs[i, labels[i]])} for i in worst]
 
 
-def _classification_pictures(task, images, outputs, folder, result) -> dict:
+def _top_losses(task, outputs) -> dict:
+    return {"top_losses": top_losses(outputs, task.context.class_names)}
+
+
+def _classification_pictures(task, images, outputs, result) -> dict:
     from cnnbench.tasks.classification import PRED_COLOUR, TRUE_COLOUR, labelled_grid
 
-    worst = top_losses(outputs, images, task.context.class_names)
-    result["top_losses"] = worst
+    worst = result["top_losses"]
     captions = [[(f"pred {w['predicted']}", PRED_COLOUR), (f"true {w['actual']}", TRUE_COLOUR),
                  (f"loss {w['loss']:.2f} p {w['probability']:.2f}", (0, 0, 0))] for w in worst]
     picture = labelled_grid(images[[w["index"] for w in worst]].cpu(), captions, nrow=8)
@@ -158,7 +161,7 @@ def _first_batch(outputs) -> tuple:
     return output, targets, min(PICTURES, len(tree_leaves(targets)[0]))
 
 
-def _label_pictures(task, images, outputs, folder, result) -> dict:
+def _label_pictures(task, images, outputs, result) -> dict:
     """Multi-label: the first test images with their true classes (green) and the classes
     scoring above ``threshold`` (red)."""
     from cnnbench.tasks.classification import PRED_COLOUR, TRUE_COLOUR, labelled_grid
@@ -175,12 +178,12 @@ def _label_pictures(task, images, outputs, folder, result) -> dict:
     return {"predictions": labelled_grid(images[:len(scores)].cpu(), captions, nrow=8)}
 
 
-def _box_pictures(task, images, outputs, folder, result) -> dict:
+def _box_pictures(task, images, outputs, result) -> dict:
     output, targets, n = _first_batch(outputs)
     return {"predictions": _grid(task.draw(images[:n].cpu(), output, targets, n), nrow=4)}
 
 
-def _mask_pictures(task, images, outputs, folder, result) -> dict:
+def _mask_pictures(task, images, outputs, result) -> dict:
     from cnnbench.tasks.segmentation import overlay_masks
 
     k = task.model_classes(task.context.num_classes)
@@ -203,14 +206,15 @@ class View:
 
     rows: Callable  # (task, report, confusion, class names) -> per-class rows
     confusion: Callable | None = None  # (task, outputs, report) -> [k, k] counts
-    pictures: Callable | None = None  # (task, images, outputs, folder, result) -> {name: picture}
+    pictures: Callable | None = None  # (task, images, outputs, result) -> {name: picture}
+    extra: Callable | None = None  # (task, outputs) -> more entries of the result
     unflip: Callable | None = None  # --tta: the mirrored output put back (None: no TTA)
     background: bool = False  # the confusion matrix has a background class first
 
 
 VIEWS: dict[str, View] = {
     "classification": View(_confusion_rows, _classification_confusion, _classification_pictures,
-                           unflip=lambda o: o),
+                           extra=_top_losses, unflip=lambda o: o),
     "single-object": View(_confusion_rows, _single_object_confusion, _box_pictures),
     "multi-label": View(_report_rows(f1="per_class_f1", ap="per_class_ap"), None,
                         _label_pictures),
@@ -265,8 +269,8 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
         "report": report,
         "pictures": {},
     }
-    pictures = view.pictures(task, split.images, outputs, folder, result) if view.pictures \
-        else {}
+    result.update(view.extra(task, outputs) if view.extra else {})
+    pictures = view.pictures(task, split.images, outputs, result) if view.pictures else {}
     folder.mkdir(parents=True, exist_ok=True)
     from cnnbench import plots
 

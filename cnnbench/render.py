@@ -200,8 +200,10 @@ class TrainReporter:
         tests = "  ".join(f"{k[5:]} {v:.4f}" for k, v in results.items()
                           if k.startswith("test_") and k != "test_seconds"
                           and isinstance(v, float))
+        stopped = (f", stopped early after epoch {results['stopped_early']}"
+                   if results.get("stopped_early") else "")
         self.console.print(f"test  {tests}  ({results['minutes']:.1f} min training, best val "
-                           f"epoch {results['best_epoch']}) -> {results['run_dir']}",
+                           f"epoch {results['best_epoch']}{stopped}) -> {results['run_dir']}",
                            soft_wrap=True)
 
 

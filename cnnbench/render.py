@@ -207,6 +207,21 @@ class TrainReporter:
                            soft_wrap=True)
 
 
+def lr_find_lines(result: dict) -> None:
+    """What `cnnbench lr-find` prints: the sweep, the minimum and the suggestion."""
+    stop = "the smoothed loss diverged (> 4x its best)" if result["diverged"] else "its end"
+    out.print(f"lr-find {result['model']} ({result['optimizer']}, batch {result['batch_size']}"
+              f" x {result['accumulate_steps']}, {result['train_images']:,} training images, "
+              f"{result['device']}): {result['steps']} steps from {result['start']:.1e} to "
+              f"{result['lrs'][-1]:.2e}, stopped at {stop}, {result['seconds']:.1f} s",
+              soft_wrap=True)
+    out.print(f"smoothed loss: lowest {result['min_loss']:.4f} at lr "
+              f"{result['min_loss_lr']:.2e}; minimum / 10: {result['minimum_div10_lr']:.2e}")
+    out.print(f"suggested lr: {result['suggested_lr']:.2e} ({result['rule']})")
+    if result.get("plot"):
+        out.print(f"Plot written to {result['plot']}")
+
+
 def runs_table(rows: list[dict]) -> None:
     table = Table(title="Runs", title_justify="left")
     for col, justify in (("run", "left"), ("model", "left"), ("started", "left"),

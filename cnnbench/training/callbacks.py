@@ -315,7 +315,7 @@ class EarlyStopping(Callback):
     epoch as after its last one, with the test pass and ``results.json``, where
     ``stopped_early`` is the epoch it stopped after (false when it ran every epoch)."""
 
-    order = 42  # after the epoch's checkpoint
+    order = 35  # before the checkpoint, which keeps its count for a resume
 
     def __init__(self, monitor: str, patience: int, mode: str = "auto", min_delta: float = 0.0):
         self.monitor, self.mode = monitor, resolve_mode(mode, monitor)

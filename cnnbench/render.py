@@ -209,12 +209,14 @@ class TrainReporter:
 
 def lr_find_lines(result: dict) -> None:
     """What `cnnbench lr-find` prints: the sweep, the minimum and the suggestion."""
-    stop = "the smoothed loss diverged (> 4x its best)" if result["diverged"] else "its end"
-    out.print(f"lr-find {result['model']} ({result['optimizer']}, batch {result['batch_size']}"
-              f" x {result['accumulate_steps']}, {result['train_images']:,} training images, "
-              f"{result['device']}): {result['steps']} steps from {result['start']:.1e} to "
-              f"{result['lrs'][-1]:.2e}, stopped at {stop}, {result['seconds']:.1f} s",
-              soft_wrap=True)
+    stop = ("stopped: the smoothed loss passed 4x its best" if result["diverged"]
+            else "the whole sweep")
+    batch = f"batch {result['batch_size']}" + (f" x {result['accumulate_steps']} accumulated"
+                                               if result["accumulate_steps"] > 1 else "")
+    out.print(f"lr-find {result['model']} ({result['optimizer']}, {batch}, "
+              f"{result['train_images']:,} training images, {result['device']}): "
+              f"{result['steps']} steps, lr {result['start']:.1e} to {result['lrs'][-1]:.2e} "
+              f"({stop}), {result['seconds']:.1f} s", soft_wrap=True)
     out.print(f"smoothed loss: lowest {result['min_loss']:.4f} at lr "
               f"{result['min_loss_lr']:.2e}; minimum / 10: {result['minimum_div10_lr']:.2e}")
     out.print(f"suggested lr: {result['suggested_lr']:.2e} ({result['rule']})")

@@ -357,13 +357,16 @@ class EarlyStopping(Callback):
 
 
 class ModelEMA:
-    """An exponential moving average of a model's weights: after each optimizer step every
-    parameter ``ema = decay * ema + (1 - decay) * weight`` (one fused ``lerp`` on the device),
-    and the buffers (batch-norm running statistics) copied, as timm's ``ModelEmaV3`` does.
+    """An exponential moving average of a model: after each optimizer step every parameter and
+    floating-point buffer (batch-norm running statistics) ``ema = decay * ema + (1 - decay) *
+    value``, in one fused ``lerp`` on the device; integer buffers (batch counts) are copied.
+    timm's ``ModelEmaV3`` treats buffers the same way. Copying the running statistics instead
+    pairs the EMA weights with the live model's statistics: on LeNet-BN (10,000 images, decay
+    0.99, 6 epochs) that scored 0.763 on validation against 0.850 averaged (model: 0.836).
 
     Our own rather than ``torch.optim.swa_utils.AveragedModel``: that one reads its step count
     on the host at every update (a device sync per step on CUDA) and leaves the buffers alone
-    unless it averages them too."""
+    unless told to average them too."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -371,19 +374,20 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        torch._foreach_lerp_(list(self.module.parameters()),
-                             [p.detach() for p in model.parameters()], 1.0 - self.decay)
-        self.copy_buffers(model)
-
-    @torch.no_grad()
-    def copy_buffers(self, model: torch.nn.Module) -> None:
+        pairs = list(zip(self.module.parameters(), model.parameters()))
         for mine, theirs in zip(self.module.buffers(), model.buffers()):
-            mine.copy_(theirs)
+            if mine.is_floating_point():
+                pairs.append((mine, theirs))
+            else:
+                mine.copy_(theirs)
+        torch._foreach_lerp_([mine for mine, _ in pairs],
+                             [theirs.detach() for _, theirs in pairs], 1.0 - self.decay)
 
 
 class EMA(Callback):
-    """The model EMA (``ema: DECAY``), updated after each optimizer step, evaluated on the
-    validation split every epoch beside the model (timm's way): the row gains ``val_ema_*``
+    """The model EMA (``ema: DECAY``, :class:`ModelEMA`), updated after each optimizer step,
+    evaluated on the validation split every epoch beside the model (timm's way): the row gains
+    ``val_ema_*``
     and the results ``test_ema_*`` (the EMA at the end of training); kept in the checkpoints
     (``ema``) and restored on resume. The model itself trains and is checkpointed as ever."""
 
@@ -413,7 +417,9 @@ class EMA(Callback):
             trainer.model, trainer.net = saved
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
-        self.ema.copy_buffers(trainer.model)  # as the validation pass left them (all processes)
+        if trainer.world > 1:  # each process averaged its own running statistics: rank 0's
+            for buffer in self.ema.module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         if len(trainer.val_split):
             row.update({f"val_ema_{k}": v
                         for k, v in self.evaluate(trainer, trainer.val_split).items()})

@@ -105,7 +105,7 @@ def save_lr_find_png(result: dict, path: str) -> None:
     diverged = ", stopped: the loss diverged" if result["diverged"] else ""
     ax.set_title(f"lr-find {result['model']} ({result['optimizer']}, batch "
                  f"{result['batch_size']}): {result['steps']} steps{diverged}", fontsize="medium")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
     try:
         fig.savefig(path, format="png", dpi=100)

@@ -14,12 +14,14 @@ from cnnbench import config as cfg
 from cnnbench.data import transforms as T
 from cnnbench.errors import CnnbenchError
 from cnnbench.training.build import build_trainer, resume, train
+from cnnbench.training.interrupt import Interrupted
 from cnnbench.training.callbacks import EMA, EarlyStopping
 from cnnbench.training.loop import WHOLE, Callback, Micro, accumulation_plan
 from cnnbench.training.lr_find import lr_find, suggest
 from cnnbench.training.runs import list_runs
 
 from test_bad_inputs import cli, listing
+from test_runs import SignalAt, run
 
 PLAIN = {"schedule": "constant", "optimizer": "sgd", "momentum": 0.0, "crop_padding": 0,
          "hflip": False, "random_erasing": 0.0, "log_graph": False, "log_images": False,
@@ -180,6 +182,23 @@ def test_an_accumulating_epoch_steps_the_schedule_once_per_group(fmnist_dir):
     trainer.train_epoch(1)
     assert trainer.schedule.last_epoch == 3 and stepped == [32, 32, 16]
     assert accumulation_plan([16] * 5, 2)[-1] == WHOLE
+
+
+def test_ctrl_c_inside_an_accumulating_epoch_resumes_bitwise_with_its_ema(
+        tmp_path, fmnist_dir, one_thread):
+    """Ctrl-C stops after an optimizer step, never between its batches: the checkpoint holds
+    the next step's first batch, and the resumed run ends as the straight one, EMA included."""
+    keys = dict(accumulate_steps=2, ema=0.9)
+    run(tmp_path, fmnist_dir, "straight", **keys)
+    with pytest.raises(Interrupted, match="stopped in epoch 1 after step 2 of 3"):
+        run(tmp_path, fmnist_dir, "cut", callbacks=[SignalAt(1, 2)], **keys)
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["position"]["batch"] == 4 and state["schedule"]["step_count"] == 2
+    resume(tmp_path / "cut")
+    a, b = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)
+            for name in ("straight", "cut"))
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
 
 
 # -- model EMA --

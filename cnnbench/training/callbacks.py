@@ -324,6 +324,9 @@ class EarlyStopping(Callback):
         self.wait = 0  # epochs since the last improvement
         self.stopped = 0  # the epoch it stopped after
 
+    def before_fit(self, trainer: Trainer) -> None:
+        self.stopped = 0  # a resumed run that had stopped early may now run to its end
+
     def improves(self, score: float) -> bool:
         if not math.isfinite(score):
             return False

@@ -1,8 +1,8 @@
 """Image classification on Fashion-MNIST: the task d2l's ``train_ch6`` trains every CNN on.
 
 Loss: cross-entropy with optional label smoothing; with ``mixup``/``cutmix`` the training
-targets are the two images' mixed one-hot rows (soft targets). Metrics: top-1 and top-5 accuracy (besides
-the trainer's mean loss). The test report adds a confusion matrix; TensorBoard gets a grid of
+targets are the two images' mixed one-hot rows (soft targets). Metrics: top-1 and top-5
+accuracy (besides the trainer's mean loss). The test report adds a confusion matrix; TensorBoard gets a grid of
 misclassified test images each epoch, the true and predicted class written under each.
 """
 

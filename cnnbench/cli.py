@@ -139,7 +139,7 @@ def train(
     schedule: Optional[str] = typer.Option(None, help="; ".join(
         f"{name}: {s.description}" for name, s in SCHEDULES.items()) + "."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
-    amp: Optional[str] = typer.Option(None, help="none, bf16 or fp16 (CUDA only)."),
+    amp: Optional[str] = typer.Option(None, help="none, bf16 (CUDA, CPU) or fp16 (CUDA)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                             help="torch.compile the model."),
     seed: Optional[int] = typer.Option(None),
@@ -184,18 +184,13 @@ def train(
     Watch a run with `tensorboard --logdir runs`; list runs with `cnnbench runs`.
     """
     from cnnbench import render
-    from cnnbench.config import parse_set
     from cnnbench.training import build as trainer
     from cnnbench.training.distributed import is_main
-    from cnnbench.inputs import parse_model_args
 
-    overrides = parse_set(set_)
-    overrides.update({k: v for k, v in dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
-        device=device, amp=amp, compile=compile_, seed=seed, limit=limit, data=data,
-        input_size=input_size).items() if v is not None})
-    if model_arg:
-        overrides["model_args"] = parse_model_args(model_arg)
+    overrides = _overrides(set_, model_arg, epochs=epochs, batch_size=batch_size, lr=lr,
+                           optimizer=optimizer, schedule=schedule, device=device, amp=amp,
+                           compile=compile_, seed=seed, limit=limit, data=data,
+                           input_size=input_size)
     if dry_run:
         if resume:
             raise CnnbenchError("--dry-run shows a new run's recipe; it does not take --resume")
@@ -223,6 +218,67 @@ def train(
         results = trainer.train(model, config, overrides, run_dir=run_dir, reporter=reporter)
     if as_json and is_main():  # one process prints under torchrun
         render.print_json(results)
+
+
+def _overrides(set_: list[str] | None, model_arg: list[str] | None, **options) -> dict:
+    """A run's configuration from the command line: ``--set`` pairs, then the options given."""
+    from cnnbench.config import parse_set
+    from cnnbench.inputs import parse_model_args
+
+    overrides = parse_set(set_)
+    overrides.update({k: v for k, v in options.items() if v is not None})
+    if model_arg:
+        overrides["model_args"] = parse_model_args(model_arg)
+    return overrides
+
+
+@app.command("lr-find")
+def lr_find(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP + " May come from --config."),
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="YAML recipe (default: experiments/MODEL.yaml if present)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    optimizer: Optional[str] = typer.Option(None, help=", ".join(OPTIMIZERS) + "."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
+    amp: Optional[str] = typer.Option(None, help="none, bf16 (CUDA, CPU) or fp16 (CUDA)."),
+    seed: Optional[int] = typer.Option(None),
+    limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
+    data: Optional[str] = typer.Option(None, "--data", help="As `cnnbench train --data`."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s",
+                                             help="KEY=VALUE for any config key (repeatable)."),
+    start: float = typer.Option(1e-7, "--start", help="First learning rate of the sweep."),
+    end: float = typer.Option(10.0, "--end", help="Last learning rate of the sweep."),
+    steps: int = typer.Option(100, "--steps", help="Optimizer steps of the sweep."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Draw the curve to FILE.png."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Learning-rate finder: an exponential lr sweep over real training steps of the recipe.
+
+    The smoothed loss (beta 0.98) is followed until it exceeds 4x its best; the suggestion is
+    where it falls fastest (and the minimum / 10). Nothing is written to runs/; the trained
+    weights are thrown away. Examples:
+
+    * `cnnbench lr-find lenet --limit 5000 --plot lr.png`
+
+    * `cnnbench lr-find resnet18 --start 1e-5 --end 1 --steps 60 --json`
+    """
+    from cnnbench import render
+    from cnnbench.bench.output import check_writable
+    from cnnbench.training.lr_find import lr_find as find
+
+    check_writable(plot, "--plot")
+    overrides = _overrides(set_, model_arg, batch_size=batch_size, optimizer=optimizer,
+                           device=device, amp=amp, seed=seed, limit=limit, data=data,
+                           input_size=input_size)
+    result = find(model, config, overrides, start=start, end=end, steps=steps)
+    if plot:
+        from cnnbench.plots import save_lr_find_png
+
+        save_lr_find_png(result, plot)
+        result["plot"] = plot
+    render.print_json(result) if as_json else render.lr_find_lines(result)
 
 
 @app.command()

@@ -52,7 +52,7 @@ TRAINER_KEYS: dict[str, tuple] = {
     "final_div_factor": (1e4, float, None, "(0, inf)"),  # onecycle: end at lr / div_factor / this
     "cycle_momentum": (True, bool, None),   # onecycle: momentum (or beta1) 0.95 -> 0.85 -> 0.95
     "grad_clip": (None, float, None, "(0, inf)"),  # max global gradient norm
-    "amp": ("none", str, ("none", "bf16", "fp16")),  # CUDA only
+    "amp": ("none", str, ("none", "bf16", "fp16")),  # autocast: bf16 (CUDA, CPU), fp16 (CUDA)
     "channels_last": (True, bool, None),    # CUDA only
     "compile": (False, None, None),         # false, true or a torch.compile mode (accel.py)
     "init": ("default", str, tuple(INITS)),  # weights of every Conv2d/Linear before training
@@ -66,7 +66,15 @@ TRAINER_KEYS: dict[str, tuple] = {
     "log_images": (True, bool, None),
     "log_every_steps": (50, int, None, "[0, inf)"),  # TensorBoard step-level loss and lr; 0: off
     "log_histograms": (False, bool, None),  # TensorBoard weights and gradients every epoch
+    # -- early stopping, gradient accumulation, model EMA, MixUp/CutMix (callbacks.py, loop.py)
+    "patience": (None, int, None, "[1, inf)"),  # stop after N epochs without a better monitor
+    "min_delta": (0.0, float, None, "[0, inf)"),  # patience: the least gain that counts
+    "accumulate_steps": (1, int, None, "[1, inf)"),  # batches per optimizer step
+    "ema": (None, float, None, "(0, 1)"),  # model EMA decay, e.g. 0.999 (val_ema_* metrics)
+    "mixup": (0.0, float, None, "[0, inf)"),  # MixUp's Beta(a, a); 0: off (classification)
+    "cutmix": (0.0, float, None, "[0, inf)"),  # CutMix's Beta(a, a); with mixup: each half
 }
+MIXING_TASKS = ("classification",)  # mixup and cutmix mix one label per image
 
 
 def experiments_dirs() -> list[Path]:
@@ -173,6 +181,9 @@ def resolve(model: str | None = None, config_file: str | Path | None = None,
         for key, value in values.items():
             config[key] = check(key, value, schema, source)
     config["task"] = task
+    if (config["mixup"] or config["cutmix"]) and task not in MIXING_TASKS:
+        raise CnnbenchError(f"mixup and cutmix mix class labels: the {task} task does not take "
+                            f"them (only {', '.join(MIXING_TASKS)})")
     config["input_size"] = list(_input_size(config["input_size"], info))
     compile_mode(config["compile"])  # a one-line error for a mode torch.compile lacks
     return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 
 import numpy as np
@@ -10,6 +11,7 @@ from cnnbench.errors import CnnbenchError
 
 # The 50/90/99 % squares, in colours that stand out on the heat map and on the legend's grey.
 MASS_COLOURS = {"50%": "white", "90%": "lime", "99%": "magenta"}
+DIVERGE_VIEW = 4.0  # lr-find: the loss axis ends at this many times the smoothed minimum
 
 
 def _hw(pair) -> str:
@@ -133,3 +135,38 @@ def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = F
                     color="white" if top and shade[i, j] > top / 2 else "black")
     ax.set_title(textwrap.fill(title, 70), fontsize="small")
     _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def save_lr_find_png(result: dict, path: str) -> None:
+    """The learning-rate range test of :func:`cnnbench.training.lr_find.lr_find`: each step's
+    loss (faint) and the smoothed loss against the learning rate (log axis), the suggestion
+    marked with a dot and the minimum / 10 with a dashed line."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    lrs = result["lrs"]
+    ax.plot(lrs, result["losses"], color="0.75", linewidth=0.8, label="step loss")
+    ax.plot(lrs, result["smoothed"], color="tab:blue", label="smoothed loss (beta 0.98)")
+    suggested = result["suggested_lr"]
+    at = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / suggested)))
+    ax.plot([suggested], [result["smoothed"][at]], "o", color="tab:red", markersize=8,
+            label=f"suggested lr {suggested:.2e} ({result['rule']})")
+    ax.axvline(result["minimum_div10_lr"], color="tab:green", linestyle="--", linewidth=1,
+               label=f"minimum / 10: {result['minimum_div10_lr']:.2e}")
+    ax.set_xscale("log")
+    finite = [v for v in result["smoothed"] if math.isfinite(v)]
+    if finite:  # the diverging tail would squash the curve
+        low, high = min(finite), min(max(finite), DIVERGE_VIEW * min(finite))
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low) + 1e-9)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    diverged = ", stopped: the loss diverged" if result["diverged"] else ""
+    ax.set_title(f"lr-find {result['model']} ({result['optimizer']}, batch "
+                 f"{result['batch_size']}): {result['steps']} steps{diverged}", fontsize="medium")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    except (OSError, ValueError) as exc:
+        raise CnnbenchError(f"cannot write {path}: {exc}") from None

@@ -201,9 +201,28 @@ class TrainReporter:
                           if k.startswith("test_") and k != "test_seconds"
                           and isinstance(v, float))
         weights = f"{results.get('test_checkpoint', 'last')}.pt of epoch {results['test_epoch']}"
+        stopped = (f", stopped early after epoch {results['stopped_early']}"
+                   if results.get("stopped_early") else "")
         self.console.print(f"test on {weights}  {tests}  ({results['minutes']:.1f} min "
-                           f"training, best val epoch {results['best_epoch']}) -> "
+                           f"training, best val epoch {results['best_epoch']}{stopped}) -> "
                            f"{results['run_dir']}", soft_wrap=True)
+
+
+def lr_find_lines(result: dict) -> None:
+    """What `cnnbench lr-find` prints: the sweep, the minimum and the suggestion."""
+    stop = ("stopped: the smoothed loss passed 4x its best" if result["diverged"]
+            else "the whole sweep")
+    batch = f"batch {result['batch_size']}" + (f" x {result['accumulate_steps']} accumulated"
+                                               if result["accumulate_steps"] > 1 else "")
+    out.print(f"lr-find {result['model']} ({result['optimizer']}, {batch}, "
+              f"{result['train_images']:,} training images, {result['device']}): "
+              f"{result['steps']} steps, lr {result['start']:.1e} to {result['lrs'][-1]:.2e} "
+              f"({stop}), {result['seconds']:.1f} s", soft_wrap=True)
+    out.print(f"smoothed loss: lowest {result['min_loss']:.4f} at lr "
+              f"{result['min_loss_lr']:.2e}; minimum / 10: {result['minimum_div10_lr']:.2e}")
+    out.print(f"suggested lr: {result['suggested_lr']:.2e} ({result['rule']})")
+    if result.get("plot"):
+        out.print(f"Plot written to {result['plot']}")
 
 
 def runs_table(rows: list[dict]) -> None:

@@ -7,6 +7,8 @@ from torch.nn import functional as F
 from cnnbench import config as cfg
 from cnnbench.tasks.metrics import Meter
 from cnnbench.training.build import build_trainer
+from cnnbench.training.callbacks import EMA
+from cnnbench.training.loop import accumulation_plan
 from cnnbench.training.syncs import HostSyncs
 
 from test_dense_tasks import CASES, TINY
@@ -37,7 +39,8 @@ def test_the_detector_sees_what_syncs_and_only_that():
 
 STEP_CASES = {"lenet": ({}, {"hflip": True, "crop_padding": 2, "random_erasing": 0.5,
                              "label_smoothing": 0.1, "grad_clip": 1.0}),
-              **{k: (args, extra) for k, (args, extra, _) in CASES.items()}}
+              "lenet mixup cutmix": ({}, {"mixup": 0.2, "cutmix": 1.0, "label_smoothing": 0.1}),
+              **{k: (args, extra) for k, (args, extra, _) in CASES.items()}}  # model [what]
 
 
 @pytest.mark.parametrize("model", list(STEP_CASES))
@@ -47,7 +50,7 @@ def test_a_training_step_never_waits_for_the_device(model, fmnist_dir):
     queued as a whole and the GPU never idles waiting for the host."""
     model_args, extra = STEP_CASES[model]
     overrides = {**TINY, "data": str(fmnist_dir), **extra, "model_args": model_args}
-    trainer = build_trainer(cfg.resolve(model, None, overrides), callbacks=[])
+    trainer = build_trainer(cfg.resolve(model.split()[0], None, overrides), callbacks=[])
     trainer.model.train()
     meter = Meter(trainer.task.metrics(), train=True)
     images, targets = trainer.train_split.take(torch.arange(4))
@@ -67,7 +70,7 @@ def test_prepare_model_and_loss_trace_as_one_graph(model, fmnist_dir):
     reduce-overhead captures all of it."""
     model_args, extra = STEP_CASES[model]
     overrides = {**TINY, "data": str(fmnist_dir), **extra, "model_args": model_args}
-    trainer = build_trainer(cfg.resolve(model, None, overrides), callbacks=[])
+    trainer = build_trainer(cfg.resolve(model.split()[0], None, overrides), callbacks=[])
     images, targets = trainer.train_split.take(torch.arange(4))
     torch._dynamo.reset()
     explained = torch._dynamo.explain(trainer._forward_loss)(images, targets, True)
@@ -82,7 +85,7 @@ def test_the_compiled_forward_and_loss_equal_the_eager_ones(model, fmnist_dir):
     build) give the eager loss and gradients, for every task."""
     model_args, extra = STEP_CASES[model]
     overrides = {**TINY, "data": str(fmnist_dir), **extra, "model_args": model_args}
-    trainer = build_trainer(cfg.resolve(model, None, overrides), callbacks=[])
+    trainer = build_trainer(cfg.resolve(model.split()[0], None, overrides), callbacks=[])
     trainer.model.train()
     images, targets = trainer.train_split.take(torch.arange(4))
     torch._dynamo.reset()
@@ -99,6 +102,24 @@ def test_the_compiled_forward_and_loss_equal_the_eager_ones(model, fmnist_dir):
     assert len(grads) == len(eager_grads) > 0
     for g, e in zip(grads, eager_grads):
         torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-5)
+
+
+def test_accumulated_steps_and_the_ema_never_wait_for_the_device(fmnist_dir):
+    """``accumulate_steps``: the loss shares are host numbers; ``ema``: one fused lerp and
+    buffer copies after the optimizer step (no step count read, unlike AveragedModel)."""
+    overrides = {**TINY, "data": str(fmnist_dir), "accumulate_steps": 2, "grad_clip": 1.0,
+                 "mixup": 0.2, "schedule": "constant"}
+    ema = EMA(0.99)
+    trainer = build_trainer(cfg.resolve("lenet-bn", None, overrides), callbacks=[ema])
+    ema.before_fit(trainer)
+    trainer.model.train()
+    images, targets = trainer.train_split.take(torch.arange(4))
+    trainer.train_step(images, targets)  # first step: optimizer state made
+    with HostSyncs() as syncs:
+        for micro in accumulation_plan([2, 2], 2):
+            trainer.train_step(images[:2], targets[:2], micro)
+        ema.after_step(trainer, None)
+    assert syncs.found == []
 
 
 def test_dice_and_focal_one_hots_match_torch():

@@ -95,6 +95,58 @@ def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.
     return x.masked_fill(mask, value)
 
 
+def one_hot(labels: torch.Tensor, classes: int, dtype=torch.float32) -> torch.Tensor:
+    """``[N]`` labels -> ``[N, classes]`` rows of 0 and 1 (``F.one_hot`` reads the largest label
+    on the host)."""
+    return (labels.unsqueeze(1) == torch.arange(classes, device=labels.device)).to(dtype)
+
+
+def beta_sample(alpha: float, device) -> torch.Tensor:
+    """One draw of Beta(alpha, alpha), a 0-d tensor on ``device``: the share of two Gamma draws."""
+    g = torch._standard_gamma(torch.full((2,), float(alpha), device=device))
+    return g[0] / g.sum()
+
+
+def cutmix_box(h: int, w: int, lam: torch.Tensor) -> torch.Tensor:
+    """A ``[h, w]`` boolean box of about ``1 - lam`` of the area, centred anywhere (clipped at
+    the border, as CutMix does)."""
+    dev = lam.device
+    half_h, half_w = h * (1 - lam).sqrt() / 2, w * (1 - lam).sqrt() / 2
+    cy, cx = torch.rand((), device=dev) * h, torch.rand((), device=dev) * w
+    top, bottom = (cy - half_h).round().clamp(0, h), (cy + half_h).round().clamp(0, h)
+    left, right = (cx - half_w).round().clamp(0, w), (cx + half_w).round().clamp(0, w)
+    ys = torch.arange(h, device=dev).view(h, 1)
+    xs = torch.arange(w, device=dev).view(1, w)
+    return (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+
+
+def mix(x: torch.Tensor, soft: torch.Tensor, mixup: float = 0.0,
+        cutmix: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a float batch with itself
+    reversed (timm's pairing: image i with image N-1-i), one ``lam`` per batch from
+    Beta(alpha, alpha); given both alphas, each batch takes CutMix with probability 0.5. Returns
+    the images and the targets ``lam * soft + (1 - lam) * partner's``, where CutMix's ``lam``
+    is the share of the image left uncovered by the pasted box. Reads nothing on the host."""
+    n, _, h, w = x.shape
+    partner = x.flip(0)
+    images, lams = [], []
+    if mixup > 0:
+        lam = beta_sample(mixup, x.device)
+        images.append(partner.lerp(x, lam.to(x.dtype)))
+        lams.append(lam)
+    if cutmix > 0:
+        box = cutmix_box(h, w, beta_sample(cutmix, x.device))
+        images.append(torch.where(box, partner, x))
+        lams.append(1 - box.sum() / (h * w))
+    if not images:
+        return x, soft
+    x, lam = images[0], lams[0]
+    if len(images) == 2:
+        take_cutmix = torch.rand((), device=x.device) < 0.5
+        x, lam = torch.where(take_cutmix, images[1], x), torch.where(take_cutmix, lams[1], lam)
+    return x, soft.flip(0).lerp(soft, lam.to(soft.dtype))
+
+
 def grid(images: torch.Tensor, nrow: int = 8, pad: int = 2, pad_value: float = 1.0) -> torch.Tensor:
     """Float images ``[N, C, H, W]`` -> one ``[C, rows*(H+pad)+pad, nrow*(W+pad)+pad]`` picture.
 

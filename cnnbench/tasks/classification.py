@@ -1,7 +1,8 @@
 """Image classification on Fashion-MNIST: the task d2l's ``train_ch6`` trains every CNN on.
 
-Loss: cross-entropy with optional label smoothing. Metrics: top-1 and top-5 accuracy (besides
-the trainer's mean loss). The test report adds a confusion matrix; TensorBoard gets a grid of
+Loss: cross-entropy with optional label smoothing; with ``mixup``/``cutmix`` the training
+targets are the two images' mixed one-hot rows (soft targets). Metrics: top-1 and top-5
+accuracy (besides the trainer's mean loss). The test report adds a confusion matrix; TensorBoard gets a grid of
 misclassified test images each epoch, the true and predicted class written under each.
 """
 
@@ -56,6 +57,9 @@ class Classification(Task):
             x = T.normalize(x, self.context.mean, self.context.std)
         if train and c.get("random_erasing", 0.0):
             x = T.random_erasing(x, float(c["random_erasing"]))
+        if train and (c.get("mixup") or c.get("cutmix")):
+            soft = T.one_hot(targets, self.context.num_classes, x.dtype)
+            x, targets = T.mix(x, soft, c.get("mixup") or 0.0, c.get("cutmix") or 0.0)
         return x, targets
 
     def loss(self, output, targets):

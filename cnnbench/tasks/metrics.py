@@ -48,10 +48,11 @@ class Mean(Metric):
 
 
 class Accuracy(Metric):
-    """Top-1 accuracy of ``[N, classes]`` scores against ``[N]`` labels."""
+    """Top-1 accuracy of ``[N, classes]`` scores against ``[N]`` labels, or against the
+    heaviest class of ``[N, classes]`` soft targets (MixUp, CutMix)."""
 
     def scores_and_labels(self, output, targets) -> tuple[torch.Tensor, torch.Tensor]:
-        return output, targets
+        return output, targets.argmax(dim=1) if targets.dim() == 2 else targets
 
     def update(self, output, targets) -> None:
         scores, labels = self.scores_and_labels(output, targets)

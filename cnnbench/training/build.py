@@ -8,6 +8,7 @@ callbacks and, when resuming, every state from the checkpoint.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -36,8 +37,22 @@ from cnnbench.training.schedules import build_schedule
 # Keys that may change when a run is resumed; the rest would not fit the checkpoint.
 RESUMABLE_KEYS = {"epochs", "device", "amp", "compile", "log_graph", "log_images", "data",
                   "eval_batch_size", "log_every_steps", "log_histograms",
-                  "sync_batchnorm"}
+                  "sync_batchnorm", "patience", "min_delta"}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The autocast types each device runs: CPU autocast runs bf16; fp16 on the CPU has no fast
+# kernels and torch's GradScaler is made for CUDA, so it is refused rather than emulated.
+AMP_DEVICES = {"cuda": ("bf16", "fp16"), "cpu": ("bf16",)}
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device``; a one-line error where it does not run."""
+    if amp == "none":
+        return None
+    runs = AMP_DEVICES.get(device.type, ())
+    if amp not in runs:
+        raise CnnbenchError(f"amp {amp} does not run on {device.type}: use --amp "
+                            f"{' or '.join([*runs, 'none'])}")
+    return AMP_DTYPES[amp]
 
 
 def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
@@ -46,6 +61,7 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     """A ready trainer; ``callbacks`` None: the run-folder ones (``standard_callbacks``)."""
     c = config
     device = distributed.setup(resolve_device(c["device"]))  # cuda:LOCAL_RANK under torchrun
+    amp = amp_dtype(c["amp"], device)  # before any work: config.yaml records what runs
     if c.get("threads"):
         torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
     seed_everything(c["seed"])
@@ -77,17 +93,16 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
 
     optimizer = build_optimizer(model, c)
     share = distributed.share(len(splits[0]))  # one process's images per epoch
-    steps = len(batch_starts(share, c["batch_size"], drop_last(c, device)))
-    schedule = build_schedule(optimizer, c, steps)
-    amp_dtype = AMP_DTYPES.get(c["amp"]) if device.type == "cuda" else None  # CUDA only
+    batches = len(batch_starts(share, c["batch_size"], drop_last(c, device)))
+    schedule = build_schedule(optimizer, c, math.ceil(batches / (c.get("accumulate_steps") or 1)))
     callbacks = standard_callbacks(c, monitor) if callbacks is None else list(callbacks)
     if reporter is not None:
         callbacks.append(Report(reporter))
     callbacks = distributed.rank_callbacks(callbacks)
     trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
     trainer = trainer_cls(c, task, splits, model, optimizer, schedule, device=device,
-                          amp_dtype=amp_dtype,
-                          scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+                          amp_dtype=amp,
+                          scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16),
                           shuffle=shuffle, callbacks=callbacks, run_dir=run_dir, monitor=monitor)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)

@@ -1,5 +1,6 @@
 """What a run does besides training, one callback each: the run folder, ``metrics.jsonl``,
-TensorBoard, the NaN guard, checkpoints (with ``monitor`` and ``mode``) and the console.
+TensorBoard, the NaN guard, checkpoints (with ``monitor`` and ``mode``), early stopping
+(``patience``), the model EMA (``ema``) and the console.
 
 A callback overrides the events it needs (``loop.Callback``); ``order`` runs them in turn at each
 event: the NaN guard stops a run before its checkpoint is written, and the epoch's row goes into
@@ -10,6 +11,7 @@ callback: a class here (or in your own code) and ``build_trainer(..., callbacks=
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -101,7 +103,7 @@ class TensorBoard(Callback):
         resumed = trainer.epoch > 0
         folder = run_dir(trainer) / "tensorboard"
         self.writer = SummaryWriter(str(folder), purge_step=trainer.epoch + 1 if resumed else None)
-        self.batches = len(trainer.batch_starts())
+        self.batches = trainer.steps_per_epoch()
         first_step = trainer.epoch * self.batches + 1
         # Its own run: a resumed run's purge step counts optimizer steps there, epochs here.
         self.steps_writer = SummaryWriter(str(folder / "steps"),
@@ -245,7 +247,7 @@ class NaNGuard(Callback):
             self.check(trainer, step.epoch, number - step.batch - 1)
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
-        steps = len(trainer.batch_starts())
+        steps = trainer.steps_per_epoch()
         self.check(trainer, row["epoch"], trainer.schedule.last_epoch - steps)
         loss = row.get("train_loss", 0.0)
         if not math.isfinite(loss):  # e.g. a callback that measures without steps
@@ -314,6 +316,137 @@ class Checkpoint(Callback):
             self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
 
 
+class EarlyStopping(Callback):
+    """Ends the run once ``monitor`` (validation, else training; ``mode`` as the checkpoint's)
+    has not improved by more than ``min_delta`` for ``patience`` epochs, as Keras' and
+    Lightning's ``EarlyStopping`` do. It sets ``trainer.should_stop``: the run ends after this
+    epoch as after its last one, with the test pass and ``results.json``, where
+    ``stopped_early`` is the epoch it stopped after (false when it ran every epoch)."""
+
+    order = 35  # before the checkpoint, which keeps its count for a resume
+
+    def __init__(self, monitor: str, patience: int, mode: str = "auto", min_delta: float = 0.0):
+        self.monitor, self.mode = monitor, resolve_mode(mode, monitor)
+        self.patience, self.min_delta = patience, min_delta
+        self.best: float | None = None
+        self.wait = 0  # epochs since the last improvement
+        self.stopped = 0  # the epoch it stopped after
+
+    def before_fit(self, trainer: Trainer) -> None:
+        self.stopped = 0  # a resumed run that had stopped early may now run to its end
+
+    def improves(self, score: float) -> bool:
+        if not math.isfinite(score):
+            return False
+        if self.best is None:
+            return True
+        gain = score - self.best if self.mode == "max" else self.best - score
+        return gain > self.min_delta
+
+    def after_epoch(self, trainer: Trainer, row: dict) -> None:
+        score = row.get(f"val_{self.monitor}", row.get(f"train_{self.monitor}", math.nan))
+        if self.improves(score):
+            self.best, self.wait = score, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience and row["epoch"] < trainer.config["epochs"]:
+            self.stopped = row["epoch"]
+            trainer.should_stop = True
+
+    def after_test(self, trainer: Trainer, results: dict) -> None:
+        results["stopped_early"] = self.stopped or False
+
+    def state_dict(self) -> dict:
+        return {"early_stopping": {"best": self.best, "wait": self.wait,
+                                   "stopped": self.stopped}}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("early_stopping")
+        if saved:
+            self.best, self.wait = saved["best"], int(saved["wait"])
+            self.stopped = int(saved["stopped"])
+
+
+class ModelEMA:
+    """An exponential moving average of a model: after each optimizer step every parameter and
+    floating-point buffer (batch-norm running statistics) ``ema = decay * ema + (1 - decay) *
+    value``, in one fused ``lerp`` on the device; integer buffers (batch counts) are copied.
+    timm's ``ModelEmaV3`` treats buffers the same way. Copying the running statistics instead
+    pairs the EMA weights with the live model's statistics: on LeNet-BN (10,000 images, decay
+    0.99, 6 epochs) that scored 0.763 on validation against 0.850 averaged (model: 0.836).
+
+    Our own rather than ``torch.optim.swa_utils.AveragedModel``: that one reads its step count
+    on the host at every update (a device sync per step on CUDA) and leaves the buffers alone
+    unless told to average them too."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        pairs = list(zip(self.module.parameters(), model.parameters()))
+        for mine, theirs in zip(self.module.buffers(), model.buffers()):
+            if mine.is_floating_point():
+                pairs.append((mine, theirs))
+            else:
+                mine.copy_(theirs)
+        torch._foreach_lerp_([mine for mine, _ in pairs],
+                             [theirs.detach() for _, theirs in pairs], 1.0 - self.decay)
+
+
+class EMA(Callback):
+    """The model EMA (``ema: DECAY``, :class:`ModelEMA`), updated after each optimizer step,
+    evaluated on the validation split every epoch beside the model (timm's way): the row gains
+    ``val_ema_*``
+    and the results ``test_ema_*`` (the EMA at the end of training); kept in the checkpoints
+    (``ema``) and restored on resume. The model itself trains and is checkpointed as ever."""
+
+    order = 10  # before TensorBoard, the checkpoint and the log read the row
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.ema: ModelEMA | None = None
+        self.loaded: dict | None = None  # from a checkpoint, until the copy is made
+
+    def before_fit(self, trainer: Trainer) -> None:
+        self.ema = ModelEMA(trainer.model, self.decay)
+        if self.loaded is not None:
+            self.ema.module.load_state_dict(self.loaded)
+            self.loaded = None
+
+    def after_step(self, trainer: Trainer, step: Step) -> None:
+        self.ema.update(trainer.model)
+
+    def evaluate(self, trainer: Trainer, split) -> dict:
+        """The EMA's metrics on ``split``, through the trainer's own evaluation."""
+        saved = trainer.model, trainer.net
+        trainer.model = trainer.net = self.ema.module
+        try:
+            return trainer.evaluate(split)[0]
+        finally:
+            trainer.model, trainer.net = saved
+
+    def after_epoch(self, trainer: Trainer, row: dict) -> None:
+        if trainer.world > 1:  # each process averaged its own running statistics: rank 0's
+            for buffer in self.ema.module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        if len(trainer.val_split):
+            row.update({f"val_ema_{k}": v
+                        for k, v in self.evaluate(trainer, trainer.val_split).items()})
+
+    def after_test(self, trainer: Trainer, results: dict) -> None:
+        results.update({f"test_ema_{k}": v
+                        for k, v in self.evaluate(trainer, trainer.test_split).items()})
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.module.state_dict() if self.ema else self.loaded}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("ema") is not None:
+            self.loaded = state["ema"]
+
+
 class Report(Callback):
     """Tells a reporter (``render.TrainReporter``) how the run goes: ``start(info)``,
     ``epoch_start(epoch, epochs, batches)``, ``progress(batch, metrics, images_per_second)``
@@ -331,7 +464,7 @@ class Report(Callback):
         self.reporter.start(trainer.describe())
 
     def before_epoch(self, trainer: Trainer, epoch: int) -> None:
-        self.reporter.epoch_start(epoch, trainer.config["epochs"], len(trainer.batch_starts()))
+        self.reporter.epoch_start(epoch, trainer.config["epochs"], trainer.steps_per_epoch())
         self.t0 = self.last = time.perf_counter()
         self.seen = 0
 
@@ -354,8 +487,14 @@ class Report(Callback):
 
 
 def standard_callbacks(config: dict, monitor: str) -> list[Callback]:
-    """What ``cnnbench train`` writes into a run folder."""
+    """What ``cnnbench train`` writes into a run folder, and the keys' own callbacks."""
+    extras = []
+    if config.get("patience"):
+        extras.append(EarlyStopping(monitor, config["patience"], config.get("mode", "auto"),
+                                    config.get("min_delta", 0.0)))
+    if config.get("ema"):
+        extras.append(EMA(config["ema"]))
     return [RunFolder(), JSONLog(),
             TensorBoard(config["log_graph"], config["log_images"],
                         config.get("log_every_steps", 50), config.get("log_histograms", False)),
-            NaNGuard(), Checkpoint(monitor, config.get("mode", "auto")), Interrupt()]
+            NaNGuard(), Checkpoint(monitor, config.get("mode", "auto")), Interrupt(), *extras]

@@ -51,7 +51,7 @@ from cnnbench.data.splits import Split
 from cnnbench.errors import LAUNCHER_ERRORS, CnnbenchError, reported
 from cnnbench.tasks.metrics import Meter
 from cnnbench.training.accel import build_forward
-from cnnbench.training.callbacks import NaNGuard
+from cnnbench.training.callbacks import EMA, EarlyStopping, NaNGuard
 from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, EpochStats, Trainer, batch_starts
 from cnnbench.training.rng import rng_states, set_rng_states
@@ -67,7 +67,7 @@ NO_FORWARD_BUFFER_SYNC = (
     else {"broadcast_buffers": False})
 
 # Callbacks that every process runs: they write nothing, and stop all processes alike.
-ALL_RANKS = (NaNGuard, Interrupt)
+ALL_RANKS = (NaNGuard, Interrupt, EarlyStopping, EMA)  # collectives or agreed stops
 
 
 # -- where this process stands --
@@ -220,7 +220,7 @@ def realign_schedule(trainer: Trainer, checkpoint: dict) -> None:
     if checkpoint.get("position"):
         raise CnnbenchError(f"this checkpoint was written mid-epoch by {processes} process(es): "
                             f"resume it with as many (--nproc {processes})")
-    jump_to(trainer.schedule, trainer.epoch * len(trainer.batch_starts()))
+    jump_to(trainer.schedule, trainer.epoch * trainer.steps_per_epoch())
 
 
 class DistributedTrainer(Trainer):

@@ -74,7 +74,7 @@ class Interrupt(Callback):
         return self.stopping
 
     def after_step(self, trainer: Trainer, step: Step) -> None:
-        total = len(trainer.batch_starts())
+        total = trainer.steps_per_epoch()
         if step.batch + 1 == total:  # its checkpoint comes with the epoch's end (after_epoch)
             return
         if trainer.world > 1 and (step.batch + 1) % self.every:

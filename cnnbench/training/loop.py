@@ -11,12 +11,19 @@ rarely) and ``after_epoch`` (with the epoch's row of plain numbers, read from th
 then ``before_test`` (a callback may put the weights to test in place: ``Checkpoint`` loads
 ``best.pt``), ``after_test`` (the results, which callbacks complete) and ``after_fit`` (always,
 also after an error). A callback stops the run cleanly with :class:`CancelFitException`, or
-ends an epoch's training early with :class:`CancelEpochException`.
+ends an epoch's training early with :class:`CancelEpochException`; setting
+``trainer.should_stop`` (early stopping) ends the run after this epoch as a normal end: the test
+and the results follow.
+
+With ``accumulate_steps: K`` an optimizer step takes K batches (``accumulation_plan``): each
+batch's loss is scaled by its share of the step's images, so the summed gradients are those of
+one batch of all of them. ``after_step`` comes once per optimizer step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,11 +54,34 @@ class Step(NamedTuple):
     """What ``after_step`` gets: tensors still on the device."""
 
     epoch: int
-    batch: int  # index within the epoch
-    images: int  # batch size
-    output: Any
+    batch: int  # the optimizer step's index within the epoch
+    images: int  # the step's images (all its accumulated batches)
+    output: Any  # of its last batch
     targets: Any
-    loss: torch.Tensor
+    loss: torch.Tensor  # the step's mean loss over its images
+
+
+class Micro(NamedTuple):
+    """A batch's place in its optimizer step (``accumulate_steps``)."""
+
+    first: bool  # zero the gradients before its backward
+    last: bool  # step the optimizer after it
+    weight: float  # its share of the step's images: its loss is scaled by this
+
+
+WHOLE = Micro(True, True, 1.0)  # a batch that is a whole optimizer step
+
+
+def accumulation_plan(sizes: list[int], k: int) -> list[Micro]:
+    """Each batch's :class:`Micro` for an epoch of batches of ``sizes``, ``k`` per optimizer
+    step; the last step takes what is left. Host-side numbers only: no device read."""
+    plan = []
+    for g in range(0, len(sizes), k):
+        group = sizes[g:g + k]
+        total = sum(group)
+        plan += [Micro(i == 0, i == len(group) - 1, 1.0 if len(group) == 1 else n / total)
+                 for i, n in enumerate(group)]
+    return plan
 
 
 class Callback:
@@ -130,6 +160,8 @@ class Trainer:
         self.drop_last = drop_last(config, device)
         self.shuffle = shuffle or torch.Generator().manual_seed(config.get("seed", 0))
         self.batch_size = config["batch_size"]
+        self.accumulate = config.get("accumulate_steps") or 1
+        self.should_stop = False  # a callback's request: no more epochs after this one
         self.eval_batch_size = config.get("eval_batch_size") or 2 * config["batch_size"]
         self.monitor = monitor or config.get("monitor") or task.monitor
         self.params = sum(p.numel() for p in model.parameters())
@@ -161,6 +193,10 @@ class Trainer:
     def batch_starts(self) -> range:
         return batch_starts(len(self.train_split), self.batch_size, self.drop_last)
 
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: the batches, ``accumulate_steps`` at a time."""
+        return math.ceil(len(self.batch_starts()) / self.accumulate)
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -184,29 +220,39 @@ class Trainer:
             output = self.net(x)
             return output, y, self.task.loss(output, y)
 
-    def train_step(self, images: torch.Tensor, targets):
-        """One optimizer step on a uint8 batch on the device; returns (output, targets, loss)."""
+    def train_step(self, images: torch.Tensor, targets, micro: Micro = WHOLE):
+        """One optimizer step on a uint8 batch on the device (or, with ``micro``, its part of
+        one); returns (output, targets, loss)."""
         if isinstance(self.forward, CompiledForward) and not self.forward.proven:
             try:  # torch.compile works at the first forward and backward: fall back once
-                step = self._train_step(images, targets)
+                step = self._train_step(images, targets, micro)
             except Exception as exc:  # noqa: BLE001 - any compiler error means: run eagerly
                 self.forward = self.forward.fall_back(exc)
-                return self._train_step(images, targets)
+                return self._train_step(images, targets, micro)
             self.forward.proven = True
             return step
-        return self._train_step(images, targets)
+        return self._train_step(images, targets, micro)
 
-    def _train_step(self, images: torch.Tensor, targets):
-        output, y, loss = self.forward_loss(images, targets, train=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+    def _train_step(self, images: torch.Tensor, targets, micro: Micro = WHOLE):
+        # DistributedDataParallel averages the gradients once per optimizer step, not per batch
+        no_sync = getattr(self.net, "no_sync", None)
+        with no_sync() if no_sync and not micro.last else contextlib.nullcontext():
+            output, y, loss = self.forward_loss(images, targets, train=True)
+            if micro.first:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss if micro.weight == 1.0 else loss * micro.weight).backward()
+        if micro.last:
+            self.optimizer_step()
+        return output, y, loss
+
+    def optimizer_step(self) -> None:
+        """Clip, step (through the fp16 scaler) and move the schedule on."""
         if self.config.get("grad_clip"):
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step()
-        return output, y, loss
 
     def epoch_order(self) -> torch.Tensor:
         """This epoch's order of the training images (one process's share: distributed.py)."""
@@ -233,19 +279,28 @@ class Trainer:
             start = position["batch"]
         self.epoch_shuffle, self.batch = self.shuffle.get_state(), start
         perm = self.epoch_order()
+        starts = self.batch_starts()
+        plan = accumulation_plan([min(bs, len(perm) - s) for s in starts], self.accumulate)
         seen, lr = 0, self.lr
+        step_loss, step_images = None, 0  # over the running optimizer step's batches
         t0 = time.perf_counter()
         try:
-            for i, s in enumerate(self.batch_starts()):
-                if i < start:
+            for i, s in enumerate(starts):
+                if i < start:  # a mid-epoch resume starts at an optimizer step's first batch
                     continue
                 lr = self.lr
                 images, targets = split.take(perm[s:s + bs])
-                output, y, loss = self.train_step(images, targets)
+                micro = plan[i]
+                output, y, loss = self.train_step(images, targets, micro)
                 self.meter.update(output, y, loss, images.shape[0])
                 seen += images.shape[0]
                 self.batch = i + 1
-                self._event("after_step", Step(epoch, i, images.shape[0], output, y, loss))
+                part = loss.detach() if micro.weight == 1.0 else loss.detach() * micro.weight
+                step_loss = part if micro.first else step_loss + part
+                step_images = images.shape[0] + (0 if micro.first else step_images)
+                if micro.last:
+                    self._event("after_step", Step(epoch, i // self.accumulate, step_images,
+                                                   output, y, step_loss))
         except CancelEpochException:
             pass
         metrics = self.finish_pass(self.meter)  # reads the device: the epoch's one sync
@@ -281,6 +336,8 @@ class Trainer:
             self._event("before_fit")
             for epoch in range(self.epoch + 1, self.config["epochs"] + 1):
                 self.fit_epoch(epoch)
+                if self.should_stop:  # early stopping: a normal end, tested
+                    break
             self._event("before_test")
             self.results = self.test()
         except CancelFitException:

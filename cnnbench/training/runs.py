@@ -202,7 +202,8 @@ def resolve_mode(mode: str | None, monitor: str) -> str:
 
 def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
     """One row per run folder under ``root``, newest first, with its ``status``: finished,
-    running, interrupted (resumable) or ``damaged: reason`` (shown, never hidden)."""
+    stopped early, running, interrupted (resumable) or ``damaged: reason`` (shown, never
+    hidden)."""
     rows = []
     for folder in sorted(p for p in Path(root).glob("*") if p.is_dir() and _looks_like_run(p)):
         run = folder / "config.yaml"
@@ -249,8 +250,8 @@ def _status(folder: Path, metrics: list[dict], results: dict, damage: str | None
         damage = "metrics.jsonl repeats an epoch"
     if damage:
         return f"damaged: {damage}"
-    if results:
-        return "finished"
+    if results:  # early stopping (``patience``) is a normal end too
+        return "stopped early" if results.get("stopped_early") else "finished"
     if not (folder / "config.yaml").is_file():
         return "damaged: no config.yaml"
     if not (folder / "checkpoints" / "last.pt").is_file():

@@ -1,0 +1,123 @@
+"""The learning-rate range test (Smith 2015; fastai's ``lr_find``, Lightning's
+``Tuner.lr_find``): ``cnnbench lr-find MODEL``.
+
+A trainer is built from the recipe as ``cnnbench train`` would build it (the same model, data,
+optimizer, batch size, augmentation, ``accumulate_steps``), but with no callbacks and no run
+folder, and its schedule is replaced by the sweep: the learning rate grows exponentially from
+``start`` to ``end`` over ``steps`` real optimizer steps (a recipe's other parameter groups keep
+their ratios to ``lr``). Each step's training loss is smoothed exponentially (``beta`` 0.98,
+bias-corrected as in fastai); the sweep stops once the smoothed loss exceeds ``DIVERGE`` times
+its best. The trained weights and the optimizer's state are thrown away.
+
+The suggestion (the rule :func:`suggest` applies): the learning rate where the smoothed loss
+falls fastest against ``log10(lr)`` (fastai's ``steep``, Lightning's suggestion), searched from
+a tenth of the way into the sweep up to the loss's minimum; beside it the minimum's learning rate
+divided by 10 (fastai's ``minimum``), which is the suggestion when the loss never descends.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+
+from cnnbench import config as cfg
+from cnnbench.errors import CnnbenchError
+from cnnbench.training.loop import Trainer, accumulation_plan
+
+BETA = 0.98  # smoothing of the step losses
+DIVERGE = 4.0  # stop once the smoothed loss is this many times its best
+SKIP = 0.1  # the first part of the sweep not searched for the steepest descent (noisy)
+
+
+def lr_find(model: str | None = None, config_file: str | os.PathLike | None = None,
+            overrides: dict | None = None, start: float = 1e-7, end: float = 10.0,
+            steps: int = 100) -> dict:
+    """Sweep the learning rate over real training steps; the curve and the suggestion."""
+    from cnnbench.training.build import build_trainer
+
+    if not (0 < start < end and math.isfinite(end)):
+        raise CnnbenchError(f"lr-find needs 0 < --start < --end, not {start:g} and {end:g}")
+    if steps < 5:
+        raise CnnbenchError(f"lr-find needs --steps >= 5, not {steps}")
+    # The sweep is the schedule: a constant one underneath, so nothing else moves the lr.
+    config = cfg.resolve(model, config_file, {**(overrides or {}), "schedule": "constant",
+                                              "warmup_epochs": 0.0})
+    trainer = build_trainer(config, callbacks=[])
+    growth = (end / start) ** (1 / (steps - 1))
+    trainer.schedule = torch.optim.lr_scheduler.LambdaLR(
+        trainer.optimizer, lambda i: start * growth ** i / config["lr"])
+    t0 = time.perf_counter()
+    lrs, losses, smoothed = sweep(trainer, steps)
+    result = {
+        "model": config["model"], "optimizer": config["optimizer"],
+        "batch_size": config["batch_size"],
+        "accumulate_steps": config.get("accumulate_steps") or 1,
+        "train_images": len(trainer.train_split), "device": str(trainer.device),
+        "start": start, "end": end, "planned_steps": steps, "steps": len(lrs),
+        "diverged": len(lrs) < steps, "seconds": time.perf_counter() - t0,
+        "lrs": lrs, "losses": losses, "smoothed": smoothed,
+        **suggest(lrs, smoothed),
+    }
+    return result
+
+
+def batches(trainer: Trainer):
+    """Training batches without end: one shuffled epoch after another."""
+    while True:
+        order = trainer.epoch_order()
+        for s in trainer.batch_starts():
+            yield trainer.train_split.take(order[s:s + trainer.batch_size])
+
+
+def sweep(trainer: Trainer, steps: int) -> tuple[list[float], list[float], list[float]]:
+    """(lr, loss, smoothed loss) of each optimizer step until the end or the divergence. Each
+    step's loss is read on the host: the sweep decides after each whether to go on."""
+    trainer.model.train()
+    source = batches(trainer)
+    lrs, losses, smoothed = [], [], []
+    average, best = 0.0, math.inf
+    for i in range(steps):
+        lr = trainer.lr
+        parts = [next(source) for _ in range(trainer.accumulate)]
+        plan = accumulation_plan([images.shape[0] for images, _ in parts], trainer.accumulate)
+        loss = 0.0
+        for (images, targets), micro in zip(parts, plan):
+            loss += float(trainer.train_step(images, targets, micro)[2].detach()) * micro.weight
+        average = BETA * average + (1 - BETA) * loss
+        smooth = average / (1 - BETA ** (i + 1))
+        lrs.append(lr)
+        losses.append(loss)
+        smoothed.append(smooth)
+        if not math.isfinite(smooth) or smooth > DIVERGE * best:
+            break
+        best = min(best, smooth)
+    return lrs, losses, smoothed
+
+
+def suggest(lrs: list[float], smoothed: list[float]) -> dict:
+    """The suggested lr: the steepest descent of the smoothed loss against log10 lr (central
+    differences), searched after the first ``SKIP`` of the sweep and before the loss's minimum;
+    where there is no such stretch, the minimum's lr / 10 (not below the sweep's start)."""
+    import numpy as np
+
+    loss = np.array(smoothed, dtype=np.float64)
+    finite = int(np.isfinite(loss).cumprod().sum())  # the steps before the loss blew up
+    if finite < 2:
+        raise CnnbenchError("lr-find: the loss was not finite from the first steps: lower "
+                            "--start or check the recipe")
+    loss, log_lr = loss[:finite], np.log10(lrs[:finite])
+    lowest = int(np.argmin(loss))
+    first = int(len(lrs) * SKIP)
+    minimum_div10 = lrs[lowest] / 10
+    if lowest - first >= 2:
+        steepest = lrs[first + int(np.argmin(np.gradient(loss, log_lr)[first:lowest]))]
+        suggested, rule = steepest, "steepest descent of the smoothed loss"
+    else:  # the loss rose almost from the start: no descent to measure
+        steepest, rule = None, "minimum / 10 (no descent before the minimum)"
+        suggested = max(minimum_div10, lrs[0])
+    return {"min_loss": float(loss[lowest]), "min_loss_lr": lrs[lowest],
+            "minimum_div10_lr": minimum_div10, "steepest_lr": steepest,
+            "suggested_lr": suggested, "rule": rule}

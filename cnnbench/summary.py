@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from cnnbench.building import build
-from cnnbench.capture import on_first_device, tensors
+from cnnbench.capture import hook_modules, on_first_device, tensors
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 
@@ -246,7 +246,9 @@ def _trace(model: nn.Module, xs: list[torch.Tensor], seconds: float | None = Non
     deadline = None if seconds is None else time.perf_counter() + seconds
 
     names = {m: n for n, m in model.named_modules() if n}
-    leaves = {m for m in names if next(m.children(), None) is None}
+    # A ScriptModule's inside is opaque (its children run in TorchScript): it counts as a leaf.
+    leaves = {m for m in names
+              if next(m.children(), None) is None or isinstance(m, torch.jit.ScriptModule)}
     first_call, shapes, input_shapes, own_flops = {}, {}, {}, defaultdict(int)
     stack, counted, leaf_bytes = [""], [0], [0]
 
@@ -271,10 +273,7 @@ def _trace(model: nn.Module, xs: list[torch.Tensor], seconds: float | None = Non
             outs = (output,) if isinstance(output, torch.Tensor) else tensors(output)
             leaf_bytes[0] += sum(t.numel() * t.element_size() for t in outs)
 
-    handles = []
-    for module in names:
-        handles.append(module.register_forward_pre_hook(pre_hook))
-        handles.append(module.register_forward_hook(hook))
+    handles = hook_modules(names, pre_hook, hook)
     try:
         with torch.no_grad(), counter:
             output = model(*xs)
@@ -374,7 +373,7 @@ def summarize(name: str, input_size=None, *, batch_size: int = 1, depth: int = 3
     if "rf" in columns:
         from cnnbench.rf.analysis import analyse
 
-        fields = _fields(analyse(name, sizes[0], model_args) if len(sizes) == 1 else None)
+        fields = _fields(analyse(name, sizes[0], model_args) if _traceable(sizes) else None)
     return {"model": info.name, "task": info.task,
             **_tabulate(model, xs, trace, depth, columns, verbose, fields)}
 
@@ -397,9 +396,15 @@ def summarize_module(model: nn.Module, input_size, *, batch_size: int = 1, depth
     fields = None
     if "rf" in columns:
         fields = _fields(analyse_module(model, sizes[0], device=first.device)
-                         if len(sizes) == 1 else None)
-    return {"model": type(model).__name__, "task": None,
+                         if _traceable(sizes) else None)
+    return {"model": _type_name(model), "task": None,
             **_tabulate(model, xs, trace, depth, columns, verbose, fields)}
+
+
+def _traceable(sizes) -> bool:
+    """Whether the receptive fields can be traced: one image input (C, H, W). Otherwise (several
+    inputs, a 1-D signal, a volume) the ``rf`` column is ``--``."""
+    return len(sizes) == 1 and len(sizes[0]) == 3
 
 
 def _fields(analysis) -> dict[str, dict]:
@@ -451,6 +456,43 @@ def _module_tree(model: nn.Module, trace: Trace) -> tuple[list[str], set[str]]:
     return order, {n for n in names if first[n] == math.inf}
 
 
+def _type_name(module: nn.Module) -> str:
+    """The class name; a ScriptModule's is that of the module it was scripted from."""
+    return getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) \
+        else type(module).__name__
+
+
+def _inside_script(model: nn.Module) -> set[str]:
+    """Modules inside a ScriptModule (below its own row): TorchScript runs them, unseen."""
+    return {f"{n}.{c}" if n else c for n, m in model.named_modules()
+            if isinstance(m, torch.jit.ScriptModule) for c, _ in m.named_modules() if c}
+
+
+def _counts(model: nn.Module) -> dict[int, int]:
+    """Parameters counted as torchinfo counts them, by ``id``, where that is not ``numel``: a
+    weight pruned by ``torch.nn.utils.prune`` (``weight_orig`` and a ``weight_mask`` buffer)
+    counts its unmasked entries."""
+    counts = {}
+    for m in model.modules():
+        for key, p in m.named_parameters(recurse=False):
+            mask = getattr(m, key[:-len("_orig")] + "_mask", None) \
+                if key.endswith("_orig") else None
+            if isinstance(mask, torch.Tensor) and not mask.is_meta:
+                counts[id(p)] = int(mask.count_nonzero())
+    return counts
+
+
+def _pruning_note(params, counts: dict[int, int]) -> list[str]:
+    pruned = [p for p in params if id(p) in counts]
+    if not pruned:
+        return []
+    dense = sum(p.numel() for p in pruned)
+    return [f"pruned weights (torch.nn.utils.prune): {len(pruned)} tensors count their "
+            f"{sum(counts[id(p)] for p in pruned):,} unmasked entries of {dense:,}, as "
+            f"torchinfo counts them; bytes and FLOPs are the dense tensors' (torchinfo scales "
+            f"its mult-adds down too)"]
+
+
 def _trainable(params) -> bool | str:
     """True, False, or "partly" where some of a row's parameters are frozen."""
     flags = {p.requires_grad for p in params}
@@ -473,7 +515,12 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
         inclusive[n] += trace.own_flops.get(n, 0)
         inclusive[n.rpartition(".")[0]] += inclusive[n]
     params = list(model.parameters())
-    total = sum(p.numel() for p in params)
+    counts = _counts(model)
+
+    def count(ps):
+        return sum(counts.get(id(p), p.numel()) for p in ps)
+
+    total = count(params)
     layers, counted = [], set()
     for n in order:
         level = n.count(".") + 1
@@ -486,8 +533,8 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
                if id(p) not in counted]
         counted.update(id(p) for _, p in own)
         row = {
-            "name": n, "type": type(modules[n]).__name__, "depth": level,
-            "output_shape": trace.shapes.get(n), "params": sum(p.numel() for _, p in own),
+            "name": n, "type": _type_name(modules[n]), "depth": level,
+            "output_shape": trace.shapes.get(n), "params": count(p for _, p in own),
             "trainable": _trainable(p for _, p in own),
             "flops": trace.own_flops.get(n, 0) if expanded else inclusive[n],
         }
@@ -500,14 +547,22 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
         if fields is not None:
             row.update(fields.get(n, {"receptive_field": None, "stride": None}))
         if verbose:
-            row["weights"] = [{"name": k, "shape": list(p.shape), "params": p.numel(),
+            row["weights"] = [{"name": k, "shape": list(p.shape), "params": count([p]),
                                "trainable": p.requires_grad} for k, p in own]
         layers.append(row)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    trainable = count(p for p in params if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     x = xs[0]
     notes = model.summary_notes(x) if hasattr(model, "summary_notes") else []
-    idle = [n for n in order if n in never_ran and n.rpartition(".")[0] not in never_ran]
+    notes += _pruning_note(params, counts)
+    opaque = _inside_script(model)
+    scripts = [n or "the model" for n in ["", *order]
+               if n not in opaque and isinstance(modules[n], torch.jit.ScriptModule)]
+    if scripts:
+        notes.append("TorchScript modules (their inner rows show parameters; output shape --, "
+                     "FLOPs counted on the module's own row): " + ", ".join(scripts))
+    idle = [n for n in order if n in never_ran and n not in opaque
+            and n.rpartition(".")[0] not in never_ran]
     if idle:
         notes.append("not run by this forward pass (output shape --): " + ", ".join(idle))
     return {

@@ -482,15 +482,15 @@ def _counts(model: nn.Module) -> dict[int, int]:
     return counts
 
 
-def _pruning_note(params, counts: dict[int, int]) -> list[str]:
-    pruned = [p for p in params if id(p) in counts]
+def _pruning_note(model: nn.Module, counts: dict[int, int]) -> list[str]:
+    pruned = [(n.removesuffix("_orig"), p) for n, p in model.named_parameters()
+              if id(p) in counts]
     if not pruned:
         return []
-    dense = sum(p.numel() for p in pruned)
-    return [f"pruned weights (torch.nn.utils.prune): {len(pruned)} tensors count their "
-            f"{sum(counts[id(p)] for p in pruned):,} unmasked entries of {dense:,}, as "
-            f"torchinfo counts them; bytes and FLOPs are the dense tensors' (torchinfo scales "
-            f"its mult-adds down too)"]
+    kept, dense = sum(counts[id(p)] for _, p in pruned), sum(p.numel() for _, p in pruned)
+    return [f"pruned (torch.nn.utils.prune) {', '.join(n for n, _ in pruned)}: params count "
+            f"the {kept:,} unmasked of {dense:,} weights, as torchinfo does; memory and FLOPs "
+            f"are the dense tensors'"]
 
 
 def _trainable(params) -> bool | str:
@@ -554,7 +554,7 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     x = xs[0]
     notes = model.summary_notes(x) if hasattr(model, "summary_notes") else []
-    notes += _pruning_note(params, counts)
+    notes += _pruning_note(model, counts)
     opaque = _inside_script(model)
     scripts = [n or "the model" for n in ["", *order]
                if n not in opaque and isinstance(modules[n], torch.jit.ScriptModule)]

@@ -417,7 +417,8 @@ def test_pruned_weights_count_their_unmasked_entries_with_a_note():
     assert conv["params"] == 108 + 8 and linear["params"] == 2160 + 10
     assert {w["name"]: w["params"] for w in conv["weights"]} == {"bias": 8, "weight_orig": 108}
     assert s["total_params"] == s["trainable_params"] == 116 + 2170
-    assert any("pruned" in n and "2,268 unmasked entries of 3,096" in n for n in s["notes"])
+    assert any("pruned" in n and "0.weight, 3.weight" in n and "2,268 unmasked of 3,096" in n
+               for n in s["notes"])
 
 
 def test_pruned_parameter_counts_equal_torchinfos():

@@ -442,3 +442,17 @@ def test_rf_column_on_1d_and_3d_models_is_dashes(model, size):
     assert s["layers"][-1]["output_shape"] == [1, 4, *[(n - 2 - 3) // 2 + 1 for n in size[1:]]]
     assert all(layer["receptive_field"] is None for layer in s["layers"])
     assert {_summary_cells(layer)["rf"] for layer in s["layers"]} == {"--"}
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_attention_flops_count_every_matmul_on_cpu_and_meta(device):
+    # On the CPU an eval-mode MultiheadAttention would take a fused fast path, and attention a
+    # fused kernel, that torch's FLOP formulas miss.
+    torch.manual_seed(0)
+    with torch.device(device):
+        layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32,
+                                           batch_first=True)
+    s = summarize_module(layer, (5, 16))
+    projections, feed_forward, attention = 4 * 16 * 16 * 5, 2 * 16 * 32 * 5, 2 * 5 * 5 * 16
+    assert s["flops"] == 2 * (projections + feed_forward + attention)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored

@@ -456,3 +456,37 @@ def test_attention_flops_count_every_matmul_on_cpu_and_meta(device):
     projections, feed_forward, attention = 4 * 16 * 16 * 5, 2 * 16 * 32 * 5, 2 * 5 * 5 * 16
     assert s["flops"] == 2 * (projections + feed_forward + attention)
     assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def _torchinfo_compare():
+    pytest.importorskip("torchinfo")
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import torchinfo_compare
+
+    return torchinfo_compare
+
+
+@pytest.mark.parametrize("name", ["lenet-bn", "nin"])
+def test_torchinfo_comparison_has_no_unexplained_difference(name):
+    r = _torchinfo_compare().compare(name, rounds=0)
+    assert r["params"] == r["params_ti"] and r["bad"] == 0
+    assert r["unexplained"] == []
+    assert r["flops"] != r["flops_ti"]  # so the explanations below are what makes them agree
+    assert any(why.startswith("bias adds") for why in r["explained"])
+
+
+def test_torchinfo_comparison_flags_a_flop_count_off_by_one_layer():
+    compare = _torchinfo_compare()
+    conv = nn.Conv2d(2, 3, 3)
+    call = type("Row", (), {"output_size": [1, 3, 4, 4], "input_size": [1, 2, 6, 6]})
+    right = 2 * 54 * 16
+    assert compare.explain(conv, [call], right, right + 2 * 3 * 16).startswith("bias adds")
+    assert compare.explain(conv, [call], right + 2, right + 2 * 3 * 16) is None
+
+
+def test_a_builder_that_reads_tensor_values_is_summarised():
+    # torchvision's regnets size their stages with tensor arithmetic: no build on meta.
+    s = summarize("torchvision:regnet_x_400mf", depth=1)
+    assert s["total_params"] == 5_495_976

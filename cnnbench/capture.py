@@ -27,6 +27,13 @@ def tensors(obj) -> list[torch.Tensor]:
     return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
 
+def type_name(module: nn.Module) -> str:
+    """The class name; a ScriptModule's is that of the module it was scripted from."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return module.original_name
+    return type(module).__name__
+
+
 def hook_modules(modules: Iterable[nn.Module], pre_hook=None, hook=None) -> list:
     """Register a forward pre-hook and a forward hook on each module; returns the handles.
 

@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from cnnbench.building import build
-from cnnbench.capture import hook_modules, on_first_device, tensors
+from cnnbench.capture import hook_modules, on_first_device, tensors, type_name
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 
@@ -423,7 +423,7 @@ def summarize_module(model: nn.Module, input_size, *, batch_size: int = 1, depth
     if "rf" in columns:
         fields = _fields(analyse_module(model, sizes[0], device=first.device)
                          if _traceable(sizes) else None)
-    return {"model": _type_name(model), "task": None,
+    return {"model": type_name(model), "task": None,
             **_tabulate(model, xs, trace, depth, columns, verbose, fields)}
 
 
@@ -480,12 +480,6 @@ def _module_tree(model: nn.Module, trace: Trace) -> tuple[list[str], set[str]]:
 
     visit("")
     return order, {n for n in names if first[n] == math.inf}
-
-
-def _type_name(module: nn.Module) -> str:
-    """The class name; a ScriptModule's is that of the module it was scripted from."""
-    return getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) \
-        else type(module).__name__
 
 
 def _inside_script(model: nn.Module) -> set[str]:
@@ -559,7 +553,7 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
                if id(p) not in counted]
         counted.update(id(p) for _, p in own)
         row = {
-            "name": n, "type": _type_name(modules[n]), "depth": level,
+            "name": n, "type": type_name(modules[n]), "depth": level,
             "output_shape": trace.shapes.get(n), "params": count(p for _, p in own),
             "trainable": _trainable(p for _, p in own),
             "flops": trace.own_flops.get(n, 0) if expanded else inclusive[n],

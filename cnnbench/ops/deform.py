@@ -127,7 +127,7 @@ class _Geometry:
             raise RuntimeError(f"weight {tuple(weight.shape)} does not fit {c} input channels")
         if offset.shape[1] % (2 * taps) or offset.shape[1] == 0:
             raise RuntimeError(f"offset has {offset.shape[1]} channels; expected a multiple of "
-                             f"2 * {kh} * {kw}")
+                               f"2 * {kh} * {kw}")
         offset_groups = offset.shape[1] // (2 * taps)
         if c % offset_groups:
             raise RuntimeError(f"{c} input channels do not split into {offset_groups} "
@@ -136,7 +136,7 @@ class _Geometry:
         w_out = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
         if tuple(offset.shape) != (b, 2 * offset_groups * taps, h_out, w_out):
             raise RuntimeError(f"offset shape {tuple(offset.shape)} does not match the output "
-                             f"{h_out}x{w_out} of batch {b}")
+                               f"{h_out}x{w_out} of batch {b}")
         if mask is not None and tuple(mask.shape) != (b, offset_groups * taps, h_out, w_out):
             raise RuntimeError(f"mask shape {tuple(mask.shape)} does not match the offsets")
         return cls(batch=b, channels=c, height=h, width=w, c_out=c_out, kh=kh, kw=kw,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cnnbench.capture import hook_modules, tensors
+from cnnbench.capture import hook_modules, tensors, type_name
 from cnnbench.rf.field import Field
 from cnnbench.rf.rules import RULES, Call, Unknown, op_name
 
@@ -79,7 +79,7 @@ class Tracer(TorchFunctionMode):
         outs = [(i, t) for i, t in enumerate(tensors(output)) if self.field_of(t) is not None]
         for i, t in outs:
             row_name = label if len(outs) == 1 else f"{label}[{i}]"
-            self.rows.append(Row(row_name, type(module).__name__, self.field_of(t), list(notes),
+            self.rows.append(Row(row_name, type_name(module), self.field_of(t), list(notes),
                                  (module, count, i)))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

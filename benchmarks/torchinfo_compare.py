@@ -199,8 +199,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torchvision googlenet init
     warnings.filterwarnings("ignore", category=UserWarning)  # torchinfo on unused modules
     torch.set_num_threads(1)  # both alike; a loaded 2-core machine makes threads noise
-    vision = {"all": torchvision_classifiers(), "none": []}.get(args.torchvision) \
-        or args.torchvision.split(",")
+    vision = (torchvision_classifiers() if args.torchvision == "all" else
+              [] if args.torchvision == "none" else args.torchvision.split(","))
     names = (args.models.split(",") if args.models else list_models()) + \
         [f"torchvision:{n}" for n in vision]
     timed = args.rounds > 0

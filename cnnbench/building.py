@@ -29,8 +29,15 @@ def build(name: str, model_args: dict | None = None, *, in_channels: int | None 
         elif options.get("in_channels", in_channels) != in_channels:
             raise CnnbenchError(f"the input has {in_channels} channels but {name} is built with "
                                 f"in_channels={options['in_channels']}: make them agree")
-    with torch.device(device):
-        model = get_model(name, **options)
+    try:
+        with torch.device(device):
+            model = get_model(name, **options)
+    except CnnbenchError:
+        if torch.device(device).type != "meta":
+            raise
+        # A builder that reads its own tensors' values (torchvision's regnets size their
+        # stages with tensor arithmetic) cannot run on meta: build on the CPU, then move.
+        model = get_model(name, **options).to("meta")
     return model, info
 
 

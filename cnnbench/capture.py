@@ -27,6 +27,39 @@ def tensors(obj) -> list[torch.Tensor]:
     return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
 
+def type_name(module: nn.Module) -> str:
+    """The class name; a ScriptModule's is that of the module it was scripted from."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return module.original_name
+    return type(module).__name__
+
+
+def hook_modules(modules: Iterable[nn.Module], pre_hook=None, hook=None) -> list:
+    """Register a forward pre-hook and a forward hook on each module; returns the handles.
+
+    A ScriptModule refuses hooks of its own: PyTorch's global module hooks, filtered to those
+    modules, see each call that Python makes to it (not the modules that its TorchScript forward
+    calls in turn, which run unseen).
+    """
+    handles, scripted = [], set()
+    for m in modules:
+        if isinstance(m, torch.jit.ScriptModule):
+            scripted.add(id(m))
+            continue
+        handles += [m.register_forward_pre_hook(pre_hook)] if pre_hook else []
+        handles += [m.register_forward_hook(hook)] if hook else []
+    if scripted:
+        from torch.nn.modules import module as torch_module
+
+        if pre_hook:
+            handles.append(torch_module.register_module_forward_pre_hook(
+                lambda m, args: pre_hook(m, args) if id(m) in scripted else None))
+        if hook:
+            handles.append(torch_module.register_module_forward_hook(
+                lambda m, args, out: hook(m, args, out) if id(m) in scripted else None))
+    return handles
+
+
 class _Stop(Exception):
     """Raised from a hook once every wanted tensor is caught: the rest of the pass is not run."""
 
@@ -54,8 +87,8 @@ def capture(model: nn.Module, x: torch.Tensor,
         if len(caught) == len(wanted):
             raise _Stop
 
-    handles = [modules[name].register_forward_hook(lambda m, i, o, name=name: hook(name, o))
-               for name in {name for name, _ in by_call}]
+    names = {modules[name]: name for name, _ in by_call}
+    handles = hook_modules(names, hook=lambda m, i, o: hook(names[m], o))
     try:
         model(x)
     except _Stop:

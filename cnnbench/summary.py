@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from cnnbench.building import build
-from cnnbench.capture import on_first_device, tensors
+from cnnbench.capture import hook_modules, on_first_device, tensors, type_name
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 
@@ -140,6 +140,18 @@ def _flop_registry() -> dict:
     return flop_counter.flop_registry
 
 
+@lru_cache(maxsize=None)
+def _formulas() -> dict:
+    """:func:`_flop_registry`, and the CPU's fused attention: it has no formula of its own
+    (FlopCounterMode misses it); its work is the flash kernel's, which the meta device's
+    decomposition counts as two matmuls."""
+    registry = dict(_flop_registry())
+    aten = torch.ops.aten
+    registry.setdefault(aten._scaled_dot_product_flash_attention_for_cpu,
+                        registry[aten._scaled_dot_product_flash_attention])
+    return registry
+
+
 _SHAPE_WRAPPER_CODE = None  # the code of the formulas' shape-taking wrapper, once loaded
 
 
@@ -191,7 +203,7 @@ class _FlopCounter(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.registry = _flop_registry()
+        self.registry = _formulas()
         self.total = 0
         self.uncounted: set[str] = set()
 
@@ -220,6 +232,20 @@ class _FlopCounter(TorchDispatchMode):
         return out
 
 
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """``nn.MultiheadAttention`` (and the Transformer layers) in eval mode without gradients
+    take a fused fast path on the CPU, ``_native_multi_head_attention``, that has no FLOP
+    formula: vit_b_16 would lose a third of its FLOPs, and differ from the meta device. The
+    ordinary path gives both the same count."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 @dataclass
 class Trace:
     """What one forward pass showed of each module, by qualified name (the model itself is "")."""
@@ -246,7 +272,9 @@ def _trace(model: nn.Module, xs: list[torch.Tensor], seconds: float | None = Non
     deadline = None if seconds is None else time.perf_counter() + seconds
 
     names = {m: n for n, m in model.named_modules() if n}
-    leaves = {m for m in names if next(m.children(), None) is None}
+    # A ScriptModule's inside is opaque (its children run in TorchScript): it counts as a leaf.
+    leaves = {m for m in names
+              if next(m.children(), None) is None or isinstance(m, torch.jit.ScriptModule)}
     first_call, shapes, input_shapes, own_flops = {}, {}, {}, defaultdict(int)
     stack, counted, leaf_bytes = [""], [0], [0]
 
@@ -271,12 +299,9 @@ def _trace(model: nn.Module, xs: list[torch.Tensor], seconds: float | None = Non
             outs = (output,) if isinstance(output, torch.Tensor) else tensors(output)
             leaf_bytes[0] += sum(t.numel() * t.element_size() for t in outs)
 
-    handles = []
-    for module in names:
-        handles.append(module.register_forward_pre_hook(pre_hook))
-        handles.append(module.register_forward_hook(hook))
+    handles = hook_modules(names, pre_hook, hook)
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), _no_mha_fastpath(), counter:
             output = model(*xs)
             account()
     finally:
@@ -374,7 +399,7 @@ def summarize(name: str, input_size=None, *, batch_size: int = 1, depth: int = 3
     if "rf" in columns:
         from cnnbench.rf.analysis import analyse
 
-        fields = _fields(analyse(name, sizes[0], model_args) if len(sizes) == 1 else None)
+        fields = _fields(analyse(name, sizes[0], model_args) if _traceable(sizes) else None)
     return {"model": info.name, "task": info.task,
             **_tabulate(model, xs, trace, depth, columns, verbose, fields)}
 
@@ -397,9 +422,15 @@ def summarize_module(model: nn.Module, input_size, *, batch_size: int = 1, depth
     fields = None
     if "rf" in columns:
         fields = _fields(analyse_module(model, sizes[0], device=first.device)
-                         if len(sizes) == 1 else None)
-    return {"model": type(model).__name__, "task": None,
+                         if _traceable(sizes) else None)
+    return {"model": type_name(model), "task": None,
             **_tabulate(model, xs, trace, depth, columns, verbose, fields)}
+
+
+def _traceable(sizes) -> bool:
+    """Whether the receptive fields can be traced: one image input (C, H, W). Otherwise (several
+    inputs, a 1-D signal, a volume) the ``rf`` column is ``--``."""
+    return len(sizes) == 1 and len(sizes[0]) == 3
 
 
 def _fields(analysis) -> dict[str, dict]:
@@ -451,6 +482,37 @@ def _module_tree(model: nn.Module, trace: Trace) -> tuple[list[str], set[str]]:
     return order, {n for n in names if first[n] == math.inf}
 
 
+def _inside_script(model: nn.Module) -> set[str]:
+    """Modules inside a ScriptModule (below its own row): TorchScript runs them, unseen."""
+    return {f"{n}.{c}" if n else c for n, m in model.named_modules()
+            if isinstance(m, torch.jit.ScriptModule) for c, _ in m.named_modules() if c}
+
+
+def _counts(model: nn.Module) -> dict[int, int]:
+    """Parameters counted as torchinfo counts them, by ``id``, where that is not ``numel``: a
+    weight pruned by ``torch.nn.utils.prune`` (``weight_orig`` and a ``weight_mask`` buffer)
+    counts its unmasked entries."""
+    counts = {}
+    for m in model.modules():
+        for key, p in m.named_parameters(recurse=False):
+            mask = getattr(m, key[:-len("_orig")] + "_mask", None) \
+                if key.endswith("_orig") else None
+            if isinstance(mask, torch.Tensor) and not mask.is_meta:
+                counts[id(p)] = int(mask.count_nonzero())
+    return counts
+
+
+def _pruning_note(model: nn.Module, counts: dict[int, int]) -> list[str]:
+    pruned = [(n.removesuffix("_orig"), p) for n, p in model.named_parameters()
+              if id(p) in counts]
+    if not pruned:
+        return []
+    kept, dense = sum(counts[id(p)] for _, p in pruned), sum(p.numel() for _, p in pruned)
+    return [f"pruned (torch.nn.utils.prune) {', '.join(n for n, _ in pruned)}: params count "
+            f"the {kept:,} unmasked of {dense:,} weights, as torchinfo does; memory and FLOPs "
+            f"are the dense tensors'"]
+
+
 def _trainable(params) -> bool | str:
     """True, False, or "partly" where some of a row's parameters are frozen."""
     flags = {p.requires_grad for p in params}
@@ -473,7 +535,12 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
         inclusive[n] += trace.own_flops.get(n, 0)
         inclusive[n.rpartition(".")[0]] += inclusive[n]
     params = list(model.parameters())
-    total = sum(p.numel() for p in params)
+    counts = _counts(model)
+
+    def count(ps):
+        return sum(counts.get(id(p), p.numel()) for p in ps)
+
+    total = count(params)
     layers, counted = [], set()
     for n in order:
         level = n.count(".") + 1
@@ -486,8 +553,8 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
                if id(p) not in counted]
         counted.update(id(p) for _, p in own)
         row = {
-            "name": n, "type": type(modules[n]).__name__, "depth": level,
-            "output_shape": trace.shapes.get(n), "params": sum(p.numel() for _, p in own),
+            "name": n, "type": type_name(modules[n]), "depth": level,
+            "output_shape": trace.shapes.get(n), "params": count(p for _, p in own),
             "trainable": _trainable(p for _, p in own),
             "flops": trace.own_flops.get(n, 0) if expanded else inclusive[n],
         }
@@ -500,14 +567,22 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
         if fields is not None:
             row.update(fields.get(n, {"receptive_field": None, "stride": None}))
         if verbose:
-            row["weights"] = [{"name": k, "shape": list(p.shape), "params": p.numel(),
+            row["weights"] = [{"name": k, "shape": list(p.shape), "params": count([p]),
                                "trainable": p.requires_grad} for k, p in own]
         layers.append(row)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    trainable = count(p for p in params if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     x = xs[0]
     notes = model.summary_notes(x) if hasattr(model, "summary_notes") else []
-    idle = [n for n in order if n in never_ran and n.rpartition(".")[0] not in never_ran]
+    notes += _pruning_note(model, counts)
+    opaque = _inside_script(model)
+    scripts = [n or "the model" for n in ["", *order]
+               if n not in opaque and isinstance(modules[n], torch.jit.ScriptModule)]
+    if scripts:
+        notes.append("TorchScript modules (their inner rows show parameters; output shape --, "
+                     "FLOPs counted on the module's own row): " + ", ".join(scripts))
+    idle = [n for n in order if n in never_ran and n not in opaque
+            and n.rpartition(".")[0] not in never_ran]
     if idle:
         notes.append("not run by this forward pass (output shape --): " + ", ".join(idle))
     return {

@@ -6,6 +6,7 @@ from torch.nn import functional as F
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
 import cnnbench.ops.deform as deform
+import deform_cases
 from cnnbench.ops import DeformConv2d, deform_conv2d
 from cnnbench.ops.deform_reference import deform_conv2d_reference
 
@@ -125,12 +126,6 @@ def test_half_precision_is_computed_in_float32_and_cast_back(dtype):
     assert torch.allclose(out.float(), expected, atol=0.1 * expected.abs().max().item() / 8)
 
 
-def test_bad_offset_shape_is_a_value_error():
-    data = _data(3, 1, 1, 1, 1, 1, False, False, 1.0)
-    with pytest.raises(ValueError, match="offset"):
-        deform_conv2d(data["input"], data["offset"][:, :7], data["weight"], padding=1)
-
-
 def test_zero_initialised_deformconv2d_is_a_plain_convolution():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 10)
@@ -194,3 +189,158 @@ def test_notes_reference_clamps_to_the_edge_without_padding():
     ref = _outputs_and_grads(deform_conv2d_reference, data)["output"]
     tv = _outputs_and_grads(tv_deform_conv2d, data)["output"]
     assert (ref - tv).abs().max() > 1.0
+
+
+# --- torchvision's own grid (tests/deform_cases.py): batch 0/2/33, permuted tensors, masks ----
+
+BATCHES = [0, 2, 33]
+LAYOUTS = {"contiguous": True, "permuted": False}
+
+
+def _leaves(args):
+    """Each tensor argument as a leaf that needs a gradient, with its strides kept."""
+    return {k: v.detach().requires_grad_() for k, v in deform_cases.tensors(args).items()}
+
+
+def _forward_backward(fn, args):
+    leaves = _leaves(args)
+    out = deform_cases.call(fn, args, **leaves)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out.backward(grad.to(out.dtype))
+    return {"output": out.detach(), **{k: v.grad for k, v in leaves.items()}}
+
+
+def _assert_same(got, expected, tol):
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert got[k].shape == expected[k].shape, k
+        assert got[k].dtype == expected[k].dtype, k
+        assert torch.allclose(got[k], expected[k], rtol=tol, atol=tol), \
+            (k, (got[k] - expected[k]).abs().max().item())
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["mask", "no-mask"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_torchvision_grid_gives_its_output_and_gradients(batch, layout, with_mask):
+    args = deform_cases.case(batch, LAYOUTS[layout], with_mask)
+    got = _forward_backward(deform_conv2d, args)
+    expected = _forward_backward(tv_deform_conv2d, args)
+    _assert_same(got, expected, 1e-12)
+    assert got["output"].shape == (batch, 2, 2, 3)
+
+
+@pytest.mark.parametrize("geometry", [g for g in deform_cases.GEOMETRIES if g != "tv"])
+def test_other_strides_paddings_dilations_give_torchvision_numbers(geometry):
+    args = deform_cases.case(2, contiguous=False, geometry=geometry)
+    _assert_same(_forward_backward(deform_conv2d, args),
+                 _forward_backward(tv_deform_conv2d, args), 1e-12)
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["mask", "no-mask"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_gradcheck_on_the_torchvision_grid(batch, layout, with_mask):
+    args = deform_cases.case(batch, LAYOUTS[layout], with_mask)
+    leaves = _leaves(args)
+    names = list(leaves)
+
+    def fn(*tensors):
+        return deform_cases.call(deform_conv2d, args, **dict(zip(names, tensors)))
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), nondet_tol=1e-5, fast_mode=True)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("with_mask", [True, False], ids=["mask", "no-mask"])
+def test_a_scripted_function_runs_the_op_with_its_gradients(with_mask):
+    @torch.jit.script
+    def scripted(x, offset, weight, bias, mask: torch.Tensor | None,
+                 stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]):
+        return deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding,
+                             dilation=dilation, mask=mask)
+
+    args = deform_cases.case(2, contiguous=False, with_mask=with_mask)
+    leaves = _leaves(args)
+    names = list(leaves)
+
+    def fn(*tensors):
+        t = dict(zip(names, tensors))
+        return scripted(t["input"], t["offset"], t["weight"], t["bias"], t.get("mask"),
+                        args["stride"], args["padding"], args["dilation"])
+
+    expected = deform_cases.call(tv_deform_conv2d, args)
+    assert torch.allclose(fn(*leaves.values()), expected, atol=1e-12)
+    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), nondet_tol=1e-5, fast_mode=True)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("modulation", [True, False], ids=["v2", "v1"])
+def test_a_scripted_deformconv2d_gives_the_eager_output(modulation):
+    torch.manual_seed(0)
+    layer = DeformConv2d(4, 3, modulation=modulation, bias=True)
+    torch.nn.init.normal_(layer.p_conv.weight)  # offsets that are not zero
+    x = torch.randn(2, 4, 6, 5)
+    assert torch.equal(torch.jit.script(layer)(x), layer(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated")
+def test_a_scripted_function_with_the_op_cannot_be_saved(tmp_path):
+    # The op runs in Python under TorchScript (README, "Deformable convolution"): no export.
+    @torch.jit.script
+    def scripted(x, offset, weight):
+        return deform_conv2d(x, offset, weight, padding=1)
+
+    with pytest.raises(RuntimeError, match="Python"):
+        torch.jit.save(scripted, str(tmp_path / "scripted.pt"))
+
+
+_WRONG = {  # one argument replaced by one of the wrong size
+    "offset-channels": lambda a: {"offset": a["offset"][:, :2]},
+    "offset-height": lambda a: {"offset": a["offset"][:, :, :1]},
+    "offset-batch": lambda a: {"offset": a["offset"][:1]},
+    "offset-groups-of-no-channels": lambda a: {"offset": torch.cat([a["offset"],
+                                                                    a["offset"][:, :12]], 1)},
+    "mask-channels": lambda a: {"mask": a["mask"][:, :2]},
+    "mask-height": lambda a: {"mask": a["mask"][:, :, :1]},
+    "mask-batch": lambda a: {"mask": a["mask"][:1]},
+    "weight-groups": lambda a: {"weight": a["weight"][:, :2]},
+    "input-3d": lambda a: {"input": a["input"][0]},
+}
+
+
+def _raised(fn, args, **tensors):
+    try:
+        deform_cases.call(fn, args, **tensors)
+    except Exception as exc:  # noqa: BLE001 - the type is the point
+        return exc
+    raise AssertionError(f"{fn.__module__} accepted the wrong size")
+
+
+@pytest.mark.parametrize("wrong", _WRONG)
+def test_wrong_sizes_raise_torchvisions_exception_type_with_our_message(wrong):
+    args = deform_cases.case(2)
+    replaced = _WRONG[wrong](args)
+    ours, theirs = _raised(deform_conv2d, args, **replaced), _raised(tv_deform_conv2d, args,
+                                                                    **replaced)
+    assert type(ours) is type(theirs)
+    assert str(ours).startswith(("offset", "mask", "weight", "deform_conv2d", "6 input"))
+    name = next(iter(replaced))
+    if name in ("offset", "mask"):
+        assert name in str(ours)
+
+
+@pytest.mark.parametrize("batch", [0, 33])
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)],
+                         ids=["float16", "bfloat16"])
+def test_half_precision_grid_is_within_its_rounding_of_float64(batch, dtype, tol):
+    args = deform_cases.case(batch, contiguous=False, dtype=dtype)
+    got = _forward_backward(deform_conv2d, args)
+    exact = {k: v.to(torch.float64) if isinstance(v, torch.Tensor) else v
+             for k, v in args.items()}
+    expected = _forward_backward(tv_deform_conv2d, exact)
+    for k, e in expected.items():
+        assert got[k].dtype == dtype and got[k].shape == e.shape, k
+        error = (got[k].double() - e).abs()
+        assert e.numel() == 0 or error.max() <= tol * e.abs().max(), k

@@ -14,6 +14,8 @@ import sys
 import pytest
 import torch
 
+import deform_cases
+
 pytest.importorskip("triton", reason="Triton is not importable")
 
 TOL = 1e-4
@@ -28,6 +30,10 @@ GRID = {
     "far-offsets": ((3, 3), 1, 1, 1, 1, 1, True, True, "far"),
     "integer-positions": ((3, 3), 1, 1, 1, 1, 1, True, True, "integer"),
 }
+# A subset of torchvision's own grid (tests/deform_cases.py; all of it runs on the CPU path in
+# test_deform.py): batch 0, and permuted tensors. (Batch 33 takes 160 s in the interpreter.)
+#                    batch contiguous mask
+TORCHVISION_GRID = {"batch0": (0, True, True), "batch2-permuted": (2, False, True)}
 # 16 channels per offset group fill whole blocks: the unmasked, aligned loads.
 FULL_BLOCKS = ((3, 3), 1, 1, 1, 2, 1, True, True, "random")
 FULL_BLOCKS_SIZES = dict(batch=1, channels=32, height=4, width=5, out_channels=8)
@@ -70,6 +76,10 @@ def _outputs_and_grads(fn, data, device, dtype=torch.float32):
             **{k: v.grad.float().cpu() for k, v in leaves.items()}}
 
 
+def _largest(t) -> float:
+    return t.abs().max().item() if t.numel() else 0.0
+
+
 def _relative_errors(fn, data, device, dtype=torch.float32):
     from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
@@ -78,8 +88,8 @@ def _relative_errors(fn, data, device, dtype=torch.float32):
                 for k, v in data.items()}
     got = _outputs_and_grads(fn, data, device, dtype)
     expected = _outputs_and_grads(tv_deform_conv2d, data, "cpu")
-    return {k: ((got[k] - expected[k]).abs().max()
-                / expected[k].abs().max().clamp_min(1e-30)).item() for k in expected}
+    return {k: (_largest(got[k] - expected[k]) / max(_largest(expected[k]), 1e-30)
+                if got[k].shape == expected[k].shape else float("inf")) for k in expected}
 
 
 def _far_offsets(module, device):
@@ -88,6 +98,20 @@ def _far_offsets(module, device):
     got = _outputs_and_grads(module.deform_conv2d, data, device)
     got["output"] = got["output"] - data["bias"].view(1, -1, 1, 1)
     return {k: v.abs().max().item() for k, v in got.items() if k != "bias"}
+
+
+def _wrong_sizes(module, device):
+    """The exception types for offsets and masks of too few channels."""
+    args = deform_cases.case(2, dtype=torch.float32)
+    args = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    raised = []
+    for wrong in ({"offset": args["offset"][:, :2]}, {"mask": args["mask"][:, :2]}):
+        try:
+            deform_cases.call(module.deform_conv2d, args, **wrong)
+            raised.append(None)
+        except Exception as exc:  # noqa: BLE001 - the type is the point
+            raised.append(type(exc).__name__)
+    return raised
 
 
 def _opcheck(module, device):
@@ -125,6 +149,10 @@ def compute(device) -> dict:
     checks = {f"grid/{name}": (lambda c=case: _relative_errors(module.deform_conv2d,
                                                                  _data(*c), device))
               for name, case in GRID.items()}
+    checks.update({f"tv/{name}": (lambda c=case: _relative_errors(
+        module.deform_conv2d, deform_cases.case(*c, dtype=torch.float32), device))
+        for name, case in TORCHVISION_GRID.items()})
+    checks["wrong-sizes"] = lambda: _wrong_sizes(module, device)
     checks["full-blocks"] = lambda: _relative_errors(
         module.deform_conv2d, _data(*FULL_BLOCKS, **FULL_BLOCKS_SIZES), device)
     checks["far-offsets"] = lambda: _far_offsets(module, device)
@@ -167,6 +195,17 @@ def test_triton_output_and_every_gradient_match_torchvision(results, name):
     errors = _figures(results, f"grid/{name}")
     assert {"output", "input", "offset", "weight"} <= set(errors)
     assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("name", TORCHVISION_GRID)
+def test_triton_on_torchvisions_grid_matches_torchvision(results, name):
+    errors = _figures(results, f"tv/{name}")
+    assert {"output", "input", "offset", "weight", "bias"} <= set(errors)
+    assert max(errors.values()) < TOL, errors
+
+
+def test_triton_wrong_sizes_raise_runtime_error_as_torchvision(results):
+    assert _figures(results, "wrong-sizes") == ["RuntimeError", "RuntimeError"]
 
 
 def test_triton_full_channel_blocks_match_torchvision(results):

@@ -256,3 +256,18 @@ def test_json_contract(monkeypatch, capsys):
 def test_bad_layer_name_is_one_line_and_exit_2(monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "lenet", "--layer", "conv9")
     assert code == 2 and err.count("\n") == 1 and "no layer 'conv9'" in err
+
+
+def test_a_1d_input_is_one_line_error_not_an_index_error():
+    with pytest.raises(CnnbenchError, match=r"images \(C, H, W\)"):
+        rf.module_fields(nn.Sequential(nn.Conv1d(2, 4, 3)), (2, 16))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_a_scripted_submodule_is_flagged_not_followed_through():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), torch.jit.script(nn.Conv2d(2, 2, 3)),
+                        nn.Conv2d(2, 2, 3))
+    layers = by_name(rf.module_fields(net, (1, 12, 12)))
+    assert field(layers["0"]) == ([3, 3], [1, 1], [1, 1])
+    assert any("uninterpreted" in n and "TorchScript" in n for n in layers["1"]["notes"])
+    assert any("uninterpreted" in n for n in layers["2"]["notes"])

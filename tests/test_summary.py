@@ -354,3 +354,139 @@ def test_flops_equal_flop_counter_modes_count_without_importing_dynamo():
             "print('torch._dynamo' in sys.modules)")  # a 1.3 s import a summary does not need
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- what torchinfo's own tests cover: TorchScript children, pruning, 1-D and 3-D models ---
+
+class _ScriptedBody(nn.Module):
+    """A plain stem and head around a scripted Sequential, as a TorchScript export might hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.jit.script(nn.Sequential(nn.Conv2d(8, 8, 3), nn.ReLU(),
+                                                   nn.Conv2d(8, 4, 1)))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_a_scripted_child_gets_a_row_with_its_shape_params_and_flops():
+    model = _ScriptedBody()
+    s = summarize_module(model, (3, 8, 8), depth=2, columns="all")
+    rows = {layer["name"]: layer for layer in s["layers"]}
+    assert rows["body"]["type"] == "Sequential"
+    assert rows["body"]["output_shape"] == [1, 4, 6, 6]
+    assert rows["body"]["input_shape"] == [1, 8, 8, 8]
+    # Its children show their parameters (as torchinfo's rows do) but were not seen running.
+    assert [rows[f"body.{i}"]["params"] for i in range(3)] == [8 * 8 * 9 + 8, 0, 8 * 4 + 4]
+    assert rows["body.0"]["output_shape"] is None and rows["body.0"]["type"] == "Conv2d"
+    # Its FLOPs (counted by the dispatch mode, which TorchScript goes through) are on its row.
+    assert rows["body"]["flops"] == 2 * (8 * 8 * 9 * 36 + 8 * 4 * 36)
+    assert s["total_params"] == sum(p.numel() for p in model.parameters())
+    assert sum(layer["params"] for layer in s["layers"]) == s["total_params"]
+    assert any("TorchScript" in n and "body" in n for n in s["notes"])
+    assert not any(n.startswith("not run") for n in s["notes"])
+    # Collapsed to depth 1 the row carries the children's parameters.
+    assert summarize_module(model, (3, 8, 8), depth=1)["layers"][1]["params"] == 620
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_a_scripted_model_is_summarised_by_its_parameters():
+    model = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+    s = summarize_module(model, (3, 6, 6))
+    assert s["model"] == "Sequential" and s["outputs"] == [1, 4, 4, 4]
+    assert s["total_params"] == 112 and s["flops"] == 2 * 108 * 16
+
+
+def _pruned_net():
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    prune.l1_unstructured(net[0], "weight", amount=0.5)
+    prune.random_unstructured(net[3], "weight", amount=0.25)
+    return net
+
+
+def test_pruned_weights_count_their_unmasked_entries_with_a_note():
+    s = summarize_module(_pruned_net(), (3, 8, 8), verbose=True)
+    conv, linear = s["layers"][0], s["layers"][3]
+    assert conv["params"] == 108 + 8 and linear["params"] == 2160 + 10
+    assert {w["name"]: w["params"] for w in conv["weights"]} == {"bias": 8, "weight_orig": 108}
+    assert s["total_params"] == s["trainable_params"] == 116 + 2170
+    assert any("pruned" in n and "0.weight, 3.weight" in n and "2,268 unmasked of 3,096" in n
+               for n in s["notes"])
+
+
+def test_pruned_parameter_counts_equal_torchinfos():
+    torchinfo = pytest.importorskip("torchinfo")
+    net = _pruned_net()
+    theirs = torchinfo.summary(net, (1, 3, 8, 8), verbose=0)
+    ours = summarize_module(net, (3, 8, 8))
+    assert ours["total_params"] == theirs.total_params
+    assert [layer["params"] for layer in ours["layers"]] == \
+        [row.num_params for row in theirs.summary_list[1:]]
+
+
+@pytest.mark.parametrize("model,size", [
+    (nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Conv1d(4, 4, 3, stride=2)), (2, 16)),
+    (nn.Sequential(nn.Conv3d(2, 4, 3), nn.ReLU(), nn.Conv3d(4, 4, 3, stride=2)), (2, 8, 8, 8)),
+], ids=["conv1d", "conv3d"])
+def test_rf_column_on_1d_and_3d_models_is_dashes(model, size):
+    from cnnbench.render import _summary_cells
+
+    s = summarize_module(model, size, columns="all")
+    assert s["layers"][-1]["output_shape"] == [1, 4, *[(n - 2 - 3) // 2 + 1 for n in size[1:]]]
+    assert all(layer["receptive_field"] is None for layer in s["layers"])
+    assert {_summary_cells(layer)["rf"] for layer in s["layers"]} == {"--"}
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_attention_flops_count_every_matmul_on_cpu_and_meta(device):
+    # On the CPU an eval-mode MultiheadAttention would take a fused fast path, and attention a
+    # fused kernel, that torch's FLOP formulas miss.
+    torch.manual_seed(0)
+    with torch.device(device):
+        layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32,
+                                           batch_first=True)
+    s = summarize_module(layer, (5, 16))
+    projections, feed_forward, attention = 4 * 16 * 16 * 5, 2 * 16 * 32 * 5, 2 * 5 * 5 * 16
+    assert s["flops"] == 2 * (projections + feed_forward + attention)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def _torchinfo_compare():
+    pytest.importorskip("torchinfo")
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import torchinfo_compare
+
+    return torchinfo_compare
+
+
+@pytest.mark.parametrize("name", ["lenet-bn", "nin"])
+def test_torchinfo_comparison_has_no_unexplained_difference(name):
+    r = _torchinfo_compare().compare(name, rounds=0)
+    assert r["params"] == r["params_ti"] and r["bad"] == 0
+    assert r["unexplained"] == []
+    assert r["flops"] != r["flops_ti"]  # so the explanations below are what makes them agree
+    assert any(why.startswith("bias adds") for why in r["explained"])
+
+
+def test_torchinfo_comparison_flags_a_flop_count_off_by_one_layer():
+    compare = _torchinfo_compare()
+    conv = nn.Conv2d(2, 3, 3)
+    call = type("Row", (), {"output_size": [1, 3, 4, 4], "input_size": [1, 2, 6, 6]})
+    right = 2 * 54 * 16
+    assert compare.explain(conv, [call], right, right + 2 * 3 * 16).startswith("bias adds")
+    assert compare.explain(conv, [call], right + 2, right + 2 * 3 * 16) is None
+
+
+def test_a_builder_that_reads_tensor_values_is_summarised():
+    # torchvision's regnets size their stages with tensor arithmetic: no build on meta.
+    s = summarize("torchvision:regnet_x_400mf", depth=1)
+    assert s["total_params"] == 5_495_976

@@ -34,8 +34,6 @@ Positions are computed in the input's float type exactly as torchvision does
 (``out * stride - pad + tap * dilation + offset``), so both pick the same corners.
 """
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import math
@@ -56,13 +54,23 @@ CHUNK_BYTES = 4 << 20
 
 
 def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+                  bias: torch.Tensor | None = None, stride: int | tuple[int, int] = 1,
+                  padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """Deformable convolution with torchvision's signature, offset layout and semantics.
 
     Weight groups are inferred from ``weight.shape[1]`` and offset groups from ``offset``'s
-    channels, as in torchvision. Half precision is computed in float32 and cast back.
+    channels, as in torchvision. Half precision is computed in float32 and cast back. Shapes
+    that do not fit raise RuntimeError, as torchvision's op does; a batch of 0 gives an empty
+    output.
+
+    Under ``torch.jit.script`` the call goes back to Python (see :func:`_from_script`): a
+    scripted function or module runs, but cannot be saved with ``torch.jit.save``.
     """
+    # The annotations (no ``from __future__ import annotations`` here) are what TorchScript
+    # reads; the scripted body is this one line, the rest is never compiled.
+    if torch.jit.is_scripting():
+        return _from_script(input, offset, weight, bias, stride, padding, dilation, mask)
     geometry = _Geometry.of(input, offset, weight, stride, padding, dilation, mask)
     # Tools that interpret a model op by op through a TorchFunctionMode (the receptive-field
     # tracer) see torchvision's single op; the numbers are the same. (On the meta device ours
@@ -80,6 +88,16 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     return _ours(geometry, input, offset, weight, bias, mask)
 
 
+@torch.jit.ignore
+def _from_script(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None, stride: int | tuple[int, int],
+                 padding: int | tuple[int, int], dilation: int | tuple[int, int],
+                 mask: torch.Tensor | None) -> torch.Tensor:
+    """TorchScript's way into :func:`deform_conv2d`: a Python call, every argument given (an
+    ignored function's defaults do not reach TorchScript)."""
+    return deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
 def torchvision_deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0,
                               dilation=1, mask=None) -> torch.Tensor:
     """``torchvision.ops.deform_conv2d``, imported on first use."""
@@ -90,7 +108,9 @@ def torchvision_deform_conv2d(input, offset, weight, bias=None, stride=1, paddin
 
 
 class _Geometry:
-    """Shapes and hyper-parameters of one call, checked once."""
+    """Shapes and hyper-parameters of one call, checked once: a tensor of the wrong rank is a
+    ValueError, sizes that do not fit a RuntimeError (the exception types of torchvision's
+    op, so that code catching those keeps working)."""
 
     def __init__(self, **fields):
         self.__dict__.update(fields)
@@ -104,20 +124,21 @@ class _Geometry:
         c_out, c_per_group, kh, kw = weight.shape
         taps = kh * kw
         if c % c_per_group or c_out % (c // c_per_group):
-            raise ValueError(f"weight {tuple(weight.shape)} does not fit {c} input channels")
+            raise RuntimeError(f"weight {tuple(weight.shape)} does not fit {c} input channels")
         if offset.shape[1] % (2 * taps) or offset.shape[1] == 0:
-            raise ValueError(f"offset has {offset.shape[1]} channels; expected a multiple of "
-                             f"2 * {kh} * {kw}")
+            raise RuntimeError(f"offset has {offset.shape[1]} channels; expected a multiple of "
+                               f"2 * {kh} * {kw}")
         offset_groups = offset.shape[1] // (2 * taps)
         if c % offset_groups:
-            raise ValueError(f"{c} input channels do not split into {offset_groups} offset groups")
+            raise RuntimeError(f"{c} input channels do not split into {offset_groups} "
+                               "offset groups")
         h_out = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
         w_out = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
         if tuple(offset.shape) != (b, 2 * offset_groups * taps, h_out, w_out):
-            raise ValueError(f"offset shape {tuple(offset.shape)} does not match the output "
-                             f"{h_out}x{w_out} of batch {b}")
+            raise RuntimeError(f"offset shape {tuple(offset.shape)} does not match the output "
+                               f"{h_out}x{w_out} of batch {b}")
         if mask is not None and tuple(mask.shape) != (b, offset_groups * taps, h_out, w_out):
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match the offsets")
+            raise RuntimeError(f"mask shape {tuple(mask.shape)} does not match the offsets")
         return cls(batch=b, channels=c, height=h, width=w, c_out=c_out, kh=kh, kw=kw,
                    taps=taps, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw),
                    offset_groups=offset_groups, weight_groups=c // c_per_group,
@@ -180,7 +201,9 @@ class _Taps:
     def __init__(self, geo, py, px):
         b, g = geo.batch, geo.offset_groups
         # [N, H_out * W_out * taps, groups]: the batch and group parts of a row are broadcast.
-        py, px = py.reshape(b, -1, g), px.reshape(b, -1, g)
+        # (Sizes spelt out: a batch of 0 has no -1 to infer.)
+        samples = geo.h_out * geo.w_out * geo.taps
+        py, px = py.reshape(b, samples, g), px.reshape(b, samples, g)
         hp, wp = geo.height + 2 * BORDER, geo.width + 2 * BORDER
         dtype = _index_dtype(b * hp * wp * g)
         row, ly = _corner_line(py, geo.height, dtype)
@@ -257,7 +280,7 @@ def _table(x):
 def _weight_matrix(weight, groups):
     """``[groups, kh*kw*C/groups, C_out/groups]``: the weight in the columns' order."""
     c_out, cpg, kh, kw = weight.shape
-    return weight.view(groups, c_out // groups, cpg, kh * kw).permute(0, 3, 2, 1) \
+    return weight.reshape(groups, c_out // groups, cpg, kh * kw).permute(0, 3, 2, 1) \
         .reshape(groups, kh * kw * cpg, c_out // groups)
 
 
@@ -357,7 +380,8 @@ class _DeformIm2col(torch.autograd.Function):
         grad_wmat = torch.zeros_like(wmat) if need_w else None
         dots = x.new_empty(taps.first.shape[0], 4) if need_dots else None
         grad_x = x.new_empty(x.shape) if need_x else None
-        rows_per_image = rows.shape[0] // geo.batch
+        # (From the geometry: a batch of 0 has no rows to divide.)
+        rows_per_image = (geo.height + 2 * BORDER) * (geo.width + 2 * BORDER) * geo.offset_groups
         per_image = geo.h_out * geo.w_out
         image_rows = None  # the input gradient of the current images, bordered, channels-last
 
@@ -397,7 +421,7 @@ class _DeformIm2col(torch.autograd.Function):
         grad_weight = None
         if need_w:
             c_out, cpg, kh, kw = weight.shape
-            grad_weight = grad_wmat.view(wg, kh * kw, cpg, c_out // wg).permute(0, 3, 2, 1) \
+            grad_weight = grad_wmat.reshape(wg, kh * kw, cpg, c_out // wg).permute(0, 3, 2, 1) \
                 .reshape(c_out, cpg, kh, kw)
         grad_bias = grad_out.sum((0, 2, 3)) if need_b and ctx.has_bias else None
         grad_py = grad_px = grad_m = None
@@ -505,7 +529,9 @@ class DeformConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset = self.p_conv(x)
-        mask = torch.sigmoid(self.m_conv(x)) if self.modulation else None
+        mask = None
+        if self.m_conv is not None:  # (TorchScript compiles this only where there is a branch)
+            mask = torch.sigmoid(self.m_conv(x))
         return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride,
                              padding=self.padding, dilation=self.dilation, mask=mask)
 

@@ -48,6 +48,9 @@ def analyse(name: str, size=None, model_args=None) -> Analysis:
 
 def analyse_module(model: nn.Module, size, name: str = "model", task: str = "",
                    device="cpu") -> Analysis:
+    if len(size) != 3:  # the fields have two axes, h and w
+        raise CnnbenchError(f"receptive fields are traced on images (C, H, W); "
+                            f"{name} takes {tuple(size)}")
     tracer = Tracer(model)
     handles = tracer.hook()
     x = torch.zeros((1, *size), device=device)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cnnbench.capture import tensors
+from cnnbench.capture import hook_modules, tensors, type_name
 from cnnbench.rf.field import Field
 from cnnbench.rf.rules import RULES, Call, Unknown, op_name
 
@@ -64,13 +64,14 @@ class Tracer(TorchFunctionMode):
 
     def hook(self) -> list:
         """Register the module hooks; returns their handles."""
-        return [h for m in self.names for h in (m.register_forward_pre_hook(self._enter),
-                                                 m.register_forward_hook(self._leave))]
+        return hook_modules(self.names, self._enter, self._leave)
 
     def _enter(self, module, args):
         self.frames.append([])
 
     def _leave(self, module, args, output):
+        if isinstance(module, torch.jit.ScriptModule):  # its operations ran unseen
+            self._opaque(module, args, output)
         notes = self.frames.pop()
         name = self.names[module]
         count = self.calls[module] = self.calls.get(module, 0) + 1
@@ -78,7 +79,7 @@ class Tracer(TorchFunctionMode):
         outs = [(i, t) for i, t in enumerate(tensors(output)) if self.field_of(t) is not None]
         for i, t in outs:
             row_name = label if len(outs) == 1 else f"{label}[{i}]"
-            self.rows.append(Row(row_name, type(module).__name__, self.field_of(t), list(notes),
+            self.rows.append(Row(row_name, type_name(module), self.field_of(t), list(notes),
                                  (module, count, i)))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -103,6 +104,13 @@ class Tracer(TorchFunctionMode):
         else:
             self.put(out, result)
         return out
+
+    def _opaque(self, module, args, output) -> None:
+        """The outputs of a module whose operations the mode did not see (TorchScript): the
+        field of its input, flagged unknown."""
+        inputs = [(t, self.field_of(t)) for t in tensors(args) if self.field_of(t) is not None]
+        if inputs and all(self.field_of(t) is None for t in tensors(output)):
+            self.put(output, self.unknown(f"{self.names[module]} (TorchScript)", output, inputs))
 
     def unknown(self, what: str, out, inputs) -> Field:
         """Keep the input's layout, flagged: the field is unknown from here on."""

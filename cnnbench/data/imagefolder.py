@@ -1,0 +1,157 @@
+"""Your own pictures: a folder per class, torchvision's ``ImageFolder`` layout.
+
+``imagefolder:PATH`` reads either ``PATH/train/<class>/...`` with optional ``PATH/val/`` (or
+``valid/``) and ``PATH/test/``, or ``PATH/<class>/...`` alone (all of it is the training set).
+Class names are the sorted folder names under ``train/``; ``val/`` and ``test/`` may hold only
+those. Files with torchvision's image extensions are read (in sub-folders too, in sorted order);
+any other file is ignored, as ``ImageFolder`` does. What is missing is held out of ``train/``
+with the fixed split seed: a validation set of ``val_size`` images, and a test set of the same
+size, each at most a fifth of ``train/``.
+
+Images are fitted to the model's input (``images.py``: channels, Pillow's bilinear resize) and
+kept in memory as uint8. A folder of ``CACHE_FROM`` images or more is cached once decoded
+(``cache.py``), keyed by every file's name, size and modification time and by the target size,
+channels and ``skip_bad_images``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cnnbench.data import cache, images
+from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.errors import CnnbenchError
+
+LAYOUT = ("expected PATH/train/<class>/*.png (optional PATH/val/ and PATH/test/ alike) or "
+          "PATH/<class>/*.png")
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
+HELD_OUT_FRACTION = 5  # a missing val/ or test/ takes at most 1/5 of train/ each
+CACHE_FROM = 1000  # folders with at least this many images are cached once decoded
+CACHE_VERSION = 1  # bump when decoding changes, so that old entries are not reused
+
+
+def find_layout(path: str | os.PathLike) -> dict[str, Path]:
+    """``{"train": folder, ["val": folder], ["test": folder]}``, each holding class folders."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise CnnbenchError(f"no image folder at {root}: {LAYOUT}")
+    if not (root / "train").is_dir():
+        return {"train": root}
+    layout = {}
+    for split, names in SPLIT_FOLDERS.items():
+        found = [root / n for n in names if (root / n).is_dir()]
+        if len(found) > 1:
+            raise CnnbenchError(f"{root} has both {found[0].name}/ and {found[1].name}/: keep one")
+        if found:
+            layout[split] = found[0]
+    return layout
+
+
+def looks_like_one(path: str | os.PathLike) -> bool:
+    """Whether ``path`` seems to be a class-per-folder tree (for a bare ``--data PATH``)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return False
+    top = root / "train" if (root / "train").is_dir() else root
+    for folder in (d for d in top.iterdir() if d.is_dir()):
+        if any(p.suffix.lower() in images.EXTENSIONS for p in folder.iterdir()):
+            return True
+    return False
+
+
+def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path],
+                                                                  torch.Tensor]:
+    """``(class names, files, labels)`` of one split folder; ``classes``: train's names, which
+    the folder's must be among (the labels index them)."""
+    names = sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise CnnbenchError(f"{folder} has no class folders: {LAYOUT}")
+    if classes is not None:
+        unknown = [n for n in names if n not in classes]
+        if unknown:
+            raise CnnbenchError(f"{folder} has class folder {unknown[0]!r}, which "
+                                f"{folder.parent / 'train'} lacks: the classes are train/'s")
+    classes = classes or names
+    files, labels = [], []
+    for name in names:
+        found = sorted(p for p in (folder / name).rglob("*")
+                       if p.suffix.lower() in images.EXTENSIONS and not p.name.startswith(".")
+                       and p.is_file())
+        if not found:
+            raise CnnbenchError(f"class folder {folder / name} has no images "
+                                f"({', '.join(images.EXTENSIONS)})")
+        files += found
+        labels += [classes.index(name)] * len(found)
+    return classes, files, torch.tensor(labels, dtype=torch.int64)
+
+
+def load_bundle(path: str | os.PathLike, config: dict,
+                say: Callable[[str], None] | None = None) -> DataBundle:
+    """The three splits of the tree at ``path``, fitted to ``config``'s model and input size."""
+    say = say or (lambda message: None)
+    size, channels = images.target_size(config), images.channel_request(config)
+    limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
+    skip = bool(config.get("skip_bad_images", False))
+    layout = find_layout(path)
+
+    # Splits of file indices first, so that a quick run (--limit) decodes only what it uses.
+    paths: list[Path] = []
+    parts: dict[str, Split] = {}
+    class_names = None
+    for split, folder in layout.items():
+        class_names, files, labels = scan(folder, class_names)
+        parts[split] = Split(torch.arange(len(paths), len(paths) + len(files)), labels)
+        paths += files
+    train = parts["train"]
+    n_held = min(val_size, len(train) // HELD_OUT_FRACTION)
+    held = []
+    for split in ("val", "test"):
+        if split not in parts:
+            train, parts[split] = holdout(train, n_held)
+            held.append(split)
+    if "test" in held:
+        say(f"note: {path} has no test/ folder: {len(parts['test'])} images of train/ are held "
+            "out as the test set")
+    chosen = {s: head(p, limit) for s, p in (("train", train), ("val", parts["val"]),
+                                             ("test", parts["test"]))}
+
+    rows, pixels, ok = _decode(paths, Path(path).expanduser(),
+                               chosen if limit is not None else None, size, channels, skip, say)
+    fitted = {}
+    for split, part in chosen.items():
+        at = torch.searchsorted(rows, part.images)  # the file indices' rows in pixels
+        keep = ok[at]
+        fitted[split] = Split(pixels[at[keep]], part.targets[keep])
+    return DataBundle(fitted["train"], fitted["val"], fitted["test"], list(class_names),
+                      info={"source": f"imagefolder:{path}", "channels": pixels.shape[1],
+                            "held_out": held})
+
+
+def _decode(paths: list[Path], root: Path, chosen: dict[str, Split] | None,
+            size: tuple[int, int], channels: int | None, skip: bool,
+            say: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, uint8 [len(rows), C, H, W], ok [len(rows)])``: the file indices ``rows``
+    (sorted) decoded or read from the cache; every file, or only those ``chosen`` uses."""
+    everything = torch.arange(len(paths))
+    cached = len(paths) >= CACHE_FROM
+    if cached:
+        key = {"version": CACHE_VERSION, "files": cache.file_stamps(paths, root),
+               "size": list(size), "channels": channels, "skip_bad_images": skip}
+        entry_path = cache.entry_path("imagefolder", root, key)
+        entry = cache.load_entry(entry_path)
+        if isinstance(entry, dict) and {"images", "ok"} <= entry.keys():
+            for i in (~entry["ok"]).nonzero().flatten().tolist():
+                say(f"warning: skipped {paths[i]} (unreadable when the cache was made)")
+            return everything, entry["images"], entry["ok"]
+    # A quick run decodes only its images (whose colours then decide the channels alone).
+    rows = everything if chosen is None else torch.cat([p.images for p in chosen.values()]
+                                                        ).unique()  # sorted
+    pixels, ok = images.decode_files([paths[i] for i in rows.tolist()], size, channels, skip,
+                                     say, f"reading {len(rows)} images")
+    if cached and chosen is None:
+        cache.save_entry({"images": pixels, "ok": ok}, entry_path)
+    return rows, pixels, ok

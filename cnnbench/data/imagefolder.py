@@ -113,9 +113,6 @@ def load_bundle(path: str | os.PathLike, config: dict,
         if split not in parts:
             train, parts[split] = holdout(train, n_held)
             held.append(split)
-    if "test" in held:
-        say(f"note: {path} has no test/ folder: {len(parts['test'])} images of train/ are held "
-            "out as the test set")
     chosen = {s: head(p, limit) for s, p in (("train", train), ("val", parts["val"]),
                                              ("test", parts["test"]))}
 

@@ -20,7 +20,6 @@ from cnnbench.data import cifar10, fashion_mnist, imagefolder, scenes, voc
 from cnnbench.data.dense_transforms import multi_hot
 from cnnbench.data.splits import DataBundle, Split, head, holdout
 from cnnbench.errors import CnnbenchError, did_you_mean
-from cnnbench.training.interrupt import say
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,8 @@ def _imagefolder(path: str | None, config: dict, task) -> DataBundle:
     if not path:
         raise CnnbenchError(f"--data imagefolder needs the folder: imagefolder:PATH "
                             f"({imagefolder.LAYOUT})")
+    from cnnbench.training.interrupt import say  # a warning per skipped file, on stderr
+
     return imagefolder.load_bundle(path, config, say)
 
 
@@ -131,8 +132,5 @@ def load_data(config: dict, task) -> DataBundle:
     bundle = SOURCES[name].load(argument, config, task)
     channels, size = bundle.info.get("channels"), config.get("input_size")
     if channels and size and channels != size[0]:  # the data decided: the model is built so
-        config["input_size"] = [channels, *size[1:]]
-        say(f"note: {'colour' if channels == 3 else 'grey'} images: {config['model']} takes "
-            f"{channels}x{size[1]}x{size[2]} input (-m in_channels=N or --input-size "
-            f"NxHxW chooses)")
+        config["input_size"] = [channels, *size[1:]]  # as config.yaml and the header say
     return bundle

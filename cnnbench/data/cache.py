@@ -30,13 +30,20 @@ def digest(value) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def file_stamps(paths: list[Path], root: Path) -> list[tuple[str, int, int]]:
-    """``(name under root, size, mtime in ns)`` per file: what a cache key needs to notice an edit."""
+def file_stamps(paths: list[Path], root: Path) -> str:
+    """A hash of every file's name under ``root``, size and modification time (in ns): what a
+    cache key needs to notice an added, removed or edited file."""
     stamps = []
     for path in paths:
         st = path.stat()
         stamps.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
-    return stamps
+    return stamps_digest(stamps)
+
+
+def stamps_digest(stamps) -> str:
+    """The hash of ``(name, size, mtime_ns)`` rows (a joined string: 10,000 rows in ms)."""
+    text = "\n".join(f"{name}\t{size}\t{mtime}" for name, size, mtime in stamps)
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def entry_path(kind: str, source: Path, key) -> Path:
@@ -48,7 +55,8 @@ def load_entry(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the pages are read once, straight into the tensors that index them
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # a damaged entry (a full disk, an old format) is made again
         return None
 

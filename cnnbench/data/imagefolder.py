@@ -63,10 +63,11 @@ def looks_like_one(path: str | os.PathLike) -> bool:
     return False
 
 
-def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path],
+def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple],
                                                                   torch.Tensor]:
-    """``(class names, files, labels)`` of one split folder; ``classes``: train's names, which
-    the folder's must be among (the labels index them)."""
+    """``(class names, files, labels)`` of one split folder, each file ``(path, size, mtime in
+    ns)``, class by class; ``classes``: train's names, which the folder's must be among
+    (the labels index them)."""
     names = sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith("."))
     if not names:
         raise CnnbenchError(f"{folder} has no class folders: {LAYOUT}")
@@ -78,15 +79,31 @@ def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], lis
     classes = classes or names
     files, labels = [], []
     for name in names:
-        found = sorted(p for p in (folder / name).rglob("*")
-                       if p.suffix.lower() in images.EXTENSIONS and not p.name.startswith(".")
-                       and p.is_file())
+        found = _image_files(os.path.join(folder, name))
         if not found:
             raise CnnbenchError(f"class folder {folder / name} has no images "
                                 f"({', '.join(images.EXTENSIONS)})")
         files += found
         labels += [classes.index(name)] * len(found)
     return classes, files, torch.tensor(labels, dtype=torch.int64)
+
+
+def _image_files(folder: str) -> list[tuple[str, int, int]]:
+    """``(path, size, mtime in ns)`` of the image files under ``folder``: its own files by name,
+    then each sub-folder's the same way, by name. Hidden files and folders are skipped."""
+    files, folders = [], []
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name[0] == ".":
+                continue
+            if entry.is_dir():
+                folders.append(entry.path)
+            elif entry.name.lower().endswith(images.EXTENSIONS) and entry.is_file():
+                st = entry.stat()  # the cache key notices an edited file by these
+                files.append((entry.path, st.st_size, st.st_mtime_ns))
+    for sub in folders:
+        files += _image_files(sub)
+    return files
 
 
 def load_bundle(path: str | os.PathLike, config: dict,
@@ -99,13 +116,13 @@ def load_bundle(path: str | os.PathLike, config: dict,
     layout = find_layout(path)
 
     # Splits of file indices first, so that a quick run (--limit) decodes only what it uses.
-    paths: list[Path] = []
+    files: list[tuple] = []
     parts: dict[str, Split] = {}
     class_names = None
     for split, folder in layout.items():
-        class_names, files, labels = scan(folder, class_names)
-        parts[split] = Split(torch.arange(len(paths), len(paths) + len(files)), labels)
-        paths += files
+        class_names, found, labels = scan(folder, class_names)
+        parts[split] = Split(torch.arange(len(files), len(files) + len(found)), labels)
+        files += found
     train = parts["train"]
     n_held = min(val_size, len(train) // HELD_OUT_FRACTION)
     held = []
@@ -116,11 +133,12 @@ def load_bundle(path: str | os.PathLike, config: dict,
     chosen = {s: head(p, limit) for s, p in (("train", train), ("val", parts["val"]),
                                              ("test", parts["test"]))}
 
-    rows, pixels, ok = _decode(paths, Path(path).expanduser(),
+    rows, pixels, ok = _decode(files, Path(path).expanduser(),
                                chosen if limit is not None else None, size, channels, skip, say)
     fitted = {}
     for split, part in chosen.items():
-        at = torch.searchsorted(rows, part.images)  # the file indices' rows in pixels
+        # The file indices' rows in pixels.
+        at = part.images if len(rows) == len(files) else torch.searchsorted(rows, part.images)
         keep = ok[at]
         fitted[split] = Split(pixels[at[keep]], part.targets[keep])
     return DataBundle(fitted["train"], fitted["val"], fitted["test"], list(class_names),
@@ -128,15 +146,18 @@ def load_bundle(path: str | os.PathLike, config: dict,
                             "held_out": held})
 
 
-def _decode(paths: list[Path], root: Path, chosen: dict[str, Split] | None,
+def _decode(files: list[tuple], root: Path, chosen: dict[str, Split] | None,
             size: tuple[int, int], channels: int | None, skip: bool,
             say: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, uint8 [len(rows), C, H, W], ok [len(rows)])``: the file indices ``rows``
     (sorted) decoded or read from the cache; every file, or only those ``chosen`` uses."""
+    paths = [f[0] for f in files]
     everything = torch.arange(len(paths))
     cached = len(paths) >= CACHE_FROM
     if cached:
-        key = {"version": CACHE_VERSION, "files": cache.file_stamps(paths, root),
+        start = len(str(root)) + 1  # names under root, so that a moved tree keeps its key
+        key = {"version": CACHE_VERSION,
+               "files": cache.stamps_digest((p[start:], n, t) for p, n, t in files),
                "size": list(size), "channels": channels, "skip_bad_images": skip}
         entry_path = cache.entry_path("imagefolder", root, key)
         entry = cache.load_entry(entry_path)

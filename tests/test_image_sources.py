@@ -301,6 +301,6 @@ def test_skip_bad_images_names_each_skipped_file_and_trains(tmp_path, capsys):
     capsys.readouterr()
     assert cli(argv) == 0
     err = capsys.readouterr().err
-    assert f"warning: skipped cannot read image {bad}" in err
+    assert f"warning: skipped {bad} (cannot identify image file" in err
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test_acc"] >= 0

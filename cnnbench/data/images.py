@@ -82,11 +82,15 @@ def read_image(path: str | Path, size: tuple[int, int], channels: int | None) ->
             return fit(image, size, channels)
     except Exception as exc:  # Pillow raises many kinds for a damaged file
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise BadImage(f"cannot read image {path} ({reason})") from None
+        raise BadImage(path, reason) from None
 
 
 class BadImage(Exception):
-    """An image file that cannot be decoded (the message names it)."""
+    """An image file that cannot be decoded, and why."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"cannot read image {path} ({reason})")
+        self.path, self.reason = path, reason
 
 
 def stack(arrays: Iterable[tuple[int, np.ndarray]], n: int, size: tuple[int, int],
@@ -139,7 +143,7 @@ def decode_files(paths: list[str] | list[Path], size: tuple[int, int], channels:
                                         "skip_bad_images: true to skip such files")
                 ok[i] = False
                 if say:
-                    say(f"warning: skipped {result}")
+                    say(f"warning: skipped {result.path} ({result.reason})")
                 continue
             yield i, result
 

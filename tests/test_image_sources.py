@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -143,6 +144,41 @@ def test_a_second_load_reads_the_cache_and_a_changed_file_is_read_again(tmp_path
     everything = torch.cat([third.train.images, third.val.images])
     assert (everything == 7).flatten(1).all(1).sum() == 1
     assert len(list((own_cache / "imagefolder").glob("*.pt"))) == 1  # the stale entry went
+
+
+def test_large_files_decode_in_threads_to_the_same_pixels(tmp_path, monkeypatch):
+    write_tree(tmp_path / "tree", splits=(("train", 6),), shape=(40, 30, 3))
+    config = resolved(tmp_path / "tree", val_size=0, skip_bad_images=False)
+    alone = load_data(dict(config), Classification)
+    monkeypatch.setattr(imagefolder, "CACHE_FROM", 10**9)
+    monkeypatch.setattr(images, "THREADS_FROM_BYTES", 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # threads even on a 1-core machine
+    threads = []
+    real = images.read_image
+    monkeypatch.setattr(images, "read_image",
+                        lambda *a: threads.append(threading.get_ident()) or real(*a))
+    threaded = load_data(dict(config), Classification)
+    assert torch.equal(alone.train.images, threaded.train.images)
+    assert threading.get_ident() not in threads
+
+
+def test_a_slow_load_shows_a_bar_and_a_quick_one_none(monkeypatch):
+    started = []
+
+    class Bar:
+        task_ids = [0]
+
+        def update(self, task, completed):
+            started.append(completed)
+
+        def stop(self):
+            started.append("stopped")
+
+    monkeypatch.setattr(images, "_start_bar", lambda total, label: Bar())
+    assert list(images.progress(range(200), 200, "x")) == list(range(200)) and not started
+    monkeypatch.setattr(images, "PROGRESS_AFTER_S", 0.0)
+    assert list(images.progress(range(200), 200, "x")) == list(range(200))
+    assert started == [64, 128, 192, 200, "stopped"]
 
 
 def test_bare_folders_are_read_by_the_source_whose_layout_they_have(tmp_path, fmnist_dir):

@@ -132,8 +132,7 @@ def decode_files(paths: list[str] | list[Path], size: tuple[int, int], channels:
     mean_bytes = sum(map(os.path.getsize, sample)) / max(1, len(sample))
     workers = min(8, os.cpu_count() or 1) if mean_bytes >= THREADS_FROM_BYTES else 1
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    results = (pool.map(one, range(len(paths)), chunksize=16) if pool
-               else map(one, range(len(paths))))
+    results = pool.map(one, range(len(paths))) if pool else map(one, range(len(paths)))
 
     def good(results):
         for i, result in progress(results, len(paths), label):

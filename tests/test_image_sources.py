@@ -271,7 +271,7 @@ def train_argv(data, run_dir, *extra):
             "--run-dir", str(run_dir), "-q", *extra]
 
 
-def test_train_lenet_on_an_image_folder_end_to_end(tmp_path, capsys):
+def test_train_and_resume_lenet_on_an_image_folder_end_to_end(tmp_path, capsys):
     write_tree(tmp_path / "tree", splits=(("train", 6), ("test", 2)), shape=(32, 32, 3))
     assert cli(train_argv(f"imagefolder:{tmp_path / 'tree'}", tmp_path / "run")) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -280,6 +280,9 @@ def test_train_lenet_on_an_image_folder_end_to_end(tmp_path, capsys):
     assert 0.0 <= results["test_acc"] <= 1.0
     assert list(results["report"]["per_class_acc"]) == ["cat", "dog", "eel"]
     assert sum(map(sum, results["report"]["confusion_matrix"])) == 6  # test/: 2 per class
+    # A resumed run reads the folder again and builds the same colour model.
+    assert cli(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "-q"]) == 0
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def damage(kind, root):

@@ -100,6 +100,26 @@ def test_a_grey_folder_keeps_a_grey_model_grey(tmp_path):
     assert torch.equal(data.train.images[-1], chw(written["train"][-1][0]))
 
 
+def test_other_files_are_ignored_and_extensions_are_case_blind(tmp_path):
+    written = write_tree(tmp_path / "tree", splits=(("train", 2),), shape=(28, 28))
+    (tmp_path / "tree" / "train" / "cat" / "notes.txt").write_text("not a picture")
+    (tmp_path / "tree" / "train" / "cat" / ".hidden.png").write_bytes(b"junk")
+    Image.fromarray(written["train"][0][0]).save(tmp_path / "tree" / "train" / "dog" / "z.PNG")
+    data = load_data(resolved(tmp_path / "tree", val_size=0), Classification)
+    assert data.train.targets.tolist() == [0, 0, 1, 1, 1, 2, 2]
+    assert torch.equal(data.train.images[4], chw(written["train"][0][0]))
+
+
+def test_16_bit_grey_keeps_its_top_byte(tmp_path):
+    deep = (np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) * 83)
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    Image.fromarray(deep).save(tmp_path / "tree" / "a" / "deep.png")
+    (tmp_path / "tree" / "b").mkdir()
+    Image.fromarray(deep).save(tmp_path / "tree" / "b" / "deep.png")
+    data = load_data(resolved(tmp_path / "tree", val_size=0), Classification)
+    assert torch.equal(data.train.images[0, 0], torch.from_numpy((deep >> 8).astype(np.uint8)))
+
+
 def test_missing_val_and_test_are_held_out_of_train_a_fifth_each(tmp_path):
     write_tree(tmp_path / "flat", splits=((None, 10),), classes=("a", "b"))
     config = resolved(tmp_path / "flat")  # val_size 5000: capped at 20 // 5
@@ -235,6 +255,9 @@ def test_cifar_is_fitted_to_lenet_through_pillow_and_cached(tmp_path, own_cache)
     assert torch.equal(data.test.images[0], chw(np.asarray(expected)))
     assert config["input_size"] == [3, 28, 28] and len(data.val) == 4
     assert len(list((own_cache / "cifar10").glob("*.pt"))) == 1
+    grey = load_data(resolved(f"cifar10:{tmp_path}", input_size=32,
+                              model_args={"in_channels": 1}), Classification)
+    assert torch.equal(grey.test.images[0], chw(np.asarray(Image.fromarray(first).convert("L"))))
 
 
 def test_a_cifar_pickle_that_asks_for_code_is_refused(tmp_path):

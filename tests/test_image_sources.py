@@ -106,8 +106,10 @@ def test_other_files_are_ignored_and_extensions_are_case_blind(tmp_path):
     (tmp_path / "tree" / "train" / "cat" / ".hidden.png").write_bytes(b"junk")
     Image.fromarray(written["train"][0][0]).save(tmp_path / "tree" / "train" / "dog" / "z.PNG")
     data = load_data(resolved(tmp_path / "tree", val_size=0), Classification)
-    assert data.train.targets.tolist() == [0, 0, 1, 1, 1, 2, 2]
-    assert torch.equal(data.train.images[4], chw(written["train"][0][0]))
+    everything = torch.cat([data.train.images, data.test.images])  # 7 images: 1 held out
+    assert sorted(torch.cat([data.train.targets, data.test.targets]).tolist()) == \
+        [0, 0, 1, 1, 1, 2, 2]
+    assert (everything == chw(written["train"][0][0])).flatten(1).all(1).sum() == 2
 
 
 def test_16_bit_grey_keeps_its_top_byte(tmp_path):
@@ -129,6 +131,8 @@ def test_missing_val_and_test_are_held_out_of_train_a_fifth_each(tmp_path):
             for x in part.images}
     assert len(rows) == 20  # disjoint, and every image is somewhere
     assert torch.equal(first.test.images, again.test.images)
+    no_val = load_data(resolved(tmp_path / "flat", val_size=0), Classification)
+    assert (len(no_val.train), len(no_val.val), len(no_val.test)) == (16, 0, 4)
 
 
 def test_limit_decodes_only_the_images_it_uses(tmp_path, monkeypatch):

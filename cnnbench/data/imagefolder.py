@@ -5,8 +5,9 @@
 Class names are the sorted folder names under ``train/``; ``val/`` and ``test/`` may hold only
 those. Files with torchvision's image extensions are read (in sub-folders too, in sorted order);
 any other file is ignored, as ``ImageFolder`` does. What is missing is held out of ``train/``
-with the fixed split seed: a validation set of ``val_size`` images, and a test set of the same
-size, each at most a fifth of ``train/``.
+with the fixed split seed: a validation set of ``val_size`` images and a test set of the same
+size, each at most a fifth of ``train/`` and at least one image (the test set: a fifth when
+``val_size`` is 0).
 
 Images are fitted to the model's input (``images.py``: channels, Pillow's bilinear resize) and
 kept in memory as uint8. A folder of ``CACHE_FROM`` images or more is cached once decoded
@@ -124,11 +125,12 @@ def load_bundle(path: str | os.PathLike, config: dict,
         parts[split] = Split(torch.arange(len(files), len(files) + len(found)), labels)
         files += found
     train = parts["train"]
-    n_held = min(val_size, len(train) // HELD_OUT_FRACTION)
+    cap = max(1, len(train) // HELD_OUT_FRACTION)
+    n_held = {"val": min(val_size, cap), "test": min(val_size, cap) or cap}  # never no test
     held = []
     for split in ("val", "test"):
         if split not in parts:
-            train, parts[split] = holdout(train, n_held)
+            train, parts[split] = holdout(train, n_held[split])
             held.append(split)
     chosen = {s: head(p, limit) for s, p in (("train", train), ("val", parts["val"]),
                                              ("test", parts["test"]))}

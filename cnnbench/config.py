@@ -33,6 +33,7 @@ TRAINER_KEYS: dict[str, tuple] = {
     "limit": (None, int, None, "[1, inf)"),  # at most this many images per split
     "val_size": (5000, int, None, "[0, inf)"),  # hold-out from the training set (fixed seed)
     "input_size": (None, None, None),       # 96, "96x96" or "1x96x96"; default: the model's
+    "skip_bad_images": (False, bool, None),  # imagefolder: warn and skip undecodable files
     "device": ("auto", str, ("auto", "cpu", "cuda", "mps")),
     "epochs": (10, int, None, "[1, inf)"),
     "batch_size": (256, int, None, "[1, inf)"),

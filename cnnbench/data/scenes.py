@@ -22,14 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from cnnbench.data import fashion_mnist
+from cnnbench.checkpoints import save_checkpoint
+from cnnbench.data import cache, fashion_mnist
 
 CLASS_NAMES = fashion_mnist.CLASS_NAMES
 SEGMENTATION_CLASSES = ["background", *CLASS_NAMES]
@@ -151,20 +151,10 @@ def load_scenes(params: SceneParams, data_dir=None, cache_dir=None,
     ``strict_count=False`` accepts Fashion-MNIST files of any length (quick runs and tests)."""
     cache_dir = Path(cache_dir or os.environ.get("CNNBENCH_SCENES_CACHE") or CACHE_DIR)
     path = cache_dir / f"{params.key()}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError):
-            pass  # a damaged cache file is simply drawn again
+    scenes = cache.load_entry(path)  # a damaged cache file is simply drawn again
+    if scenes is not None:
+        return scenes
     items, labels = fashion_mnist.load_split(params.split, data_dir, strict_count)
     scenes = generate(params, items, labels)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(scenes, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_checkpoint(scenes, path)  # atomic: a temporary file, then a rename
     return scenes

@@ -1,8 +1,10 @@
 """Data sources: the table the ``data`` key chooses from.
 
-``data`` is ``NAME``, ``NAME:ARGUMENT`` or a bare folder (the task's first source, reading that
-folder). Every source reads local files only and returns a :class:`DataBundle` of uint8 images.
-A task lists the sources it can train on (``Task.sources``); the first is its default.
+``data`` is ``NAME``, ``NAME:ARGUMENT`` or a bare folder: one laid out as a source's (a Pascal
+VOC tree, CIFAR-10 batches, a folder per class) is read by that source, any other by the task's
+first source. Every source reads local files only and returns a :class:`DataBundle` of uint8
+images. A task lists the sources it can train on (``Task.sources``); the first is its default.
+A source whose images decide the model's input channels says so in ``info["channels"]``.
 
 To add a source: one function ``load(argument, config, task) -> DataBundle`` and one entry.
 """
@@ -12,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from cnnbench.data import fashion_mnist, scenes, voc
+from pathlib import Path
+
+from cnnbench.data import cifar10, fashion_mnist, imagefolder, scenes, voc
 from cnnbench.data.dense_transforms import multi_hot
 from cnnbench.data.splits import DataBundle, Split, head, holdout
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -66,22 +70,57 @@ def _voc(path: str | None, config: dict, task) -> DataBundle:
                       list(voc.VOC_CLASSES), info={"source": f"voc:{path}"})
 
 
+def _imagefolder(path: str | None, config: dict, task) -> DataBundle:
+    if not path:
+        raise CnnbenchError(f"--data imagefolder needs the folder: imagefolder:PATH "
+                            f"({imagefolder.LAYOUT})")
+    from cnnbench.training.interrupt import say  # a warning per skipped file, on stderr
+
+    return imagefolder.load_bundle(path, config, say)
+
+
+def _cifar10(path: str | None, config: dict, task) -> DataBundle:
+    if not path:
+        raise CnnbenchError(f"--data cifar10 needs the folder: cifar10:PATH ({cifar10.HINT})")
+    return cifar10.load_bundle(path, config)
+
+
 SOURCES: dict[str, Source] = {
     "fashion-mnist": Source(_fashion_mnist, "Fashion-MNIST's IDX files (fashion-mnist:FOLDER)"),
     "scenes": Source(_scenes, "1-4 Fashion-MNIST items on a canvas, with boxes, masks and "
                               "labels (scenes:FOLDER of the IDX files)"),
     "voc": Source(_voc, "Pascal VOC 2007 from a local VOCdevkit (voc:PATH)"),
+    "imagefolder": Source(_imagefolder, "your pictures, a folder per class, torchvision's "
+                                        "ImageFolder layout (imagefolder:PATH)"),
+    "cifar10": Source(_cifar10, "CIFAR-10's python batches (cifar10:PATH)"),
 }
 
 
+def _layout_of(folder: str) -> str | None:
+    """The source whose layout an existing folder has, if one does (for a bare ``--data``)."""
+    for name, find in (("voc", voc.find_root), ("cifar10", cifar10.find_folder)):
+        try:
+            find(folder)
+            return name
+        except CnnbenchError:
+            pass
+    return "imagefolder" if imagefolder.looks_like_one(folder) else None
+
+
 def parse_data(value: str | None, default: str) -> tuple[str, str | None]:
-    """``(source name, argument)`` for a ``data`` value; a bare folder goes to ``default``."""
+    """``(source name, argument)`` for a ``data`` value; a bare folder goes to the source whose
+    layout it has, else to ``default``. An unknown ``NAME:...`` is an error naming the table."""
     if not value:
         return default, None
-    name, sep, argument = str(value).partition(":")
+    value = str(value)
+    name, sep, argument = value.partition(":")
     if name in SOURCES:
         return name, argument if sep else None
-    return default, str(value)
+    if sep and not Path(value).expanduser().exists():
+        raise CnnbenchError(f"--data {value}: {name!r} is not a data source"
+                            f"{did_you_mean(name, SOURCES)}; the sources are "
+                            f"{', '.join(SOURCES)} (SOURCE or SOURCE:PATH, or a folder)")
+    return _layout_of(value) or default, value
 
 
 def load_data(config: dict, task) -> DataBundle:
@@ -90,4 +129,8 @@ def load_data(config: dict, task) -> DataBundle:
     if name not in task.sources:
         raise CnnbenchError(f"the {task.name} task cannot train on {name} data; it takes "
                             f"{', '.join(task.sources)}")
-    return SOURCES[name].load(argument, config, task)
+    bundle = SOURCES[name].load(argument, config, task)
+    channels, size = bundle.info.get("channels"), config.get("input_size")
+    if channels and size and channels != size[0]:  # the data decided: the model is built so
+        config["input_size"] = [channels, *size[1:]]  # as config.yaml and the header say
+    return bundle

@@ -24,6 +24,7 @@ class Classification(Task):
 
     name = "classification"
     monitor = "acc"
+    sources = ("fashion-mnist", "imagefolder", "cifar10")
     options = {
         "label_smoothing": 0.0,  # cross-entropy against (1 - e) one-hot + e / classes
         "normalize": True,       # subtract Fashion-MNIST's mean, divide by its std

@@ -42,7 +42,7 @@ def test_damaged_gzip_and_bad_magic_are_rejected(tmp_path):
 
 def test_wrong_image_count_is_rejected_in_strict_mode(tmp_path):
     write_fashion_mnist(tmp_path, n_train=12, n_test=5)
-    with pytest.raises(CnnbenchError, match="wrong size"):
+    with pytest.raises(CnnbenchError, match="holds 12 images, not Fashion-MNIST.s 60,000"):
         fm.load_split("train", tmp_path)
 
 

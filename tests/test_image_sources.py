@@ -72,6 +72,22 @@ def test_a_tree_loads_exact_pixels_with_sorted_class_names(tmp_path):
     assert config["input_size"] == [3, 28, 28]  # a colour folder builds a colour LeNet
 
 
+def test_own_images_are_normalised_with_their_own_channel_statistics(tmp_path, fmnist_dir):
+    from cnnbench.registry import get_model_info
+
+    write_tree(tmp_path / "tree")
+    config = resolved(f"imagefolder:{tmp_path / 'tree'}")
+    data = load_data(config, Classification)
+    context = Classification.setup(config, data, get_model_info("lenet"))
+    x = data.train.images.float() / 255
+    assert context.mean == pytest.approx(x.mean((0, 2, 3)).tolist())
+    assert context.std == pytest.approx(x.std((0, 2, 3)).tolist())
+    # the built-in data keep the published Fashion-MNIST statistics (the book's recipes)
+    fm = resolved(fmnist_dir, limit=32, val_size=16)
+    fm_context = Classification.setup(fm, load_data(fm, Classification), get_model_info("lenet"))
+    assert fm_context.mean == (0.2860,) and fm_context.std == (0.3530,)
+
+
 def test_images_are_resized_to_the_models_input_with_pillows_bilinear(tmp_path):
     written = write_tree(tmp_path / "tree", splits=(("train", 2),), shape=(40, 30, 3))
     data = load_data(resolved(tmp_path / "tree", val_size=0), Classification)

@@ -70,7 +70,10 @@ def read_idx(path: Path, magic: int, count: int | None = None) -> np.ndarray:
                             f"{INSTALL_HINT}")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
-    if len(raw) != expected or (count is not None and dims[0] != count):
+    if len(raw) == expected and count is not None and dims[0] != count:
+        raise CnnbenchError(f"{path} holds {dims[0]:,} images, not Fashion-MNIST's {count:,} "
+                            f"(a smaller copy trains with --limit); {INSTALL_HINT}")
+    if len(raw) != expected:
         raise CnnbenchError(f"{path} is truncated or the wrong size ({len(raw)} bytes, header "
                             f"says {expected}); {INSTALL_HINT}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)

@@ -38,6 +38,12 @@ class Context:
         return len(self.class_names)
 
 
+def channel_stats(images: torch.Tensor, sample: int = 2000) -> tuple[tuple, tuple]:
+    """Per-channel mean and std (on the [0, 1] scale) of the first ``sample`` uint8 images."""
+    x = images[:sample].float() / 255
+    return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp(min=1e-3).tolist())
+
+
 def context_state(context: Context) -> dict:
     """The context without its class names, for a checkpoint (which holds them beside it)."""
     return {"channels": context.channels, "mean": list(context.mean), "std": list(context.std),

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnbench.data import transforms as T
-from cnnbench.tasks.base import Context, Task
+from cnnbench.tasks.base import Context, Task, channel_stats
 from cnnbench.tasks.metrics import Accuracy, TopK
 
 # Fashion-MNIST training-set pixel statistics (on the [0, 1] scale).
@@ -27,7 +27,7 @@ class Classification(Task):
     sources = ("fashion-mnist", "imagefolder", "cifar10")
     options = {
         "label_smoothing": 0.0,  # cross-entropy against (1 - e) one-hot + e / classes
-        "normalize": True,       # subtract Fashion-MNIST's mean, divide by its std
+        "normalize": True,       # subtract the mean, divide by the std (per channel; see setup)
         "crop_padding": 0,       # random crop after zero padding by this many pixels (28 px frame)
         "hflip": False,          # random horizontal flip
         "random_erasing": 0.0,   # probability of erasing one random rectangle
@@ -39,8 +39,13 @@ class Classification(Task):
         if "num_classes" in info.options or info.name.startswith("torchvision:"):
             args["num_classes"] = len(data.class_names)
         channels = (config.get("input_size") or info.input_size)[0]
-        return Context(tuple(data.class_names), int(channels), (FMNIST_MEAN,), (FMNIST_STD,),
-                       args)
+        if "channels" in data.info:  # the user's images (imagefolder, cifar10): their own stats
+            mean, std = channel_stats(data.train.images)
+        else:  # Fashion-MNIST: the published statistics, as the book's recipes use them
+            mean, std = (FMNIST_MEAN,), (FMNIST_STD,)
+        if len(mean) != int(channels):  # grey data repeated for a colour model
+            mean, std = mean[:1] * int(channels), std[:1] * int(channels)
+        return Context(tuple(data.class_names), int(channels), mean, std, args)
 
     def prepare(self, images, targets, train: bool):
         c = self.config

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from cnnbench.data import transforms as T
 from cnnbench.data.dense_transforms import multi_hot, random_affine
-from cnnbench.tasks.base import Context, Task
+from cnnbench.tasks.base import Context, Task, channel_stats
 
 DENSE_OPTIONS = {
     "scenes": 10000,        # Fashion-MNIST scenes drawn from the training images (train + val)
@@ -37,9 +37,7 @@ class DenseTask(Task):
 
     @classmethod
     def setup(cls, config, data, info) -> Context:
-        images = data.train.images[:2000].float() / 255
-        mean = images.mean((0, 2, 3)).tolist()
-        std = images.std((0, 2, 3)).clamp(min=1e-3).tolist()
+        mean, std = channel_stats(data.train.images)
         wanted = config.get("input_size") or list(info.input_size)
         data_channels = data.train.images.shape[1]
         # Colour data need a colour model; grey data are repeated for a colour model.
@@ -49,7 +47,7 @@ class DenseTask(Task):
             args["in_channels"] = channels
         if "num_classes" in info.options:
             args["num_classes"] = cls.model_classes(len(data.class_names))
-        return Context(tuple(data.class_names), channels, tuple(mean), tuple(std), args)
+        return Context(tuple(data.class_names), channels, mean, std, args)
 
     @classmethod
     def model_classes(cls, num_classes: int) -> int:

@@ -146,7 +146,8 @@ def train(
     limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Folder with the IDX files, or SOURCE[:PATH]: fashion-mnist, "
-                             "scenes (dense tasks), voc:PATH (a local Pascal VOC 2007)."),
+                             "scenes (dense tasks), voc:PATH (a local Pascal VOC 2007), "
+                             "imagefolder:PATH (a class-per-folder tree), cifar10:PATH."),
     input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
     set_: Optional[List[str]] = typer.Option(

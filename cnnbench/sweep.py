@@ -465,6 +465,7 @@ class Forked:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+        sys.stdout = sys.stderr = os.fdopen(fd, "w", buffering=1)  # (pytest replaces them)
         from cnnbench import render
 
         try:

@@ -93,6 +93,7 @@ def save_curves_png(comparison: dict, path: str) -> None:
     monitored validation metric per epoch, one line per run (labelled with the keys that
     differ), on shared epoch axes."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     loss_ax, val_ax = fig.subplots(1, 2, sharex=True)
@@ -109,6 +110,7 @@ def save_curves_png(comparison: dict, path: str) -> None:
     val_ax.set_title(f"validation {', '.join(monitors)}")
     val_ax.set_ylabel(", ".join(monitors))
     for ax in (loss_ax, val_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.legend(*loss_ax.get_legend_handles_labels(), loc="outside lower center",

@@ -67,7 +67,7 @@ def test_reproduce_dry_trains_each_recipe_and_keeps_the_folders_small(tmp_path, 
         assert json.loads((run / "results.json").read_text())["epochs"] == 1
         assert not (run / "checkpoints").exists() and not (run / "tensorboard").exists()
     table = (out / "results.md").read_text()
-    assert "lenet-d2l-s1 |" in table and "| lenet | d2l | none | acc | 2 |" in table
+    assert "lenet-d2l-s1 |" in table and "| lenet | d2l | none |  | acc | 2 |" in table
 
 
 def test_reproduce_refuses_an_unknown_recipe_before_training(tmp_path):

@@ -289,8 +289,8 @@ def sweep(
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=(
         "KEY=VALUE fixed for every run (repeatable).")),
     parallel: int = typer.Option(1, "--parallel", "-p", help=(
-        "Runs at once, as `cnnbench train` processes: one per GPU on CUDA; on the CPU each "
-        "gets cores/N threads unless `threads` is set.")),
+        "Runs at once, each in its own process: one per GPU on CUDA; on the CPU each gets "
+        "cores/N threads unless `threads` is set. Output in DIR/logs/.")),
     folder: Optional[str] = typer.Option(None, "--dir", help=(
         "The sweep's folder (default runs/sweep-MODEL-TIME); one holding the same sweep "
         "is continued.")),

@@ -265,7 +265,7 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
     else:
         rows = folders.list_runs(root, [c.strip() for c in columns.split(",")]
                                  if columns else None)
-        render.print_json(rows) if as_json else render.runs_table(rows)
+        render.print_json(rows) if as_json else render.runs_table(rows, folders.sweep_dirs(root))
 
 
 @app.command()

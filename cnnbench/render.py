@@ -220,8 +220,9 @@ def _score(value, monitor: str) -> str:  # other tasks name their metric (e.g. "
     return "--" if value is None else f"{value:.4f}" + ("" if monitor == "acc" else f" {monitor}")
 
 
-def runs_table(rows: list[dict]) -> None:
-    """`cnnbench runs`: a row per run, with the ``--columns`` keys after the model."""
+def runs_table(rows: list[dict], sweeps: list[str] = ()) -> None:
+    """`cnnbench runs`: a row per run, with the ``--columns`` keys after the model; then the
+    sweep folders beside them."""
     columns = list(rows[0].get("config", {})) if rows else []
     table = Table(title="Runs", title_justify="left")
     for col, justify in (("run", "left"), ("model", "left"), *((c, "right") for c in columns),
@@ -239,6 +240,8 @@ def runs_table(rows: list[dict]) -> None:
     out.print(table)
     if not rows:
         out.print("No runs yet: `cnnbench train lenet` makes one.")
+    for folder in sweeps:
+        out.print(f"Sweep {folder}: `cnnbench runs --sweep {folder}`")
 
 
 def _spread(s: dict) -> str:

@@ -270,7 +270,10 @@ def test_runs_columns_add_configuration_keys(tmp_path, fmnist_dir, capsys):
 
 
 def test_a_sweep_folder_is_not_listed_as_a_run(tmp_path):
+    from cnnbench.training.runs import sweep_dirs
+
     (tmp_path / "sweep-lenet-1").mkdir()
     (tmp_path / "sweep-lenet-1" / "sweep.yaml").write_text("runs: []\n")
     (tmp_path / "sweep-lenet-1" / ".lock").write_text("1\n")
     assert list_runs(tmp_path) == []
+    assert sweep_dirs(tmp_path) == [str(tmp_path / "sweep-lenet-1")]

@@ -219,6 +219,11 @@ def list_runs(root: str | os.PathLike = "runs", columns: list[str] | None = None
     return sorted(rows, key=lambda r: r["started"], reverse=True)
 
 
+def sweep_dirs(root: str | os.PathLike = "runs") -> list[str]:
+    """The sweep folders under ``root`` (``cnnbench runs --sweep DIR`` shows each)."""
+    return sorted(str(p.parent) for p in Path(root).glob("*/sweep.yaml"))
+
+
 def run_row(folder: Path, columns: list[str] = ()) -> dict:
     """A run folder's model, epochs, best validation and test value of its monitor, minutes,
     status and the ``columns`` of its configuration."""

@@ -435,8 +435,19 @@ def slots(configs: list[dict], parallel: int) -> tuple[list[dict] | None, dict]:
     return None, extra
 
 
+def one_thread(config: dict, extra: dict, run_dir: Path, state: str) -> bool:
+    """The run trains on one thread: a new one as configured, a resumed one as its
+    ``config.yaml`` says (``threads`` unset, it would take the checkpoint's count)."""
+    if state == "resume":
+        try:
+            config = cfg.read_yaml(run_dir / "config.yaml")
+        except CnnbenchError:
+            return False
+    return {**config, **extra}.get("threads") == 1
+
+
 class Forked:
-    """A new run on one CPU thread in a forked copy of this process: no interpreter start or
+    """A run on one CPU thread in a forked copy of this process: no interpreter start or
     imports to pay, which on a small run cost more than the training. (With more threads,
     OpenMP can hang in a child forked after the parent ran parallel work.) ``poll`` and
     ``send_signal`` as a ``subprocess.Popen``'s."""
@@ -500,7 +511,7 @@ class Forked:
 
 def _run_processes(plan, folder, todo, total, configs, parallel, stop, say) -> list:
     """Up to ``parallel`` runs at once, each in its own process and session (so that a Ctrl-C
-    reaches it once, from here): a new run on one CPU thread forked (``Forked``), the others
+    reaches it once, from here): a run on one CPU thread forked (``Forked``), the others
     as ``cnnbench train`` processes, with one GPU each on CUDA; output in ``logs/NAME.log``."""
     envs, extra = slots(configs, parallel)
     (folder / "logs").mkdir(exist_ok=True)
@@ -520,7 +531,7 @@ def _run_processes(plan, folder, todo, total, configs, parallel, stop, say) -> l
             slot = free.pop(0)
             say(f"[{n}/{total}] {entry['name']}: {'resuming' if state == 'resume' else 'training'}"
                 f" (process {slot + 1} of {parallel})")
-            if envs is None and state == "start" and {**config, **extra}["threads"] == 1:
+            if envs is None and one_thread(config, extra, run_dir, state):
                 proc = Forked(plan, entry, run_dir, state, extra, log)
             else:
                 if state == "start":

@@ -135,3 +135,16 @@ def test_repeatable_options_and_values_that_look_like_options_are_not_repeats():
                             "-m", "a=1", "-m", "b=2"]) is None
     assert repeated_option(["train", "lenet", "--run-dir", "--seed", "--seed", "1"]) is None
     assert repeated_option(["train", "lenet", "--", "--seed", "--seed"]) is None
+
+
+def test_the_train_request_rules_live_in_the_library(tmp_path):
+    from cnnbench.training import build
+
+    config = build.run("lenet", None, {"lr": 1e-3}, dry_run=True)
+    assert config["lr"] == 0.001 and config["model"] == "lenet"
+    for kwargs, message in [(dict(dry_run=True, resume_dir="r"), "does not take --resume"),
+                            (dict(model="lenet", resume_dir="r"), "takes the model and config"),
+                            (dict(resume_dir="r", run_dir="d"), "does not take --run-dir")]:
+        with pytest.raises(CnnbenchError, match=message):
+            build.run(**kwargs)
+    assert not list(tmp_path.iterdir())

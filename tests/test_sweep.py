@@ -250,3 +250,63 @@ def test_on_the_cpu_parallel_runs_share_the_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert sweep.slots([{"device": "cpu", "threads": None}], 2) == (None, {"threads": 4})
     assert sweep.slots([{"device": "cpu", "threads": 3}], 2) == (None, {})  # as given
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "lrr=0.1,0.2"], "unknown key 'lrr'"),
+    (["--grid", "lr="], "the grid gives no values for lr"),
+    (["--grid", "lr=0.1,-1"], "lr must be > 0"),
+    (["--seeds", "0,x"], "bad --seeds"),
+])
+def test_the_command_refuses_a_bad_sweep_in_one_line_with_exit_2(tmp_path, monkeypatch, capsys,
+                                                                  args, message):
+    from cnnbench import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["cnnbench", "sweep", "lenet", "--epochs", "1", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert not list(tmp_path.iterdir())  # no runs/ folder
+
+
+def test_ctrl_c_reaches_the_parallel_runs_once_and_the_rerun_finishes_them(tmp_path, fmnist_dir):
+    s = what(tmp_path, fmnist_dir, {"lr": [0.05, 0.1]}, seeds=(0, 1), threads=1, epochs=2)
+    folder = tmp_path / "sweep"
+    first = folder / "lr=0.05,seed=0" / "metrics.jsonl"
+
+    def interrupt_after_an_epoch():
+        while not first.exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_an_epoch, daemon=True).start()
+    lines = []
+    with pytest.raises(Interrupted, match="continue with: cnnbench sweep --resume") as info:
+        sweep.run_sweep(s, folder, parallel=2, say=lines.append)
+    assert info.value.exit_code == 130
+    assert any("stopped, resumable" in line for line in lines), lines
+    assert not any("failed" in line for line in lines), lines
+    table = sweep.run_sweep(sweep.spec(file=folder), folder, resume=True, parallel=2)
+    assert [r["finished"] for r in table["rows"]] == [2, 2]
+    assert all([r["epoch"] for r in read_metrics(folder / name)] == [1, 2]
+               for name in ("lr=0.05,seed=0", "lr=0.1,seed=1"))
+
+
+def test_a_worker_process_is_told_the_configuration_the_plan_resolved(tmp_path, monkeypatch,
+                                                                      capsys):
+    from cnnbench import cli
+
+    s = sweep.spec("lenet", None, {"epochs": 1, "data": "/some where/x", "hflip": True},
+                   {"lr": [1e-3], "betas": [[0.9, 0.99]], "optimizer": ["adamw"]}, [3])
+    plan, configs = sweep.make_plan(s)
+    argv = sweep.worker_command(plan, plan["runs"][0], tmp_path / "run", "start", {"threads": 2})
+    assert argv[1:5] == ["-m", "cnnbench", "train", "--quiet"]
+    monkeypatch.setattr("sys.argv", ["cnnbench", *argv[3:], "--dry-run", "--json"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 0
+    assert json.loads(capsys.readouterr().out) == {**configs[0], "threads": 2}
+    assert sweep.worker_command(plan, plan["runs"][0], tmp_path / "run", "resume")[4:] == [
+        "--quiet", "--resume", str(tmp_path / "run")]

@@ -243,11 +243,12 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
     from cnnbench import render
     from cnnbench.training import runs as folders
 
-    if (compare or more) and sweep_dir or plot and not (compare or more):
-        raise CnnbenchError("--compare and --sweep are separate views; --plot goes with "
-                            "--compare")
     if more and not compare:
         raise CnnbenchError(f"runs takes no RUN argument without --compare (got {more[0]!r})")
+    if compare and sweep_dir:
+        raise CnnbenchError("--compare and --sweep are separate views: give one")
+    if plot and not compare:
+        raise CnnbenchError("--plot draws the learning curves of the runs of --compare")
     if sweep_dir:
         from cnnbench.sweep import summarize
 

@@ -85,8 +85,8 @@ def default_recipe(model: str) -> Path | None:
 
 
 class UniqueKeyLoader(YamlLoader):
-    """YAML's safe loader (``1e-3`` a float), but a key given twice in one mapping is an error (PyYAML keeps the
-    last one silently, so a recipe could say ``lr`` twice and mean either)."""
+    """YAML's safe loader (``1e-3`` a float), but a key given twice in one mapping is an error
+    (PyYAML keeps the last one silently, so a recipe could say ``lr`` twice and mean either)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()

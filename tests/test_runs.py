@@ -277,3 +277,12 @@ def test_a_sweep_folder_is_not_listed_as_a_run(tmp_path):
     (tmp_path / "sweep-lenet-1" / ".lock").write_text("1\n")
     assert list_runs(tmp_path) == []
     assert sweep_dirs(tmp_path) == [str(tmp_path / "sweep-lenet-1")]
+
+
+def test_a_run_stopped_during_its_test_is_tested_on_resume(tmp_path, fmnist_dir):
+    first = run(tmp_path, fmnist_dir, "r", epochs=1)
+    (tmp_path / "r" / "results.json").unlink()  # killed between the last epoch and results
+    again = resume(tmp_path / "r")
+    assert again["test_acc"] == first["test_acc"] and (tmp_path / "r" / "results.json").exists()
+    with pytest.raises(CnnbenchError, match="already trained 1 of 1"):
+        resume(tmp_path / "r")

@@ -170,9 +170,8 @@ def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
     stopped after its last epoch but before its results (during the test) is tested."""
     trainer = resume_trainer(run_dir, overrides, reporter)
     trainer.add_callbacks(*callbacks)
-    done = (Path(run_dir) / "results.json").is_file()
-    if trainer.epoch > trainer.config["epochs"] or done and trainer.epoch == trainer.config[
-            "epochs"]:
+    epochs, tested = trainer.config["epochs"], (Path(run_dir) / "results.json").is_file()
+    if trainer.epoch > epochs or (trainer.epoch == epochs and tested):
         raise CnnbenchError(f"{run_dir} already trained {trainer.epoch} of "
                             f"{trainer.config['epochs']} epochs: give a larger --epochs")
     # Rank 0 locks and reconciles; its one-line error stops every process.

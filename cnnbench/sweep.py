@@ -228,12 +228,17 @@ def check_same_plan(folder: Path, plan: dict) -> None:
 # --- running it ---
 
 def prepare(s: dict, folder: str | os.PathLike | None = None, resume: bool = False,
-            root: str | os.PathLike = "runs") -> tuple[dict, list[dict], Path]:
-    """Plan, check every run, then claim (make and lock) the sweep folder and write its plan.
-    ``folder`` holding a sweep continues it when the plan is the same."""
+            root: str | os.PathLike = "runs", parallel: int = 1) -> tuple[dict, list[dict], Path]:
+    """Plan, check every run (and ``parallel`` against the GPUs), then claim (make and lock)
+    the sweep folder and write its plan. ``folder`` holding a sweep continues it when the plan
+    is the same."""
     if resume and folder is None:
         raise CnnbenchError("--resume needs the sweep's folder")
+    if parallel < 1:
+        raise CnnbenchError("--parallel must be >= 1")
     plan, configs = make_plan(s)
+    if parallel > 1:
+        slots(configs, parallel)
     if folder is not None and (Path(folder) / PLAN).is_file():
         folder = Path(folder)
         check_same_plan(folder, plan)
@@ -312,10 +317,8 @@ def run_sweep(s: dict, folder: str | os.PathLike | None = None, resume: bool = F
     Stopped by a signal, it raises ``Interrupted`` naming the command that continues it."""
     from cnnbench.training.interrupt import Interrupted
 
-    if parallel < 1:
-        raise CnnbenchError("--parallel must be >= 1")
     say = say or (lambda line: None)
-    plan, configs, folder = prepare(s, folder, resume, root)
+    plan, configs, folder = prepare(s, folder, resume, root, parallel)
     try:
         todo = []
         for n, (entry, config) in enumerate(zip(plan["runs"], configs), 1):

@@ -236,7 +236,7 @@ def test_parallel_2_finishes_four_tiny_runs_like_one_after_another(tmp_path, fmn
     assert "test  loss" in (tmp_path / "parallel" / "logs" / f"{name}.log").read_text()
 
 
-def test_parallel_asks_no_more_gpus_than_there_are(monkeypatch):
+def test_parallel_asks_no_more_gpus_than_there_are(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -244,6 +244,10 @@ def test_parallel_asks_no_more_gpus_than_there_are(monkeypatch):
         sweep.slots([{"device": "cuda", "threads": None}], 2)
     envs, extra = sweep.slots([{"device": "cuda", "threads": None}], 1)
     assert envs == [{"CUDA_VISIBLE_DEVICES": "0"}] and extra == {}
+    with pytest.raises(CnnbenchError, match="--parallel 3 runs one per GPU"):
+        sweep.run_sweep(sweep.spec("lenet", None, {"device": "cuda"}, {"lr": [0.1, 0.2]}, [0]),
+                        tmp_path / "sweep", parallel=3)
+    assert not (tmp_path / "sweep").exists()  # refused before the folder
 
 
 def test_on_the_cpu_parallel_runs_share_the_cores(monkeypatch):

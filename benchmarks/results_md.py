@@ -7,6 +7,11 @@ A row: the model, its recipe (``d2l`` for the book's ``train_ch6`` recipes: Xavi
 initial weights and plain SGD, or a folder named ``*-d2l*``; otherwise ``ours``), the task's
 test metric (the one that picked best.pt), training minutes and training images/s (mean over
 the epochs). The device is ``results.json``'s ``device_name`` (the GPU's name on CUDA).
+
+The seed spread groups runs whose whole resolved configuration (``config.yaml``, keys added
+since a run at their defaults) is the same but for ``SAME_RESULTS``: the seed, and keys that
+do not change what is trained (threads, the data folder's path, logging, the evaluation batch
+size, the device name asked for: the table is per device already).
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from cnnbench.config import TRAINER_KEYS
+
+SAME_RESULTS = {"seed", "threads", "data", "device", "eval_batch_size", "log_graph", "log_images",
+                "log_every_steps", "log_histograms"}
+DEFAULTS = {k: spec[0] for k, spec in TRAINER_KEYS.items()}
 
 BOOK = {"lenet": 0.779, "lenet-bn": 0.807, "alexnet": 0.883, "vgg11": 0.920, "nin": 0.790,
         "googlenet": 0.886, "resnet18": 0.893, "densenet": 0.885}  # d2l's test accuracy
@@ -48,7 +59,8 @@ def row(folder: Path) -> dict:
             "book": BOOK.get(results["model"]) if results.get("task") == "classification"
             else None,
             "epochs": results.get("epochs"), "minutes": results.get("minutes"),
-            "images_per_second": results.get("images_per_second"), "run": folder.name}
+            "images_per_second": results.get("images_per_second"), "run": folder.name,
+            "config": {k: v for k, v in {**DEFAULTS, **config}.items() if k not in SAME_RESULTS}}
 
 
 def fmt(value, spec: str) -> str:
@@ -76,24 +88,40 @@ def markdown(rows: list[dict]) -> str:
 
 
 def spread(rows) -> list[str]:
-    """A table of the recipes run with several seeds: mean, range and the book's distance."""
-    groups: dict[tuple, list[float]] = {}
+    """A table of the recipes run with several seeds: mean, range and the book's distance.
+    Runs group by their whole configuration but ``SAME_RESULTS``; where one model and recipe
+    have several groups, ``setting`` names the keys that tell them apart."""
+    groups: dict[str, list[dict]] = {}
     for r in rows:
         if r["value"] is not None:
-            groups.setdefault((r["model"], r["recipe"], r["profile"], r["metric"], r["book"]),
-                              []).append(r["value"])
-    several = {k: v for k, v in sorted(groups.items()) if len(v) > 1}
+            key = json.dumps([r["metric"], r["book"], r["config"]], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(r)
+    several = [g for g in groups.values() if len(g) > 1]
     if not several:
         return []
-    lines = ["Seed spread (recipes run more than once):", "",
-             "| model | recipe | profile | test metric | runs | mean | min | max | mean - book |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
-    for (model, recipe_, profile, metric, book), values in several.items():
+    lines = ["Seed spread (recipes run more than once; a group: the same configuration but "
+             f"{', '.join(sorted(SAME_RESULTS))}):", "",
+             "| model | recipe | profile | setting | test metric | runs | mean | min | max | "
+             "mean - book |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for group in sorted(several, key=lambda g: (g[0]["model"], g[0]["recipe"], g[0]["run"])):
+        first, values = group[0], [r["value"] for r in group]
         mean = sum(values) / len(values)
-        lines.append(f"| {model} | {recipe_} | {profile} | {metric} | {len(values)} | "
-                     f"{mean:.4f} | {min(values):.4f} | {max(values):.4f} | "
+        book = first["book"]
+        lines.append(f"| {first['model']} | {first['recipe']} | {first['profile']} | "
+                     f"{setting(first, [g[0] for g in several])} | {first['metric']} | "
+                     f"{len(values)} | {mean:.4f} | {min(values):.4f} | {max(values):.4f} | "
                      f"{fmt(None if book is None else mean - book, '+.4f')} |")
     return lines + [""]
+
+
+def setting(row: dict, others: list[dict]) -> str:
+    """The keys whose values set ``row``'s group apart from the other groups of its model and
+    recipe (empty when it is the only one)."""
+    peers = [o for o in others if (o["model"], o["recipe"]) == (row["model"], row["recipe"])]
+    differ = [k for k in row["config"] if any(o["config"].get(k) != row["config"][k]
+                                              for o in peers)]
+    return ", ".join(f"{k}={row['config'][k]}" for k in differ)
 
 
 def main() -> None:

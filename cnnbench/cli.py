@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 import typer
+import typer.main
 
 from cnnbench import __version__
 from cnnbench.errors import CnnbenchError, report
@@ -192,37 +193,24 @@ def train(
                            optimizer=optimizer, schedule=schedule, device=device, amp=amp,
                            compile=compile_, seed=seed, limit=limit, data=data,
                            input_size=input_size)
-    if dry_run:
-        if resume:
-            raise CnnbenchError("--dry-run shows a new run's recipe; it does not take --resume")
-        from cnnbench.config import resolve
-
-        resolved = resolve(model, config, overrides)
-        render.print_json(resolved) if as_json else render.print_yaml(resolved)
-        return
-    if resume and (model or config):
-        raise CnnbenchError("--resume takes the model and config from the run folder; "
-                            "give only options such as --epochs")
-    if resume and run_dir:
-        raise CnnbenchError("--resume continues the run in its own folder; it does not take "
-                            "--run-dir")
-    if nproc is not None:
+    trainer.check_request(model, config, run_dir, resume, dry_run)
+    if nproc is not None and not dry_run:
         from cnnbench.training import distributed
 
         raise typer.Exit(distributed.launch_train(nproc, sys.argv[1:], model, config, overrides,
                                                   run_dir=run_dir, resume=resume))
     reporter = render.TrainReporter(quiet=quiet or as_json,
                                     console=render.err if as_json else None)
-    if resume:
-        results = trainer.resume(resume, overrides, reporter)
-    else:
-        results = trainer.train(model, config, overrides, run_dir=run_dir, reporter=reporter)
-    if as_json and is_main():  # one process prints under torchrun
-        render.print_json(results)
+    result = trainer.run(model, config, overrides, run_dir=run_dir, resume_dir=resume,
+                         dry_run=dry_run, reporter=reporter)
+    if dry_run:
+        render.print_json(result) if as_json else render.print_yaml(result)
+    elif as_json and is_main():  # one process prints under torchrun
+        render.print_json(result)
 
 
 def _overrides(set_: list[str] | None, model_arg: list[str] | None, **options) -> dict:
-    """A run's configuration from the command line: ``--set`` pairs, then the options given."""
+    """``--set``, ``--model-arg`` and the named options (those given) as configuration keys."""
     from cnnbench.config import parse_set
     from cnnbench.inputs import parse_model_args
 
@@ -284,16 +272,115 @@ def lr_find(
 
 @app.command()
 def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs."),
+         columns: Optional[str] = typer.Option(None, "--columns", help=(
+             "Configuration keys to show too, comma-separated, e.g. lr,batch_size,optimizer.")),
+         compare: Optional[List[str]] = typer.Option(None, "--compare", help=(
+             "Runs to set side by side (repeat it, or list them after one --compare): the keys "
+             "that differ, their metrics; --plot draws their learning curves.")),
+         sweep_dir: Optional[str] = typer.Option(None, "--sweep", help=(
+             "A sweep's folder: its settings against their metrics over the seeds.")),
+         plot: Optional[str] = typer.Option(None, "--plot", help=(
+             "With --compare: the learning curves on shared axes, to FILE.png.")),
+         more: Optional[List[str]] = typer.Argument(None, metavar="[RUN]...", help=(
+             "More runs for --compare.")),
          as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """List training runs: model, start, epochs, best validation and test accuracy, minutes.
+    """List training runs: model, start, epochs, best validation and test metric, minutes.
 
-    Examples: `cnnbench runs`, `cnnbench runs --json`.
+    Examples: `cnnbench runs`, `cnnbench runs --columns lr,batch_size --json`,
+    `cnnbench runs --compare RUN1 RUN2 --plot curves.png`,
+    `cnnbench runs --sweep runs/sweep-lenet-20260101-120000`.
     """
     from cnnbench import render
-    from cnnbench.training.runs import list_runs
+    from cnnbench.training import runs as folders
 
-    rows = list_runs(root)
-    render.print_json(rows) if as_json else render.runs_table(rows)
+    if more and not compare:
+        raise CnnbenchError(f"runs takes no RUN argument without --compare (got {more[0]!r})")
+    if compare and sweep_dir:
+        raise CnnbenchError("--compare and --sweep are separate views: give one")
+    if plot and not compare:
+        raise CnnbenchError("--plot draws the learning curves of the runs of --compare")
+    if sweep_dir:
+        from cnnbench.sweep import summarize
+
+        table = summarize(sweep_dir)
+        render.print_json(table) if as_json else render.sweep_table(table)
+    elif compare:
+        result = folders.compare_runs([*compare, *(more or [])], root)
+        if plot:
+            from cnnbench.plots import save_curves_png
+
+            save_curves_png(result, plot)
+        render.print_json(result) if as_json else render.compare_table(result)
+        if plot and not as_json:
+            render.out.print(f"Learning curves written to {plot}")
+    else:
+        rows = folders.list_runs(root, [c.strip() for c in columns.split(",")]
+                                 if columns else None)
+        render.print_json(rows) if as_json else render.runs_table(rows, folders.sweep_dirs(root))
+
+
+@app.command()
+def sweep(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP + " May come from --file."),
+    grid: Optional[List[str]] = typer.Option(None, "--grid", "-g", help=(
+        "KEY=V1,V2,... (repeatable): the values to try, YAML as --set reads them "
+        "(lists in brackets: betas=[0.9,0.99],[0.8,0.9]).")),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=(
+        "Seeds, comma-separated: each setting runs once per seed (default: the recipe's).")),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help=(
+        "A sweep YAML: model, config, grid, seeds; any other key is fixed for every run.")),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=(
+        "YAML recipe the runs start from (default: experiments/MODEL.yaml if present).")),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
+    data: Optional[str] = typer.Option(None, "--data", help="As `cnnbench train --data`."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", "-m", help=MODEL_ARG_HELP),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=(
+        "KEY=VALUE fixed for every run (repeatable).")),
+    parallel: int = typer.Option(1, "--parallel", "-p", help=(
+        "Runs at once, each in its own process: one per GPU on CUDA; on the CPU each gets "
+        "cores/N threads unless `threads` is set. Output in DIR/logs/.")),
+    folder: Optional[str] = typer.Option(None, "--dir", help=(
+        "The sweep's folder (default runs/sweep-MODEL-TIME); one holding the same sweep "
+        "is continued.")),
+    resume: Optional[str] = typer.Option(None, "--resume", help=(
+        "Continue the sweep in this folder, as its sweep.yaml says.")),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only a line per run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON at the end."),
+) -> None:
+    """Train every setting of a grid for each seed, one run folder each; then a table.
+
+    All the runs are checked before the first starts. Running the same sweep again (or
+    `--resume DIR`) skips finished runs, resumes interrupted ones and starts the rest.
+    Examples:
+
+    * `cnnbench sweep lenet --grid lr=0.003,0.01 --seeds 0,1 --limit 2000 --epochs 1`
+
+    * `cnnbench sweep resnet18 --grid lr=0.05,0.1 --grid batch_size=128,256 --parallel 2`
+
+    * `cnnbench sweep --file sweep.yaml --dir runs/my-sweep`
+
+    * `cnnbench sweep --resume runs/sweep-lenet-20260101-120000`
+    """
+    from cnnbench import render
+    from cnnbench import sweep as sweeps
+
+    if resume and (model or grid or seeds or file or config or folder):
+        raise CnnbenchError("--resume takes the sweep from its folder's sweep.yaml; give no "
+                            "model, --grid, --seeds, --file, --config or --dir")
+    fixed = _overrides(set_, model_arg, epochs=epochs, batch_size=batch_size, limit=limit,
+                       data=data, device=device)
+    if resume:
+        what = sweeps.spec(file=resume, fixed=fixed)
+    else:
+        what = sweeps.spec(model, config, fixed, sweeps.parse_grid(grid),
+                           sweeps.parse_seeds(seeds), file)
+    reporter = None if quiet else render.TrainReporter(quiet=True, console=render.err)
+    table = sweeps.run_sweep(what, resume or folder, resume=bool(resume), parallel=parallel,
+                             say=render.err.print, reporter=reporter)
+    render.print_json(table) if as_json else render.sweep_table(table)
 
 
 
@@ -530,8 +617,35 @@ def receptive_field(
 UsageError = typer.BadParameter.__mro__[1]
 
 
+def repeated_option(args: list[str]) -> str | None:
+    """The first option of one value given twice in ``args`` (Click would keep the last
+    silently): ``--seed 0 --seed 1``, ``--compile --no-compile``."""
+    command = getattr(typer.main.get_command(app), "commands", {}).get(
+        next((a for a in args if not a.startswith("-")), None))
+    options = {o: p for p in getattr(command, "params", ()) if p.param_type_name == "option"
+               for o in (*p.opts, *p.secondary_opts)}
+    seen, rest = {}, iter(args)
+    for arg in rest:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        param = options.get(name)
+        if param is None:
+            continue
+        if not param.multiple and param.name in seen:
+            first = seen[param.name]
+            return f"{name} given twice" if first == name else f"{first} and {name} both given"
+        seen[param.name] = name
+        if not param.is_flag and "=" not in arg:
+            next(rest, None)  # its value
+    return None
+
+
 def main() -> None:
     try:
+        twice = repeated_option(sys.argv[1:])
+        if twice:
+            raise CnnbenchError(f"{twice}: an option takes one value, give it once")
         code = app(prog_name="cnnbench", standalone_mode=False)  # usage errors: one line
     except UsageError as exc:
         message = exc.format_message().strip()  # blank: the help was shown (no arguments)

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from cnnbench.errors import CnnbenchError, did_you_mean
-from cnnbench.inputs import parse_input_size
+from cnnbench.inputs import YamlLoader, parse_assignments, parse_input_size
 from cnnbench.registry import get_model_info
 from cnnbench.tasks.base import get_task
 from cnnbench.training.accel import INITS, PROFILES, apply_profile, compile_mode
@@ -93,9 +93,9 @@ def default_recipe(model: str) -> Path | None:
     return None
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the
-    last one silently, so a recipe could say ``lr`` twice and mean either)."""
+class UniqueKeyLoader(YamlLoader):
+    """YAML's safe loader (``1e-3`` a float), but a key given twice in one mapping is an error
+    (PyYAML keeps the last one silently, so a recipe could say ``lr`` twice and mean either)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -252,18 +252,8 @@ def _input_size(value, info) -> tuple[int, int, int]:
 
 
 def parse_set(items: list[str] | None) -> dict:
-    """``--set KEY=VALUE`` strings -> a dict (values are YAML scalars: 0.1, true, [0.9, 0.99])."""
-    result = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise CnnbenchError(f"bad --set {item!r}: use KEY=VALUE, e.g. label_smoothing=0.1")
-        try:
-            result[key] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            result[key] = value
-    return result
+    """``--set KEY=VALUE`` strings -> a dict (values are YAML: 0.1, 1e-3, true, [0.9, 0.99])."""
+    return parse_assignments(items, "--set", "label_smoothing=0.1")
 
 
 def dump(config: dict, path: Path) -> None:

@@ -1,12 +1,15 @@
-"""Parsing what a user types: ``--input-size`` and ``--model-arg``.
+"""Parsing what a user types: ``--input-size``, ``--model-arg``, ``--set`` and their values.
 
-Shared by every command, so that `summary`, `bench`, `train` and `receptive-field` parse them the
-same way. The input's channels follow the model's ``in_channels`` option when it is given.
+Shared by every command, so that `summary`, `bench`, `train`, `sweep` and `receptive-field` parse
+them the same way. The input's channels follow the model's ``in_channels`` option when it is given.
+A value is YAML (``0.1``, ``true``, ``[0.9, 0.99]``, ``{ratio: 4}``), read by :class:`YamlLoader`.
 """
 
 from __future__ import annotations
 
-import ast
+import re
+
+import yaml
 
 from cnnbench.building import check_memory
 from cnnbench.errors import CnnbenchError
@@ -59,16 +62,42 @@ def parse_input_size(text: str | None, info: ModelInfo,
     return model_input_size(info, model_args, tuple(dims))
 
 
-def parse_model_args(items: list[str] | None) -> dict:
-    """``KEY=VALUE`` strings -> keyword arguments; values are Python literals or plain strings."""
-    options = {}
+class YamlLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does (PyYAML follows YAML 1.1,
+    where a float needs a dot: ``1e-3`` would be the string '1e-3')."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"), list("-+.0123456789"))
+
+
+def parse_value(text: str):
+    """One value as typed: YAML (``1e-3`` a float, ``true`` a bool); a string if not YAML;
+    nothing (``KEY=``) is None."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.load(text, Loader=YamlLoader)
+    except yaml.YAMLError:
+        return text.strip()
+
+
+def parse_assignments(items: list[str] | None, option: str, example: str) -> dict:
+    """``KEY=VALUE`` strings -> a dict of :func:`parse_value` values (``-`` in a key reads
+    ``_``); a key given twice is a one-line error, as the last would silently win."""
+    result = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key.isidentifier():
-            raise CnnbenchError(f"bad --model-arg {item!r}: use KEY=VALUE, e.g. ratio=4")
-        try:
-            options[key] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key] = value.strip()
-    return options
+            raise CnnbenchError(f"bad {option} {item!r}: use KEY=VALUE, e.g. {example}")
+        if key in result:
+            raise CnnbenchError(f"{option} gives {key} twice: give each key once")
+        result[key] = parse_value(value)
+    return result
+
+
+def parse_model_args(items: list[str] | None) -> dict:
+    """``--model-arg KEY=VALUE`` strings -> the builder's keyword arguments."""
+    return parse_assignments(items, "--model-arg", "ratio=4")

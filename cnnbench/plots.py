@@ -72,9 +72,21 @@ def save_erf_png(erf: dict, path: str) -> None:
                  f"nearest, at pixel ({uy:g}, {ux:g})")
     caption = f"{erf['inputs']}, {weights}. {where}."
     ax.set_title(textwrap.fill(caption, 80), fontsize="small")
+    save_png(fig, path)
+
+
+def save_png(fig, path: str) -> None:
+    """``fig`` to ``path`` atomically (drawn aside, then renamed into place)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(path, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
     except (OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
         raise CnnbenchError(f"cannot write {path}: {exc}") from None
 
 
@@ -170,3 +182,33 @@ def save_lr_find_png(result: dict, path: str) -> None:
         fig.savefig(path, format="png", dpi=100)
     except (OSError, ValueError) as exc:
         raise CnnbenchError(f"cannot write {path}: {exc}") from None
+
+
+def save_curves_png(comparison: dict, path: str) -> None:
+    """The learning curves of :func:`cnnbench.training.runs.compare_runs`: training loss and the
+    monitored validation metric per epoch, one line per run (labelled with the keys that
+    differ), on shared epoch axes."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    loss_ax, val_ax = fig.subplots(1, 2, sharex=True)
+    monitors = sorted({r["monitor"] for r in comparison["runs"]})
+    for r in comparison["runs"]:
+        curves = r["curves"]
+        said = [f"{k}={v}" for k, v in r["settings"].items() if f"{k}={v}" not in r["run"]]
+        label = r["run"] + (f" ({', '.join(said[:4])})" if said else "")
+        line, = loss_ax.plot(curves["epoch"], curves["train_loss"], marker="o", label=label)
+        val_ax.plot(curves["epoch"], curves[f"val_{r['monitor']}"], marker="o",
+                    color=line.get_color(), label=label)
+    loss_ax.set_title("training loss")
+    loss_ax.set_ylabel("loss (mean over the epoch)")
+    val_ax.set_title(f"validation {', '.join(monitors)}")
+    val_ax.set_ylabel(", ".join(monitors))
+    for ax in (loss_ax, val_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.legend(*loss_ax.get_legend_handles_labels(), loc="outside lower center",
+               fontsize="small")
+    save_png(fig, path)

@@ -225,26 +225,91 @@ def lr_find_lines(result: dict) -> None:
         out.print(f"Plot written to {result['plot']}")
 
 
-def runs_table(rows: list[dict]) -> None:
+def _cell(value) -> str:
+    """A configuration value in a table cell: YAML's spelling, floats short."""
+    if value is None:
+        return "--"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _score(value, monitor: str) -> str:  # other tasks name their metric (e.g. "0.6120 miou")
+    return "--" if value is None else f"{value:.4f}" + ("" if monitor == "acc" else f" {monitor}")
+
+
+def runs_table(rows: list[dict], sweeps: list[str] = ()) -> None:
+    """`cnnbench runs`: a row per run, with the ``--columns`` keys after the model; then the
+    sweep folders beside them."""
+    columns = list(rows[0].get("config", {})) if rows else []
     table = Table(title="Runs", title_justify="left")
-    for col, justify in (("run", "left"), ("model", "left"), ("started", "left"),
-                         ("epochs", "right"), ("best val acc", "right"), ("test acc", "right"),
-                         ("minutes", "right"), ("status", "left")):
+    for col, justify in (("run", "left"), ("model", "left"), *((c, "right") for c in columns),
+                         ("started", "left"), ("epochs", "right"), ("best val acc", "right"),
+                         ("test acc", "right"), ("minutes", "right"), ("status", "left")):
         table.add_column(col, justify=justify, no_wrap=True)
-
-    def score(v, monitor):  # other tasks name their metric (e.g. "0.6120 miou")
-        return "--" if v is None else f"{v:.4f}" + ("" if monitor == "acc" else f" {monitor}")
-
     for r in rows:
         epochs = str(r["epochs"])
         if r["epochs"] != r["of_epochs"]:
             epochs += f"/{r['of_epochs']}"
-        table.add_row(r["run"], r["model"], r["started"].replace("T", " "), epochs,
-                      score(r["best_val"], r["monitor"]), score(r["test"], r["monitor"]),
+        table.add_row(r["run"], r["model"], *(_cell(r["config"][c]) for c in columns),
+                      r["started"].replace("T", " "), epochs,
+                      _score(r["best_val"], r["monitor"]), _score(r["test"], r["monitor"]),
                       f"{r['minutes']:.1f}", r.get("status", ""))
     out.print(table)
     if not rows:
         out.print("No runs yet: `cnnbench train lenet` makes one.")
+    for folder in sweeps:
+        out.print(f"Sweep {folder}: `cnnbench runs --sweep {folder}`")
+
+
+def _spread(s: dict) -> str:
+    """mean ± sample standard deviation (cnnbench.sweep.spread); one value alone."""
+    if s["mean"] is None:
+        return "--"
+    return f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["std"] is not None else "")
+
+
+def sweep_table(t: dict) -> None:
+    """`cnnbench sweep` and `cnnbench runs --sweep DIR`: a row per setting over its seeds."""
+    monitor = t["monitor"] or "?"
+    table = Table(title=f"Sweep {t['model']}: {t['sweep']}", title_justify="left")
+    for col in [*t["varied"], "runs", f"best val {monitor}", f"test {monitor}", "min..max test",
+                "minutes", "best"]:
+        table.add_column(col, justify="left" if col == "best" else "right", no_wrap=True)
+    for r in t["rows"]:
+        test = r["test"]
+        table.add_row(*(_cell(r["setting"][k]) for k in t["varied"]),
+                      f"{r['finished']}/{r['of']}", _spread(r["best_val"]), _spread(test),
+                      "--" if test["min"] is None else f"{test['min']:.4f}..{test['max']:.4f}",
+                      "--" if r["minutes"] is None else f"{r['minutes']:.2f}",
+                      "*" if r["best"] else "")
+    out.print(table)
+    seeds = ", ".join(map(str, t["seeds"] or []))
+    out.print(f"mean ± sample standard deviation over the seeds ({seeds}) of the finished runs; "
+              f"* the best mean best-validation {monitor} ({t['mode']})")
+
+
+def compare_table(result: dict) -> None:
+    """`cnnbench runs --compare`: the keys that differ and the metrics, a column per run."""
+    runs = result["runs"]
+    table = Table(title="Runs compared", title_justify="left")
+    table.add_column("", no_wrap=True)
+    for r in runs:
+        table.add_column(r["run"], justify="right", no_wrap=True)
+    for key in result["differ"]:
+        table.add_row(key, *(_cell(r["settings"][key]) for r in runs))
+    if result["differ"]:
+        table.add_section()
+    table.add_row("epochs", *(str(r["epochs"]) for r in runs))
+    table.add_row("best val", *(_score(r["best_val"], r["monitor"]) for r in runs))
+    table.add_row("test", *(_score(r["test"], r["monitor"]) for r in runs))
+    table.add_row("minutes", *(f"{r['minutes']:.2f}" for r in runs))
+    table.add_row("status", *(r["status"] for r in runs))
+    out.print(table)
+    if not result["differ"]:
+        out.print("Their configurations are the same (seed included).")
 
 
 

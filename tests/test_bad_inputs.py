@@ -104,6 +104,17 @@ def cli(argv) -> int:
     return 0
 
 
+def with_options(extra: list[str]) -> list[str]:
+    """TRAIN with ``extra`` in place of its own options (an option given twice is an error)."""
+    keys = {a.split("=")[0] for a in extra if "=" in a}
+    argv, rest = TRAIN[:2], iter(TRAIN[2:])
+    for arg in rest:
+        value = None if arg == "-q" else next(rest)
+        if arg not in extra and (value or "").split("=")[0] not in keys:
+            argv += [arg] if value is None else [arg, value]
+    return argv + extra
+
+
 def listing(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
@@ -113,7 +124,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, world, fmnist_dir
                                                          monkeypatch, tmp_path):
     extra, fragment = CASES[case]
     monkeypatch.chdir(tmp_path)  # the default runs/ would be made here
-    argv = extra if extra[0] == "train" else TRAIN + extra
+    argv = extra if extra[0] == "train" else with_options(extra)
     argv = [a.format(data=fmnist_dir, tmp=world, run=world / "run") for a in argv]
     before = listing(world)
     capsys.readouterr()

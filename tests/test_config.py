@@ -88,3 +88,63 @@ def test_our_recipe_keeps_the_architecture_and_ten_epochs(model):
     book = cfg.resolve(None, EXPERIMENTS / f"{model}-d2l.yaml")
     assert config["model"] == model and config["epochs"] == 10
     assert config["model_args"] == book["model_args"]
+
+
+def test_set_and_model_arg_read_values_with_one_yaml_parser():
+    from cnnbench.inputs import parse_model_args
+
+    assert cfg.parse_set(["x=1e-3", "y=-2E+2", "z=1e3x", "w="]) == {
+        "x": 0.001, "y": -200.0, "z": "1e3x", "w": None}  # PyYAML alone reads '1e-3', a string
+    assert parse_model_args(["flag=true", "ratio=4", "name=abc", "sizes=[1, 2]",
+                             "rate=5e-2"]) == {"flag": True, "ratio": 4, "name": "abc",
+                                               "sizes": [1, 2], "rate": 0.05}
+    with pytest.raises(CnnbenchError, match="--set gives lr twice"):
+        cfg.parse_set(["lr=0.1", "lr=0.2"])
+    with pytest.raises(CnnbenchError, match="bad --model-arg 'ratio'"):
+        parse_model_args(["ratio"])
+
+
+def test_a_recipe_reads_exponent_floats_as_floats(tmp_path):
+    assert cfg.read_yaml(write(tmp_path, "lr: 1e-3\nbetas: [9e-1, 0.99]\n")) == {
+        "lr": 0.001, "betas": [0.9, 0.99]}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "lenet", "--seed", "0", "--seed", "1"], "--seed given twice"),
+    (["train", "lenet", "--seed=0", "-e", "1", "--seed", "1"], "--seed given twice"),
+    (["train", "lenet", "--compile", "--no-compile"], "--compile and --no-compile both given"),
+    (["train", "-e", "1", "lenet", "--epochs", "2"], "-e and --epochs both given"),
+    (["sweep", "lenet", "--parallel", "2", "-p", "2"], "--parallel and -p both given"),
+])
+def test_an_option_of_one_value_given_twice_is_one_line_and_exit_2(monkeypatch, capsys, args,
+                                                                     message):
+    from cnnbench import cli
+
+    monkeypatch.setattr(sys, "argv", ["cnnbench", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_repeatable_options_and_values_that_look_like_options_are_not_repeats():
+    from cnnbench.cli import repeated_option
+
+    assert repeated_option(["train", "lenet", "--set", "lr=0.1", "--set", "epochs=2",
+                            "-m", "a=1", "-m", "b=2"]) is None
+    assert repeated_option(["train", "lenet", "--run-dir", "--seed", "--seed", "1"]) is None
+    assert repeated_option(["train", "lenet", "--", "--seed", "--seed"]) is None
+
+
+def test_the_train_request_rules_live_in_the_library(tmp_path):
+    from cnnbench.training import build
+
+    config = build.run("lenet", None, {"lr": 1e-3}, dry_run=True)
+    assert config["lr"] == 0.001 and config["model"] == "lenet"
+    for kwargs, message in [(dict(dry_run=True, resume_dir="r"), "does not take --resume"),
+                            (dict(model="lenet", resume_dir="r"), "takes the model and config"),
+                            (dict(resume_dir="r", run_dir="d"), "does not take --run-dir")]:
+        with pytest.raises(CnnbenchError, match=message):
+            build.run(**kwargs)
+    assert not list(tmp_path.iterdir())

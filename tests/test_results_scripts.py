@@ -34,8 +34,24 @@ def test_rows_recipes_and_the_seed_spread(tmp_path):
         in text
     assert "| vgg11 | ours | none | acc | 0.9350 | 0.920 |" in text
     # two seeds of the book's recipe: mean 0.92, range 0.91-0.93, on the book's row
-    assert "| vgg11 | d2l | cuda | acc | 2 | 0.9200 | 0.9100 | 0.9300 | +0.0000 |" in text
+    assert "| vgg11 | d2l | cuda |  | acc | 2 | 0.9200 | 0.9100 | 0.9300 | +0.0000 |" in text
     assert text.count("| vgg11 | ours |") == 1  # one run: no spread row
+
+
+def test_the_seed_spread_groups_by_the_whole_configuration_but_the_seed(tmp_path):
+    adamw = {"optimizer": "adamw", "schedule": "onecycle", "lr": 0.003}
+    sgd = {"optimizer": "sgd", "schedule": "step", "lr": 0.1, "momentum": 0.9}
+    fake_run(tmp_path / "a0", "resnet18", 0.90, seed=0, threads=4, **adamw)
+    fake_run(tmp_path / "a1", "resnet18", 0.92, seed=1, threads=8, data="/elsewhere", **adamw)
+    fake_run(tmp_path / "s0", "resnet18", 0.80, seed=0, **sgd)
+    fake_run(tmp_path / "s1", "resnet18", 0.84, seed=1, **sgd)
+    text = results_md.markdown([results_md.row(f) for f in results_md.run_folders([tmp_path])])
+    # two groups of two (seed, threads and the data path do not split a group), each named by
+    # the keys that set it apart from the other
+    assert ("| resnet18 | ours | none | optimizer=adamw, lr=0.003, momentum=0.0, "
+            "schedule=onecycle | acc | 2 | 0.9100 | 0.9000 | 0.9200 |") in text
+    assert ("| resnet18 | ours | none | optimizer=sgd, lr=0.1, momentum=0.9, schedule=step | "
+            "acc | 2 | 0.8200 | 0.8000 | 0.8400 |") in text
 
 
 def test_reproduce_dry_trains_each_recipe_and_keeps_the_folders_small(tmp_path, fmnist_dir):
@@ -51,7 +67,7 @@ def test_reproduce_dry_trains_each_recipe_and_keeps_the_folders_small(tmp_path, 
         assert json.loads((run / "results.json").read_text())["epochs"] == 1
         assert not (run / "checkpoints").exists() and not (run / "tensorboard").exists()
     table = (out / "results.md").read_text()
-    assert "lenet-d2l-s1 |" in table and "| lenet | d2l | none | acc | 2 |" in table
+    assert "lenet-d2l-s1 |" in table and "| lenet | d2l | none |  | acc | 2 |" in table
 
 
 def test_reproduce_refuses_an_unknown_recipe_before_training(tmp_path):

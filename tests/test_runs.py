@@ -225,3 +225,64 @@ def test_release_leaves_others_locks_alone(tmp_path):
     (folder / ".lock").write_text("1\n")  # now someone else's
     release_run(folder, abandon=True)
     assert folder.exists() and (folder / ".lock").exists()
+
+
+def test_compare_shows_the_keys_that_differ_and_draws_the_curves(tmp_path, fmnist_dir):
+    from cnnbench.plots import save_curves_png
+    from cnnbench.training.runs import compare_runs
+
+    run(tmp_path, fmnist_dir, "slow", lr=0.01)
+    run(tmp_path, fmnist_dir, "fast", lr=0.05, label_smoothing=0.0)
+    result = compare_runs(["slow", str(tmp_path / "fast")], root=tmp_path)
+    assert result["differ"] == ["lr", "label_smoothing"]
+    slow, fast = result["runs"]
+    assert slow["settings"] == {"lr": 0.01, "label_smoothing": 0.1}
+    assert fast["settings"] == {"lr": 0.05, "label_smoothing": 0.0}
+    assert slow["curves"]["epoch"] == [1, 2] and len(fast["curves"]["val_acc"]) == 2
+    assert slow["curves"]["train_loss"] == [r["train_loss"] for r in
+                                            read_metrics(tmp_path / "slow")]
+    assert slow["test"] == json.loads((tmp_path / "slow" / "results.json").read_text())[
+        "test_acc"]
+    png = tmp_path / "curves.png"
+    save_curves_png(result, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".curves.png.tmp*"))
+    with pytest.raises(CnnbenchError, match="no run 'nope'"):
+        compare_runs(["slow", "nope"], root=tmp_path)
+    with pytest.raises(CnnbenchError, match="two or more runs"):
+        compare_runs(["slow"], root=tmp_path)
+
+
+def test_runs_columns_add_configuration_keys(tmp_path, fmnist_dir, capsys):
+    from cnnbench import render
+
+    run(tmp_path, fmnist_dir, "a", epochs=1, lr=0.02)
+    (row,) = list_runs(tmp_path, ["lr", "batch_size", "label_smoothing"])
+    assert row["config"] == {"lr": 0.02, "batch_size": 16, "label_smoothing": 0.1}
+    capsys.readouterr()
+    render.runs_table([row])
+    header, line = [ln for ln in capsys.readouterr().out.splitlines() if "│" in ln
+                    or "┃" in ln][:2]
+    assert [c.strip() for c in header.split("┃")[3:6]] == ["lr", "batch_size", "label_smoothing"]
+    assert [c.strip() for c in line.split("│")[3:6]] == ["0.02", "16", "0.1"]
+    with pytest.raises(CnnbenchError, match="unknown column 'lrr'.*did you mean lr"):
+        list_runs(tmp_path, ["lrr"])
+
+
+def test_a_sweep_folder_is_not_listed_as_a_run(tmp_path):
+    from cnnbench.training.runs import sweep_dirs
+
+    (tmp_path / "sweep-lenet-1").mkdir()
+    (tmp_path / "sweep-lenet-1" / "sweep.yaml").write_text("runs: []\n")
+    (tmp_path / "sweep-lenet-1" / ".lock").write_text("1\n")
+    assert list_runs(tmp_path) == []
+    assert sweep_dirs(tmp_path) == [str(tmp_path / "sweep-lenet-1")]
+
+
+def test_a_run_stopped_during_its_test_is_tested_on_resume(tmp_path, fmnist_dir):
+    first = run(tmp_path, fmnist_dir, "r", epochs=1)
+    (tmp_path / "r" / "results.json").unlink()  # killed between the last epoch and results
+    again = resume(tmp_path / "r")
+    assert again["test_acc"] == first["test_acc"] and (tmp_path / "r" / "results.json").exists()
+    with pytest.raises(CnnbenchError, match="already trained 1 of 1"):
+        resume(tmp_path / "r")

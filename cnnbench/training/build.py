@@ -119,6 +119,37 @@ def _check_monitor(monitor: str, task) -> None:
                             f"({', '.join(names)}){did_you_mean(monitor, names)}")
 
 
+def check_request(model: str | None = None, config_file: str | os.PathLike | None = None,
+                  run_dir: str | os.PathLike | None = None,
+                  resume_dir: str | os.PathLike | None = None, dry_run: bool = False) -> None:
+    """The combinations ``cnnbench train`` refuses (one line, before any work): a dry run
+    shows a new run's recipe; a resume takes its model, config and folder from the run."""
+    if dry_run and resume_dir:
+        raise CnnbenchError("--dry-run shows a new run's recipe; it does not take --resume")
+    if resume_dir and (model or config_file):
+        raise CnnbenchError("--resume takes the model and config from the run folder; "
+                            "give only options such as --epochs")
+    if resume_dir and run_dir:
+        raise CnnbenchError("--resume continues the run in its own folder; it does not take "
+                            "--run-dir")
+
+
+def run(model: str | None = None, config_file: str | os.PathLike | None = None,
+        overrides: dict | None = None, *, run_dir: str | os.PathLike | None = None,
+        resume_dir: str | os.PathLike | None = None, dry_run: bool = False,
+        runs_root: str | os.PathLike = "runs", reporter=None,
+        callbacks: list[Callback] = ()) -> dict | None:
+    """What ``cnnbench train`` does, for Python callers too: check the request, then return
+    the resolved configuration (``dry_run``), or continue ``resume_dir``, or train a new run;
+    the results otherwise."""
+    check_request(model, config_file, run_dir, resume_dir, dry_run)
+    if dry_run:
+        return cfg.resolve(model, config_file, overrides)
+    if resume_dir:
+        return resume(resume_dir, overrides, reporter, callbacks)
+    return train(model, config_file, overrides, run_dir, runs_root, reporter, callbacks)
+
+
 def train(model: str | None = None, config_file: str | os.PathLike | None = None,
           overrides: dict | None = None, run_dir: str | os.PathLike | None = None,
           runs_root: str | os.PathLike = "runs", reporter=None,
@@ -150,10 +181,13 @@ def fit_in_folder(trainer: Trainer, new: bool) -> dict | None:
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
-           reporter=None) -> dict | None:
-    """Continue ``run_dir`` from ``checkpoints/last.pt`` up to ``epochs`` (the total)."""
+           reporter=None, callbacks: list[Callback] = ()) -> dict | None:
+    """Continue ``run_dir`` from ``checkpoints/last.pt`` up to ``epochs`` (the total); a run
+    stopped after its last epoch but before its results (during the test) is tested."""
     trainer = resume_trainer(run_dir, overrides, reporter)
-    if trainer.epoch >= trainer.config["epochs"]:
+    trainer.add_callbacks(*callbacks)
+    epochs, tested = trainer.config["epochs"], (Path(run_dir) / "results.json").is_file()
+    if trainer.epoch > epochs or (trainer.epoch == epochs and tested):
         raise CnnbenchError(f"{run_dir} already trained {trainer.epoch} of "
                             f"{trainer.config['epochs']} epochs: give a larger --epochs")
     # Rank 0 locks and reconciles; its one-line error stops every process.

@@ -156,7 +156,7 @@ class Trainer:
         self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
         # prepare + model + loss, compiled as one function when the recipe asks (accel.py)
         self.forward = build_forward(self._forward_loss, config)
-        self.channels_last = device.type == "cuda" and config.get("channels_last", False)
+        self.channels_last = device.type == "cuda" and config["channels_last"]
         self.drop_last = drop_last(config, device)
         self.shuffle = shuffle or torch.Generator().manual_seed(config.get("seed", 0))
         self.batch_size = config["batch_size"]

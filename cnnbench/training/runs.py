@@ -10,6 +10,8 @@ A run folder holds::
                            best.pt when the monitor improves
     results.json           test metrics and timing, written at the end
 
+A sweep's folder (``cnnbench.sweep``) holds run folders and its ``sweep.yaml``.
+
 The order of writes keeps a folder consistent whatever stops the process: the checkpoint is
 renamed into place before the epoch's row is appended, so the log never runs ahead of
 ``last.pt``; a resume drops rows after the checkpoint's epoch and a torn last line.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from cnnbench import config as cfg
 from cnnbench.checkpoints import pid_alive, remove_stale_temporaries
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.strict_json import dumps
 from cnnbench.tasks.base import get_task
 
@@ -147,6 +149,14 @@ def release_run(path: Path, abandon: bool = False) -> None:
     (path / LOCK).unlink(missing_ok=True)
 
 
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """``path`` holds ``text`` whole or not at all (written aside, then renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def reconcile_metrics(run_dir: str | os.PathLike, epoch: int) -> str | None:
     """Make ``metrics.jsonl`` agree with a checkpoint of ``epoch`` completed epochs: rows after
     it (a kill between checkpoint and log in an older version) and unreadable lines (a torn
@@ -169,9 +179,7 @@ def reconcile_metrics(run_dir: str | os.PathLike, epoch: int) -> str | None:
         kept.append(row)
     if not torn and not ahead:
         return None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(dumps(r) + "\n" for r in kept))
     done = ([f"dropped {ahead} row(s) after epoch {epoch} (the checkpoint's)"] if ahead else [])
     done += [f"removed {torn} unreadable (torn) line(s)"] if torn else []
     return f"{path}: {' and '.join(done)}"
@@ -200,44 +208,113 @@ def resolve_mode(mode: str | None, monitor: str) -> str:
     return "min" if "loss" in monitor or "error" in monitor else "max"
 
 
-def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
+def list_runs(root: str | os.PathLike = "runs", columns: list[str] | None = None) -> list[dict]:
     """One row per run folder under ``root``, newest first, with its ``status``: finished,
-    stopped early, running, interrupted (resumable) or ``damaged: reason`` (shown, never
-    hidden)."""
-    rows = []
-    for folder in sorted(p for p in Path(root).glob("*") if p.is_dir() and _looks_like_run(p)):
-        run = folder / "config.yaml"
-        config, metrics, results, damage = {}, [], {}, None
-        try:
-            config = cfg.read_yaml(run)
-            metrics = read_metrics(folder)
-            results_path = folder / "results.json"
-            results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-        except CnnbenchError as exc:
-            damage = str(exc).replace(str(folder) + "/", "")
-        except (ValueError, OSError) as exc:
-            damage = f"results.json unreadable ({type(exc).__name__})"
-        status = _status(folder, metrics, results, damage)
-        monitor = results.get("monitor") or config.get("monitor") or _monitor(config.get("task"))
-        best = min if resolve_mode(config.get("mode"), monitor) == "min" else max
-        vals = [r[f"val_{monitor}"] for r in metrics if r.get(f"val_{monitor}") is not None]
-        rows.append({
-            "run": folder.name, "model": config.get("model"), "task": config.get("task"),
-            "started": results.get("started") or time.strftime(
-                "%Y-%m-%dT%H:%M:%S", time.localtime(folder.stat().st_mtime)),
-            "epochs": len(metrics), "of_epochs": config.get("epochs"),
-            "monitor": monitor,  # the validation metric: acc for classification
-            "best_val": best(vals) if vals else None,
-            "test": results.get(f"test_{monitor}"),
-            "minutes": sum(r.get("epoch_seconds", 0.0) for r in metrics) / 60,
-            "finished": bool(results),
-            "status": status,
-            "path": str(folder),
-        })
+    stopped early, running, interrupted (resumable) or ``damaged: reason`` (shown, never hidden). ``columns``:
+    configuration keys each row also holds (under ``config``). A sweep's folder is not a run
+    (``cnnbench runs --sweep DIR`` shows it)."""
+    columns = check_columns(columns)
+    rows = [run_row(folder, columns) for folder in sorted(Path(root).glob("*"))
+            if folder.is_dir() and _looks_like_run(folder)]
     return sorted(rows, key=lambda r: r["started"], reverse=True)
 
 
+def sweep_dirs(root: str | os.PathLike = "runs") -> list[str]:
+    """The sweep folders under ``root`` (``cnnbench runs --sweep DIR`` shows each)."""
+    return sorted(str(p.parent) for p in Path(root).glob("*/sweep.yaml"))
+
+
+def run_row(folder: Path, columns: list[str] = ()) -> dict:
+    """A run folder's model, epochs, best validation and test value of its monitor, minutes,
+    status and the ``columns`` of its configuration."""
+    config, metrics, results, damage = {}, [], {}, None
+    try:
+        config = cfg.read_yaml(folder / "config.yaml")
+        metrics = read_metrics(folder)
+        results_path = folder / "results.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    except CnnbenchError as exc:
+        damage = str(exc).replace(str(folder) + "/", "")
+    except (ValueError, OSError) as exc:
+        damage = f"results.json unreadable ({type(exc).__name__})"
+    status = _status(folder, metrics, results, damage)
+    monitor = results.get("monitor") or config.get("monitor") or _monitor(config.get("task"))
+    best = min if resolve_mode(config.get("mode"), monitor) == "min" else max
+    vals = [r[f"val_{monitor}"] for r in metrics if r.get(f"val_{monitor}") is not None]
+    return {
+        "run": folder.name, "model": config.get("model"), "task": config.get("task"),
+        "started": results.get("started") or time.strftime(
+            "%Y-%m-%dT%H:%M:%S", time.localtime(folder.stat().st_mtime)),
+        "epochs": len(metrics), "of_epochs": config.get("epochs"),
+        "monitor": monitor,  # the validation metric: acc for classification
+        "best_val": best(vals) if vals else None,
+        "test": results.get(f"test_{monitor}"),
+        "minutes": sum(r.get("epoch_seconds", 0.0) for r in metrics) / 60,
+        "finished": bool(results),
+        "status": status,
+        "path": str(folder),
+        **({"config": {k: config.get(k) for k in columns}} if columns else {}),
+    }
+
+
+def config_keys() -> list[str]:
+    """Every configuration key: the trainer's and every task's options."""
+    from cnnbench.tasks import TASKS
+
+    keys = list(cfg.TRAINER_KEYS)
+    for name, path in TASKS.items():
+        if path:
+            keys += [k for k in cfg.task_options(name) if k not in keys]
+    return keys
+
+
+def check_columns(columns: list[str] | None) -> list[str]:
+    """``--columns`` names: configuration keys; an unknown one is a one-line error."""
+    known = config_keys() if columns else []
+    for key in columns or []:
+        if key not in known:
+            raise CnnbenchError(f"unknown column {key!r}: give configuration keys (those "
+                                f"--set takes){did_you_mean(key, known)}")
+    return list(columns or [])
+
+
+def find_run(name: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
+    """A run folder given by its path, or by its name under ``root``."""
+    for path in (Path(name), Path(root) / name):
+        if (path / "config.yaml").is_file():
+            return path
+    raise CnnbenchError(f"no run {str(name)!r} (a folder with config.yaml, as a path or under "
+                        f"{root})")
+
+
+def compare_runs(names: list[str], root: str | os.PathLike = "runs") -> dict:
+    """Runs side by side: the configuration keys whose values differ between them, each run's
+    metrics, and its learning curves (training loss and the monitored validation metric per
+    epoch, from ``metrics.jsonl``)."""
+    if len(names) < 2:
+        raise CnnbenchError("--compare takes two or more runs")
+    folders = [find_run(n, root) for n in names]
+    defaults = {k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}  # keys added since a run
+    configs = [{**defaults, **cfg.read_yaml(f / "config.yaml")} for f in folders]
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    differ = [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs)]
+    runs = []
+    for folder, config in zip(folders, configs):
+        row = run_row(folder)
+        metrics = read_metrics(folder)
+        val = f"val_{row['monitor']}"
+        row.update({
+            "settings": {k: config.get(k) for k in differ},
+            "curves": {"epoch": [r.get("epoch") for r in metrics],
+                       "train_loss": [r.get("train_loss") for r in metrics],
+                       val: [r.get(val) for r in metrics]}})
+        runs.append(row)
+    return {"differ": differ, "runs": runs}
+
+
 def _looks_like_run(folder: Path) -> bool:
+    if (folder / "sweep.yaml").is_file():
+        return False
     return any((folder / name).exists() for name in ("config.yaml", "checkpoints", LOCK))
 
 

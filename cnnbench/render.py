@@ -315,7 +315,7 @@ def compare_table(result: dict) -> None:
 
 # --- eval and predict (issue 17) ---
 
-def _cell(value) -> str:
+def _stat_cell(value) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "--"
     return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
@@ -334,7 +334,7 @@ def eval_report(result: dict, top_losses: int = 8) -> None:
         for col in rows[0]:
             table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
         for r in rows:
-            table.add_row(*(str(v) if k == "class" else _cell(v) for k, v in r.items()))
+            table.add_row(*(str(v) if k == "class" else _stat_cell(v) for k, v in r.items()))
         out.print(table)
     confusion = result["confusion_matrix"]
     if confusion and len(confusion) <= 20:

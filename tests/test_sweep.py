@@ -233,7 +233,7 @@ def test_parallel_2_finishes_four_tiny_runs_like_one_after_another(tmp_path, fmn
     a = torch.load(tmp_path / "parallel" / name / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "here" / name / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert "test  loss" in (tmp_path / "parallel" / "logs" / f"{name}.log").read_text()
+    assert "test on best.pt of epoch 1  loss" in (tmp_path / "parallel" / "logs" / f"{name}.log").read_text()
 
 
 def test_parallel_asks_no_more_gpus_than_there_are(monkeypatch, tmp_path):

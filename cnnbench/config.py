@@ -66,6 +66,10 @@ TRAINER_KEYS: dict[str, tuple] = {
     "log_images": (True, bool, None),
     "log_every_steps": (50, int, None, "[0, inf)"),  # TensorBoard step-level loss and lr; 0: off
     "log_histograms": (False, bool, None),  # TensorBoard weights and gradients every epoch
+    # Transfer learning (training/transfer.py)
+    "init_from": (None, str, None),         # run folder, checkpoint or state dict: matching tensors
+    "freeze_epochs": (0, int, None, "[0, inf)"),  # train only the head (last layer group) first
+    "lr_mult": (None, list, None, "(0, inf)"),  # lr multiple per layer group, e.g. [0.01, 0.1, 1]
 }
 
 

@@ -69,6 +69,7 @@ TRAINER_KEYS: dict[str, tuple] = {
     # Transfer learning (training/transfer.py)
     "init_from": (None, str, None),         # run folder, checkpoint or state dict: matching tensors
     "freeze_epochs": (0, int, None, "[0, inf)"),  # train only the head (last layer group) first
+    "train_bn": (False, bool, None),        # frozen groups' norms train too (fastai 2), not eval
     "lr_mult": (None, list, None, "(0, inf)"),  # lr multiple per layer group, e.g. [0.01, 0.1, 1]
 }
 

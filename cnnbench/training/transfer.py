@@ -226,9 +226,11 @@ def check_freeze(freeze_epochs: int, groups: dict, model_name: str) -> None:
 class Freeze(Callback):
     """fastai's ``fine_tune``: for the first ``epochs`` epochs only the last group (the head)
     trains; the others have ``requires_grad`` off (no gradient, so the optimizer leaves them and
-    their moments alone, weight decay too) and, as fastai 0.7 did for frozen layers (fastai 2's
-    ``train_bn=True`` does not), their batch norms stay in eval mode: running statistics used
-    and kept. Then every group trains, on one schedule over all the epochs (fastai runs two).
+    their moments alone, weight decay too) and, as fastai 0.7 (the lesson's) did for frozen
+    layers, their batch norms stay in eval mode: running statistics used and kept. With
+    ``train_bn`` (fastai 2's default) the norms of frozen groups train as usual, weights and
+    statistics, which lets the body adapt to inputs normalised otherwise than in pretraining.
+    Then every group trains, on one schedule over all the epochs (fastai runs two).
 
     The state follows from the epoch, so a resumed run is frozen exactly when the first was;
     the checkpoint also records it (``freeze``) for a reader.
@@ -236,16 +238,21 @@ class Freeze(Callback):
 
     order = 5  # before the epoch's training starts
 
-    def __init__(self, groups: dict[str, list[nn.Parameter]], model: nn.Module, epochs: int):
+    def __init__(self, groups: dict[str, list[nn.Parameter]], model: nn.Module, epochs: int,
+                 train_bn: bool = False):
         self.epochs = epochs
-        body = [p for params in list(groups.values())[:-1] for p in params]
-        ids = {id(p) for p in body}
-        self.params = body
+        body = {id(p): p for params in list(groups.values())[:-1] for p in params}
         # The norms: modules with frozen parameters and running statistics (buffers) of their
         # own, torch's BatchNorm as well as the notes' own (models/lenet.py).
         self.norms = [m for m in model.modules()
-                      if any(id(p) in ids for p in m.parameters(recurse=False))
+                      if any(id(p) in body for p in m.parameters(recurse=False))
                       and any(True for _ in m.buffers(recurse=False))]
+        if train_bn:
+            for norm in self.norms:
+                for p in norm.parameters(recurse=False):
+                    body.pop(id(p))
+            self.norms = []
+        self.params = list(body.values())
         self.hooks: list = []
         self.frozen = False
 
@@ -304,5 +311,6 @@ def prepare(model: nn.Module, config: dict, resuming: bool) -> tuple[dict, list[
         say(f"init_from: {report.line()}")
     callbacks: list[Callback] = [TransferLog(report)] if config.get("init_from") else []
     if config.get("freeze_epochs"):
-        callbacks.append(Freeze(groups, model, config["freeze_epochs"]))
+        callbacks.append(Freeze(groups, model, config["freeze_epochs"],
+                                config.get("train_bn", False)))
     return groups, callbacks

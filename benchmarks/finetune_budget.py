@@ -4,10 +4,10 @@ CPU time (issue 17): single-object (class accuracy, box IoU) and multi-label (me
 Each arm has ``--budget`` CPU-minutes of this process (user + system time of every torch thread,
 ``time.process_time``), pretraining counted:
 
-* ``pretrained``: ``body-classifier`` on Fashion-MNIST (``experiments/body-classifier.yaml``)
-  for ``--pretrain-share`` of the budget, then the detector's ``-finetune`` recipe with
-  ``init_from`` that run for the rest (one pretraining serves both tasks, and is counted in full
-  for each);
+* ``finetune``: ``body-classifier`` on Fashion-MNIST (``experiments/body-classifier.yaml``)
+  for ``--pretrain-share`` of the budget, then the task's recipe with ``init_from`` that run
+  (and any ``--finetune KEY=VALUE``, e.g. ``freeze_epochs=1 lr_mult=[0.01,0.1,1]``) for the
+  rest (one pretraining serves both tasks, and is counted in full for each);
 * ``scratch``: the detector's own recipe for the whole budget.
 
 Epochs are chosen to fit: a few timed training steps and one evaluation batch of each run's model
@@ -46,22 +46,23 @@ def recipe(name: str) -> Path:
     return path
 
 
-def epoch_cost(config_file: Path, overrides: dict, steps: int = 4) -> tuple[float, float]:
+def epoch_cost(config_file: Path, overrides: dict, steps: int = 8) -> tuple[float, float]:
     """CPU seconds of one training epoch and of the test pass, from a few timed batches."""
-    config = cfg.resolve(None, config_file, {**overrides, "epochs": 1, "init_from": None})
+    config = cfg.resolve(None, config_file, {**overrides, "epochs": 1, "init_from": None,
+                                             "freeze_epochs": 0})
     trainer = build_trainer(config, callbacks=[])
     split, bs = trainer.train_split, trainer.batch_size
-    images, targets = split.take(slice(0, bs))
     trainer.model.train()
-    trainer.train_step(images, targets)  # warm-up
+    trainer.train_step(*split.take(slice(0, bs)))  # warm-up
     t0 = time.process_time()
-    for _ in range(steps):
-        trainer.train_step(images, targets)
+    for i in range(1, steps + 1):
+        trainer.train_step(*split.take(slice(i * bs, (i + 1) * bs)))
     per_step = (time.process_time() - t0) / steps
     test = trainer.test_split
-    sample = head(test, trainer.eval_batch_size)
+    sample = head(test, 2 * trainer.eval_batch_size)
     t0 = time.process_time()
-    trainer.evaluate(sample)
+    trainer.test_split = sample
+    trainer.test()  # the test pass and the task's report, as at the end of a run
     per_image = (time.process_time() - t0) / max(1, len(sample))
     epoch = len(trainer.batch_starts()) * per_step + len(trainer.val_split) * per_image
     return epoch, len(test) * per_image
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs-root", type=Path, default=None)
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: found)")
+    parser.add_argument("--finetune", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config keys for the fine-tuning runs, e.g. freeze_epochs=1")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = args.runs_root or Path(tempfile.mkdtemp(prefix="finetune-budget-"))
@@ -97,7 +100,7 @@ def main() -> None:
               "log_every_steps": 0, **({"data": args.data} if args.data else {})}
     budget = args.budget * 60
     print(f"budget {args.budget:g} CPU-min per arm, pretraining {args.pretrain_share:.0%} of "
-          f"it; runs in {root}", flush=True)
+          f"it; fine-tuning with {args.finetune or 'the recipe'}; runs in {root}", flush=True)
 
     plans = {}  # run name: (recipe, overrides) with epochs fitted to its share
     pre_file = recipe("body-classifier")
@@ -105,8 +108,9 @@ def main() -> None:
     pre["epochs"] = fit_epochs(pre_file, pre, budget * args.pretrain_share)
     plans["body-classifier"] = (pre_file, pre)
     for task in args.tasks:
-        fine_file = recipe(f"{task}-finetune")
-        fine = {**common, "init_from": str(root / "body-classifier")}
+        fine_file = recipe(task)
+        fine = {**common, "init_from": str(root / "body-classifier"),
+                **cfg.parse_set(args.finetune)}
         fine["epochs"] = fit_epochs(fine_file, fine, budget * (1 - args.pretrain_share))
         plans[f"{task}-finetune"] = (fine_file, fine)
         scratch_file = recipe(task)

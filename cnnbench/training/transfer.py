@@ -310,6 +310,12 @@ def prepare(model: nn.Module, config: dict, resuming: bool) -> tuple[dict, list[
         report = init_from(model, config["init_from"])
         say(f"init_from: {report.line()}")
     callbacks: list[Callback] = [TransferLog(report)] if config.get("init_from") else []
+    if config.get("lr_mult") or config.get("freeze_epochs"):
+        rates = config.get("lr_mult") or [1] * len(groups)
+        frozen = (f"; epochs 1-{config['freeze_epochs']} train the {list(groups)[-1]} only"
+                  if config.get("freeze_epochs") else "")
+        say("layer groups: " + ", ".join(f"{g} (lr x {m:g})" for g, m in zip(groups, rates))
+            + frozen)
     if config.get("freeze_epochs"):
         callbacks.append(Freeze(groups, model, config["freeze_epochs"],
                                 config.get("train_bn", False)))

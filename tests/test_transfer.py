@@ -14,7 +14,8 @@ from cnnbench.training.build import build_trainer, resume, train
 from cnnbench.training.loop import Callback
 from cnnbench.training.optimizers import build_optimizer, param_groups
 from cnnbench.training.schedules import SCHEDULES, build_schedule
-from cnnbench.training.transfer import head_name, init_from, layer_groups, load_matching
+from cnnbench.training.transfer import (check_freeze, head_name, init_from, layer_groups,
+                                         load_matching, prepare)
 
 from test_bad_inputs import cli
 
@@ -234,3 +235,18 @@ def test_a_resumed_run_is_frozen_exactly_when_the_first_was(tmp_path, fmnist_dir
     assert after3["freeze"]["frozen"] is False
     assert all(not torch.equal(after2["model"][k], after3["model"][k]) for k in body
                if "weight" in k)
+
+
+def test_freezing_is_refused_under_several_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    groups = layer_groups(get_model("lenet"))
+    with pytest.raises(CnnbenchError, match="freeze_epochs does not run under --nproc"):
+        check_freeze(1, groups, "lenet")
+    check_freeze(0, groups, "lenet")
+
+
+def test_an_init_that_would_redraw_cached_weights_is_refused():
+    config = {"model": "torchvision:resnet18", "model_args": {"weights": "DEFAULT"},
+              "init": "xavier_uniform"}
+    with pytest.raises(CnnbenchError, match="init: xavier_uniform would redraw the weights"):
+        prepare(get_model("lenet"), config, resuming=False)

@@ -193,19 +193,17 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     declared = getattr(model, "layer_groups", None)
     if callable(declared):
         names = declared()
+        rest = list(names)[-1]  # what the declaration does not list joins the head
     else:
         head = head_name(model)
         names = {"body": [], "head": [head]} if head else {"all": []}
+        rest = next(iter(names))  # the body: all but the head
     groups: dict[str, list[nn.Parameter]] = {group: [] for group in names}
     owner = {prefix: group for group, prefixes in names.items() for prefix in prefixes}
-    last = list(names)[-1]
     for name, p in model.named_parameters():
         parts = name.split(".")
-        group = next((owner[".".join(parts[:i])] for i in range(len(parts), 0, -1)
-                      if ".".join(parts[:i]) in owner), None)
-        if group is None:  # the generic body, or what a declaration leaves to the head
-            group = "body" if "body" in groups and not declared else last
-        groups[group].append(p)
+        prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))
+        groups[next((owner[q] for q in prefixes if q in owner), rest)].append(p)
     return {group: params for group, params in groups.items() if params}
 
 
@@ -216,6 +214,12 @@ def check_lr_mult(lr_mult: list | None, groups: dict, model_name: str) -> None:
 
 
 def check_freeze(freeze_epochs: int, groups: dict, model_name: str) -> None:
+    from cnnbench.training import distributed
+
+    if freeze_epochs and distributed.launched():
+        # DistributedDataParallel fixes the parameters it reduces when it is made.
+        raise CnnbenchError("freeze_epochs does not run under --nproc (DistributedDataParallel "
+                            "expects a gradient for every parameter): train in one process")
     if freeze_epochs and len(groups) < 2:
         raise CnnbenchError(f"freeze_epochs needs a body and a head, but {model_name} has one "
                             f"layer group ({', '.join(groups)})")
@@ -302,6 +306,9 @@ class TransferLog(Callback):
 def prepare(model: nn.Module, config: dict, resuming: bool) -> tuple[dict, list[Callback]]:
     """Load ``init_from`` (a new run only), check ``lr_mult`` and ``freeze_epochs`` against the
     model's groups; the groups and the callbacks the run needs."""
+    if config["model_args"].get("weights") and config.get("init", "default") != "default":
+        raise CnnbenchError(f"init: {config['init']} would redraw the weights that weights="
+                            f"{config['model_args']['weights']} loads: leave one out")
     groups = layer_groups(model)
     check_lr_mult(config.get("lr_mult"), groups, config["model"])
     check_freeze(config.get("freeze_epochs", 0), groups, config["model"])

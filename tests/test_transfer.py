@@ -118,8 +118,9 @@ def test_weights_default_loads_the_cached_file_without_network(tmp_path, monkeyp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr("socket.socket.connect", None)  # any network use would fail loudly
     trained = get_model("torchvision:squeezenet1_1")
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(trained.state_dict(), tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth")
+    cache = tmp_path / "hub" / "checkpoints"  # torch.hub.get_dir() under TORCH_HOME
+    cache.mkdir(parents=True)
+    torch.save(trained.state_dict(), cache / "squeezenet1_1-b8a52dc0.pth")
     model = get_model("torchvision:squeezenet1_1", weights="DEFAULT")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  trained.state_dict().values()))

@@ -153,13 +153,17 @@ def torchvision_weights(tv_name: str, weights: str):
     return entry, folder / os.path.basename(entry.url)
 
 
-def load_torchvision_weights(model: nn.Module, tv_name: str, weights: str) -> LoadReport:
+def load_torchvision_weights(model: nn.Module, tv_name: str,
+                             weights: str) -> LoadReport | None:
     """Load ``weights`` of ``tv_name`` from the hub cache (never the network), by name and
-    shape, so a head for another number of classes keeps its first values."""
+    shape, so a head for another number of classes keeps its first values. A model on the
+    ``meta`` device (shapes only: ``summary``) has nothing to copy into: None."""
     entry, file = torchvision_weights(tv_name, weights)
     if not file.is_file():
         raise CnnbenchError(f"weights={weights} needs {file.name} in {file.parent} (cnnbench "
                             f"downloads nothing: fetch {entry.url} there yourself)")
+    if any(p.is_meta for p in model.parameters()):
+        return None
     report = load_matching(model, state_dict_of(read_checkpoint(file), file), str(file))
     say(f"weights={weights}: {report.line()}")
     return report

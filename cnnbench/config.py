@@ -74,6 +74,11 @@ TRAINER_KEYS: dict[str, tuple] = {
     "ema": (None, float, None, "(0, 1)"),  # model EMA decay, e.g. 0.999 (val_ema_* metrics)
     "mixup": (0.0, float, None, "[0, inf)"),  # MixUp's Beta(a, a); 0: off (classification)
     "cutmix": (0.0, float, None, "[0, inf)"),  # CutMix's Beta(a, a); with mixup: each half
+    # Transfer learning (training/transfer.py)
+    "init_from": (None, str, None),         # run folder, checkpoint or state dict: matching tensors
+    "freeze_epochs": (0, int, None, "[0, inf)"),  # train only the head (last layer group) first
+    "train_bn": (False, bool, None),        # frozen groups' norms train too (fastai 2), not eval
+    "lr_mult": (None, list, None, "(0, inf)"),  # lr multiple per layer group, e.g. [0.01, 0.1, 1]
 }
 MIXING_TASKS = ("classification",)  # mixup and cutmix mix one label per image
 

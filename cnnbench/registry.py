@@ -3,7 +3,8 @@
 In the style of torchvision's ``register_model``/``get_model`` with timm-like defaults that travel
 with the name, so ``summary``, ``bench``, ``train`` and ``receptive-field`` need no per-model code.
 A builder's own keyword defaults are the single source of its ``in_channels`` and ``num_classes``.
-``torchvision:<name>`` builds a torchvision model with ``weights=None``.
+``torchvision:<name>`` builds a torchvision model with random weights, or with ``weights=NAME``
+(``DEFAULT``, ``IMAGENET1K_V1``...) loaded from the torch hub cache (``training/transfer.py``).
 """
 
 from __future__ import annotations
@@ -119,13 +120,21 @@ def check_options(info: ModelInfo, options: dict) -> None:
     The kind comes from the builder's default: integers are counts or sizes (at least 1),
     floats finite numbers, tuples lists of counts. Weights are never downloaded.
     """
+    torchvision = info.name.startswith(TORCHVISION_PREFIX)
+    if torchvision and options.get("weights") not in (None, False) \
+            and not isinstance(options["weights"], str):
+        raise CnnbenchError(f"weights={options['weights']} refused: give the name of a torchvision "
+                            "Weights entry, e.g. weights=DEFAULT or weights=IMAGENET1K_V1")
     for key in WEIGHTS_OPTIONS:
+        if torchvision and key == "weights":
+            continue  # a file in the torch hub cache (transfer.py), never a download
         if options.get(key) not in (None, False):
             raise CnnbenchError(
                 f"{key}={options[key]} refused: cnnbench downloads no weights, models start "
-                "from random ones (receptive-field --checkpoint FILE and ssd's "
-                "backbone_weights=FILE load local state dicts)")
-    if info.name.startswith(TORCHVISION_PREFIX):
+                "from random ones (init_from: PATH, receptive-field --checkpoint FILE and "
+                "ssd's backbone_weights=FILE load local state dicts; a torchvision: model "
+                "takes weights=DEFAULT from the torch hub cache)")
+    if torchvision:
         return  # torchvision's builders take **kwargs; they check their own
     unknown = set(options) - set(info.options)
     if unknown:
@@ -200,11 +209,21 @@ def _torchvision_info(tv_name: str) -> ModelInfo:
     accepts = inspect.signature(tvm.get_model_builder(tv_name)).parameters
 
     def builder(**options):
-        # No weights: nothing may be downloaded, not even a backbone's.
-        options.setdefault("weights", None)
+        # Nothing may be downloaded, not even a backbone's: weights=NAME comes from the cache.
+        weights = options.pop("weights", None)
+        if weights:
+            from cnnbench.training.transfer import torchvision_weights
+
+            torchvision_weights(tv_name, weights)  # a wrong name: one line, before building
+        options["weights"] = None
         if "weights_backbone" in accepts:
             options.setdefault("weights_backbone", None)
-        return tvm.get_model(tv_name, **options)
+        model = tvm.get_model(tv_name, **options)
+        if weights:
+            from cnnbench.training.transfer import load_torchvision_weights
+
+            load_torchvision_weights(model, tv_name, weights)
+        return model
 
     return ModelInfo(f"{TORCHVISION_PREFIX}{tv_name}", builder, task, (3, size, size),
                      1000 if task == "classification" else None, "torchvision",

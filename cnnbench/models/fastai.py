@@ -8,7 +8,11 @@
   large images (>= 352 px).
 
 The body is d2l's ResNet-18 (``resnet.py``'s ``resnet18_body``) narrowed by its ``width`` option:
-32 here, 64 being the book's network.
+32 here, 64 being the book's network. Every model here keeps it as ``body``, so one trained on
+another task lends it by name (``init_from``): ``body-classifier`` is that body with a pooled
+linear head, to pretrain on Fashion-MNIST as the lesson starts from an ImageNet ResNet. The
+layer groups (``lr_mult``, ``freeze_epochs``) are fastai's three for a ResNet: the body to
+``b3``, ``b4``-``b5``, and the head.
 """
 
 import torch
@@ -54,6 +58,11 @@ class OutConv(nn.Module):
                 flatten_prediction(self.oconv2(x), 4))
 
 
+def body_groups() -> dict[str, list[str]]:
+    """fastai's split of a ResNet (its ``lr_cut`` at ``layer3``): stem to b3, b4-b5, the rest."""
+    return {"b1-b3": ["body.0", "body.1", "body.2"], "b4-b5": ["body.3", "body.4"], "head": []}
+
+
 # Anchor sizes (fractions of the image) per grid, finest first; ratios are width / height.
 SSD_RESNET_SIZES = ((0.12, 0.17), (0.24, 0.32), (0.42, 0.52), (0.62, 0.75))
 SSD_RESNET_RATIOS = (1.0, 2.0, 0.5)
@@ -74,8 +83,7 @@ class SSDResNet(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.sizes, self.ratios = [tuple(s) for s in sizes], tuple(ratios)
-        body = resnet18_body(in_channels, width)
-        self.stem, self.b3, self.b4, self.b5 = body[:2], body[2], body[3], body[4]
+        self.body = resnet18_body(in_channels, width)
         d = head_channels
         self.drop = nn.Dropout(0.1)
         self.sconv_b3 = StdConv(2 * width, d, stride=1)
@@ -86,9 +94,9 @@ class SSDResNet(nn.Module):
         self.outs = nn.ModuleList(OutConv(a, d, num_classes, bias) for a in k)
 
     def grids(self, x: torch.Tensor) -> list[torch.Tensor]:
-        c3 = self.b3(self.stem(x))
-        c4 = self.b4(c3)
-        c5 = self.b5(c4)
+        c3 = self.body[:3](x)  # b1-b3
+        c4 = self.body[3](c3)
+        c5 = self.body[4](c4)
         g5 = self.sconv_b5(self.drop(c5))
         return [self.sconv_b3(self.drop(c3)), self.sconv_b4(self.drop(c4)), g5,
                 self.sconv_down(g5)]
@@ -102,6 +110,9 @@ class SSDResNet(nn.Module):
             cls_preds.append(c)
             box_preds.append(b)
         return torch.cat(anchors), torch.cat(cls_preds, 1), torch.cat(box_preds, 1)
+
+    def layer_groups(self) -> dict[str, list[str]]:
+        return body_groups()
 
     def summary_notes(self, x: torch.Tensor) -> list[str]:
         names = [f"grid {k}" for k in range(1, len(self.sizes) + 1)]
@@ -124,6 +135,9 @@ class SingleObject(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.body(x)))
+
+    def layer_groups(self) -> dict[str, list[str]]:
+        return body_groups()
 
 
 class ConcatPool(nn.Module):
@@ -154,6 +168,9 @@ class MultiLabel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
+    def layer_groups(self) -> dict[str, list[str]]:
+        return body_groups()
+
 
 @register_model("ssd-resnet", task="detection", image_size=(96, 96),
                 source="seeds 002: fast.ai SSD_Head on a ResNet; small images (96 px)",
@@ -178,4 +195,14 @@ def single_object(in_channels: int = 1, num_classes: int = 10, width: int = 32) 
 def multi_label(in_channels: int = 1, num_classes: int = 10, width: int = 32,
                 pool: str = "avg") -> MultiLabel:
     """Which classes are in the image: a ResNet-18 body with one sigmoid output per class."""
+    return MultiLabel(in_channels, num_classes, width, pool)
+
+
+@register_model("body-classifier", task="classification", image_size=(48, 48),
+                source="seeds 002: the lesson's pretrained body (ConvLearner.pretrained)")
+def body_classifier(in_channels: int = 1, num_classes: int = 10, width: int = 32,
+                    pool: str = "avg") -> MultiLabel:
+    """The detectors' ResNet-18 body with a pooled linear head: pretrain it, then init_from."""
+    # MultiLabel's network is this one; only the task (softmax, not sigmoids) differs. 48 px:
+    # an item fills the frame at about the scale it has in a 96 px scene (0.3-0.6 of it).
     return MultiLabel(in_channels, num_classes, width, pool)

@@ -2,8 +2,9 @@
 
 ``build_trainer`` does, in this order: device and threads, seeds, the task's data (on the
 device), the task's context, the model (seeded again, so the first weights do not depend on how
-the data were made; ``init:`` redraws them), the optimizer and its schedule, AMP, the
-callbacks and, when resuming, every state from the checkpoint.
+the data were made; ``init:`` redraws them, then ``init_from:`` loads the matching tensors of a
+trained model), the optimizer (``lr_mult``: one rate per layer group) and its schedule, AMP, the
+callbacks (``freeze_epochs``) and, when resuming, every state from the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.registry import get_model_info
 from cnnbench.tasks.base import get_task, stored_context
-from cnnbench.training import distributed
+from cnnbench.training import distributed, transfer
 from cnnbench.training.accel import drop_last, init_weights
 from cnnbench.training.callbacks import Report, standard_callbacks
 from cnnbench.training.checks import check_classes, check_labels
 from cnnbench.training.interrupt import resource_errors, say
 from cnnbench.training.loop import Callback, Trainer, batch_starts
-from cnnbench.training.optimizers import build_optimizer
+from cnnbench.training.optimizers import build_optimizer, param_groups
 from cnnbench.training.rng import seed_everything
 from cnnbench.training.runs import (check_run_dir, check_writable, claim_run_dir, lock_run,
                                     new_run_dir, reconcile_metrics, release_run)
@@ -64,6 +65,8 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     amp = amp_dtype(c["amp"], device)  # before any work: config.yaml records what runs
     if c.get("threads"):
         torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
+    if c.get("init_from") and checkpoint is None:
+        transfer.weights_file(c["init_from"])  # a wrong path fails before the data load
     seed_everything(c["seed"])
     shuffle = torch.Generator().manual_seed(c["seed"])
 
@@ -90,15 +93,19 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
         torch.channels_last if channels_last else torch.preserve_format))
     ensure_input_fits(model, c["model"], tuple(c["input_size"]), model_args, device)
     model = distributed.prepare_model(model, c, device)
+    # init_from, lr_mult and freeze_epochs, over the model's layer groups (transfer.py)
+    groups, transfer_callbacks = transfer.prepare(model, c, resuming=checkpoint is not None)
+    layers = [(name, m, groups[name]) for name, m in zip(groups, c["lr_mult"])] \
+        if c.get("lr_mult") else None
 
-    optimizer = build_optimizer(model, c)
+    optimizer = build_optimizer(model, c, param_groups(model, c["lr"], layers))
     share = distributed.share(len(splits[0]))  # one process's images per epoch
     batches = len(batch_starts(share, c["batch_size"], drop_last(c, device)))
     schedule = build_schedule(optimizer, c, math.ceil(batches / (c.get("accumulate_steps") or 1)))
     callbacks = standard_callbacks(c, monitor) if callbacks is None else list(callbacks)
     if reporter is not None:
         callbacks.append(Report(reporter))
-    callbacks = distributed.rank_callbacks(callbacks)
+    callbacks = distributed.rank_callbacks(callbacks) + transfer_callbacks  # every process
     trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
     trainer = trainer_cls(c, task, splits, model, optimizer, schedule, device=device,
                           amp_dtype=amp,

@@ -6,7 +6,8 @@ and ``cnnbench train --help`` list the names from here. To add an optimizer: one
 Parameter groups come from the model: a module may define ``lr_multipliers()``, mapping some of
 its own parameters (relative names such as ``"p_conv.weight"``) to a multiple of the learning
 rate (a deformable convolution's offset branch learns at 0.1 x). Every other parameter is in the
-first group; then one group per multiplier, in the order the modules come.
+first group; then one group per multiplier, in the order the modules come. With ``lr_mult``
+each layer group (``transfer.py``) is split so, at its own multiple of the rate.
 """
 
 from __future__ import annotations
@@ -35,15 +36,32 @@ OPTIMIZERS: dict[str, OptimInfo] = {
 }
 
 
-def param_groups(model, lr: float) -> list[dict]:
-    """The rest of the parameters at ``lr``, then one group per ``lr_multipliers`` value."""
-    by_multiplier: dict[float, list] = {}
+def param_groups(model, lr: float, layers: list[tuple[str, float, list]] | None = None
+                 ) -> list[dict]:
+    """The rest of the parameters at ``lr``, then one group per ``lr_multipliers`` value.
+
+    ``layers`` (``lr_mult``): ``(name, multiplier, parameters)`` per layer group, body first
+    (``transfer.layer_groups``); each is split the same way at ``lr`` x its multiplier, the head
+    first, so the first group's lr (the one the trainer logs) is the recipe's ``lr``.
+    """
+    special: dict[int, tuple] = {}  # id: (parameter, its module's multiplier), module order
     for module in model.modules():
         for name, multiplier in getattr(module, "lr_multipliers", dict)().items():
-            by_multiplier.setdefault(multiplier, []).append(module.get_parameter(name))
-    special = {id(p) for params in by_multiplier.values() for p in params}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in special], "lr": lr}]
-    groups += [{"params": params, "lr": lr * m} for m, params in by_multiplier.items()]
+            p = module.get_parameter(name)
+            special[id(p)] = (p, multiplier)
+    layers = reversed(layers) if layers else [(None, 1.0, list(model.parameters()))]
+    groups = []
+    for layer, scale, params in layers:
+        named = {"layer_group": layer} if layer else {}
+        ids = {id(p) for p in params}
+        by_multiplier: dict[float, list] = {}
+        for key, (p, multiplier) in special.items():
+            if key in ids:
+                by_multiplier.setdefault(multiplier, []).append(p)
+        groups.append({"params": [p for p in params if id(p) not in special], "lr": lr * scale,
+                       **named})
+        groups += [{"params": ps, "lr": lr * scale * m, **named}
+                   for m, ps in by_multiplier.items()]
     return groups
 
 

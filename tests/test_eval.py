@@ -113,6 +113,23 @@ def test_eval_json_equals_results_json_exactly(lenet_run, capsys, tmp_path):
     assert shown["checkpoint"] == "best" and shown["epoch"] == saved["test_epoch"]
 
 
+def test_eval_on_data_of_other_classes_is_one_line_and_exit_2(lenet_run, tmp_path, capsys):
+    from PIL import Image
+
+    run, _ = lenet_run
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            Image.new("L", (28, 28), 128).save(tmp_path / "tree" / split / name / "0.png")
+    before = listing(run)
+    capsys.readouterr()
+    assert cli(["eval", run, "--data", f"imagefolder:{tmp_path / 'tree'}", "--out",
+                tmp_path / "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the data's classes (cat, dog) are not the checkpoint's" in err[0]
+    assert listing(run) == before and not (tmp_path / "out").exists()
+
+
 def test_checkpoints_carry_class_names_and_normalisation(lenet_run):
     run, _ = lenet_run
     for name in ("best.pt", "last.pt"):

@@ -26,7 +26,7 @@ from cnnbench.tasks.base import get_task, stored_context
 from cnnbench.training import distributed, transfer
 from cnnbench.training.accel import drop_last, init_weights
 from cnnbench.training.callbacks import Report, standard_callbacks
-from cnnbench.training.checks import check_classes, check_labels
+from cnnbench.training.checks import check_classes, check_labels, check_same_classes
 from cnnbench.training.interrupt import resource_errors, say
 from cnnbench.training.loop import Callback, Trainer, batch_starts
 from cnnbench.training.optimizers import build_optimizer, param_groups
@@ -77,7 +77,9 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
         raise CnnbenchError("the training split is empty (check --limit and --data)")
     info = get_model_info(c["model"])
     # A checkpoint's own context: the normalisation it trained with, whatever data come now.
-    context = stored_context(checkpoint) or task_cls.setup(c, data, info)
+    stored = stored_context(checkpoint)
+    check_same_classes(stored, data.class_names)
+    context = stored or task_cls.setup(c, data, info)
     check_classes(context, c["model_args"])
     check_labels((data.train, data.val, data.test), context.num_classes)
     task = task_cls(c, context)

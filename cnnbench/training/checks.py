@@ -18,6 +18,16 @@ def check_classes(context: Context, model_args: dict) -> None:
                             f"num_classes out and it follows the data")
 
 
+def check_same_classes(stored: Context | None, class_names) -> None:
+    """Data given to a checkpoint (``eval --data``, a resume) name the classes it learned."""
+    if stored is not None and tuple(class_names) != stored.class_names:
+        def show(names):
+            return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise CnnbenchError(f"the data's classes ({show(list(class_names))}) are not the "
+                            f"checkpoint's ({show(list(stored.class_names))}): give data with "
+                            f"the same class folders")
+
+
 def check_labels(splits, num_classes: int) -> None:
     """Every label is a class of the data (``-1`` pads the dense tasks' label lists)."""
     for name, split in zip(("training", "validation", "test"), splits):

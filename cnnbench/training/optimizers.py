@@ -1,6 +1,6 @@
 """The optimizers a recipe can name: a table, in the style of timm's ``OptimInfo``.
 
-Each entry names the optimizer class and the configuration keys it takes; ``config.TRAINER_KEYS``
+Each entry names the optimizer class and the configuration keys it takes; the ``optimizer`` key
 (``cnnbench train --keys``) lists the names from here. To add an optimizer: one entry.
 
 Parameter groups come from the model: a module may define ``lr_multipliers()``, mapping some of

@@ -255,7 +255,8 @@ def keys_table(rows: list[dict]) -> None:
                   title_justify="left")
     for col in ("key", "group", "default", *(("value",) if with_value else ()), "accepts",
                 "help"):
-        table.add_column(col, no_wrap=col in ("key", "group"), overflow="fold")
+        table.add_column(col, no_wrap=col in ("key", "group"), overflow="fold",
+                         max_width={"accepts": 34, "help": 64}.get(col))
     for r in rows:
         accepts = (", ".join(map(str, r["choices"])) if r["choices"]
                    else f"{r['type']} {r['bounds']}" if r["bounds"] else r["type"])

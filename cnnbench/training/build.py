@@ -191,7 +191,7 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
         raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     # Keys added since the run started take their defaults.
-    config = {**cfg.defaults(state["config"]["task"]), **state["config"]}
+    config = {**cfg.defaults(state["config"].get("task")), **state["config"]}
     changed = {k: v for k, v in (overrides or {}).items()
                if v is not None and config.get(k) != v}
     fixed = sorted(set(changed) - RESUMABLE_KEYS)

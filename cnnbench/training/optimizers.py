@@ -37,7 +37,7 @@ OPTIMIZERS: dict[str, OptimInfo] = {
 
 
 KEYS = declare(
-    Key("optimizer", "sgd", str, tuple(OPTIMIZERS), help="the optimizer (table above)"),
+    Key("optimizer", "sgd", str, tuple(OPTIMIZERS), help="the torch.optim optimizer (OPTIMIZERS above)"),
     Key("lr", 0.1, float, bounds="(0, inf)", help="learning rate (the peak, with a schedule)"),
     Key("momentum", 0.0, float, bounds="[0, 1)", help="SGD momentum; Adam's beta1 is betas[0]"),
     Key("nesterov", False, bool, help="SGD: Nesterov momentum"),

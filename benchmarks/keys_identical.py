@@ -40,8 +40,13 @@ RUNS = (
     ("lenet-bn", "lenet-bn", ["--limit", "256", "--epochs", "1"]),
     ("unet", "unet", ["--limit", "16", "--epochs", "1", "-s", "scenes=48", "-s", "val_size=8",
                       "-s", "batch_size=8", "-m", "width=8"]),
+    ("resnet18", "resnet18", ["--limit", "128", "--epochs", "1", "-i", "32"]),
     ("single-object", "single-object", ["--limit", "16", "--epochs", "1", "-s", "scenes=48",
                                         "-s", "val_size=8", "-s", "batch_size=8"]),
+    ("multi-label", "multi-label", ["--limit", "16", "--epochs", "1", "-s", "scenes=48",
+                                    "-s", "val_size=8", "-s", "batch_size=8"]),
+    ("ssd-resnet", "ssd-resnet", ["--limit", "16", "--epochs", "1", "-s", "scenes=48",
+                                  "-s", "val_size=8", "-s", "batch_size=8"]),
 )
 
 

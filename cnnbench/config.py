@@ -20,9 +20,9 @@ import yaml
 
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.inputs import parse_input_size
+from cnnbench.keys import Key, table
 from cnnbench.registry import get_model_info
 from cnnbench.tasks.base import get_task
-from cnnbench.keys import Key, table
 from cnnbench.training.compiling import compile_mode
 from cnnbench.training.profiles import apply_profile
 

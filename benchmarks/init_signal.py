@@ -30,7 +30,7 @@ def main() -> None:
 
     from cnnbench.building import build
     from cnnbench.config import parse_set
-    from cnnbench.training.accel import init_weights
+    from cnnbench.training.weight_init import init_weights
 
     model_args = parse_set(args.model_arg)
     x = (torch.rand(args.batch, 1, args.size, args.size) - 0.286) / 0.353

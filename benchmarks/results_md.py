@@ -22,11 +22,11 @@ from pathlib import Path
 
 import yaml
 
-from cnnbench.config import TRAINER_KEYS
+from cnnbench.config import defaults
 
 SAME_RESULTS = {"seed", "threads", "data", "device", "eval_batch_size", "log_graph", "log_images",
                 "log_every_steps", "log_histograms"}
-DEFAULTS = {k: spec[0] for k, spec in TRAINER_KEYS.items()}
+DEFAULTS = defaults()
 
 BOOK = {"lenet": 0.779, "lenet-bn": 0.807, "alexnet": 0.883, "vgg11": 0.920, "nin": 0.790,
         "googlenet": 0.886, "resnet18": 0.893, "densenet": 0.885}  # d2l's test accuracy

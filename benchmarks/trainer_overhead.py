@@ -64,7 +64,7 @@ def sync(device: torch.device) -> None:
 def fresh(trainer, lr: float, device=torch.device("cpu")):
     """The model with its first weights (``init:`` as the recipe says), on ``device``."""
     from cnnbench.registry import get_model
-    from cnnbench.training.accel import init_weights
+    from cnnbench.training.weight_init import init_weights
 
     torch.manual_seed(0)
     model = init_weights(get_model(trainer.config["model"]), trainer.config["init"])

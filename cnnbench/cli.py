@@ -165,6 +165,9 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe (after "
                                  "the device profile and the options; JSON with --json), "
                                  "then exit without loading data or training."),
+    keys: bool = typer.Option(False, "--keys", help="List every configuration key --set "
+                              "accepts (with MODEL: its task's too and the recipe's values), "
+                              "with default, type and help; JSON with --json."),
 ) -> None:
     """Train a model on Fashion-MNIST: metrics, TensorBoard, checkpoints in a run folder.
 
@@ -183,6 +186,8 @@ def train(
 
     * `cnnbench train --resume runs/lenet-20260101-120000 --epochs 20`
 
+    * `cnnbench train --keys`, `cnnbench train unet --keys`  (every key --set accepts)
+
     Watch a run with `tensorboard --logdir runs`; list runs with `cnnbench runs`.
     """
     from cnnbench import render
@@ -193,6 +198,12 @@ def train(
                            optimizer=optimizer, schedule=schedule, device=device, amp=amp,
                            compile=compile_, seed=seed, limit=limit, data=data,
                            input_size=input_size)
+    if keys:
+        from cnnbench.config import key_rows
+
+        rows = key_rows(model, config)
+        render.print_json(rows) if as_json else render.keys_table(rows)
+        return
     trainer.check_request(model, config, run_dir, resume, dry_run)
     if nproc is not None and not dry_run:
         from cnnbench.training import distributed

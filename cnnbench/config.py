@@ -2,13 +2,17 @@
 
 Precedence, lowest first: the trainer's defaults and the task's ``options``, the YAML file
 (``experiments/<model>.yaml`` when it exists, or ``--config FILE``) with its device block
-merged in (``cuda:`` when the requested device is CUDA; ``training/accel.py``), then the
+merged in (``cuda:`` when the requested device is CUDA; ``training/profiles.py``), then the
 command line.
-Every key is checked: an unknown one is rejected with the nearest valid key.
+Every key is declared once, beside the code that reads it (``cnnbench/keys.py``); the resolver
+gathers them and checks every value: an unknown key is rejected with the nearest valid one.
+``cnnbench train --keys [MODEL]`` lists them (:func:`key_rows`).
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import math
 from pathlib import Path
 
@@ -16,70 +20,19 @@ import yaml
 
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.inputs import YamlLoader, parse_assignments, parse_input_size
+from cnnbench.keys import Key, table
 from cnnbench.registry import get_model_info
 from cnnbench.tasks.base import get_task
-from cnnbench.training.accel import INITS, PROFILES, apply_profile, compile_mode
-from cnnbench.training.optimizers import OPTIMIZERS
-from cnnbench.training.schedules import SCHEDULES
+from cnnbench.training.compiling import compile_mode
+from cnnbench.training.profiles import apply_profile
 
-# key: (default, type, allowed values[, bounds]). The type None accepts anything YAML can hold.
-# Bounds are an interval, "[1, inf)" or "(0, 1)", for a number or each item of a list; every
-# float must also be finite. ``check`` applies all of it, so each key states its rules once.
-TRAINER_KEYS: dict[str, tuple] = {
-    "model": (None, str, None),
-    "model_args": ({}, dict, None),         # the builder's keyword options, e.g. {ratio: 4}
-    "task": (None, str, None),              # default: the model's task in the registry
-    "data": (None, str, None),              # data folder (default: $CNNBENCH_DATA, Debian's, cache)
-    "limit": (None, int, None, "[1, inf)"),  # at most this many images per split
-    "val_size": (5000, int, None, "[0, inf)"),  # hold-out from the training set (fixed seed)
-    "input_size": (None, None, None),       # 96, "96x96" or "1x96x96"; default: the model's
-    "skip_bad_images": (False, bool, None),  # imagefolder: warn and skip undecodable files
-    "device": ("auto", str, ("auto", "cpu", "cuda", "mps")),
-    "epochs": (10, int, None, "[1, inf)"),
-    "batch_size": (256, int, None, "[1, inf)"),
-    "eval_batch_size": (None, int, None, "[1, inf)"),  # default: 2 x batch_size
-    "optimizer": ("sgd", str, tuple(OPTIMIZERS)),
-    "lr": (0.1, float, None, "(0, inf)"),
-    "momentum": (0.0, float, None, "[0, 1)"),  # SGD momentum; Adam's beta1 is betas[0]
-    "nesterov": (False, bool, None),
-    "betas": ([0.9, 0.999], list, None, "[0, 1)"),  # each
-    "weight_decay": (0.0, float, None, "[0, inf)"),
-    "schedule": ("constant", str, tuple(SCHEDULES)),
-    "warmup_epochs": (0.0, float, None, "[0, inf)"),  # linear warm-up (constant, step, cosine)
-    "step_epochs": (3, int, None, "[1, inf)"),  # step: multiply by gamma every step_epochs
-    "gamma": (0.1, float, None, "(0, inf)"),
-    "pct_start": (0.25, float, None, "(0, 1)"),  # onecycle: fraction of steps going up (fastai 0.25)
-    "div_factor": (25.0, float, None, "(0, inf)"),  # onecycle: start at lr / div_factor
-    "final_div_factor": (1e4, float, None, "(0, inf)"),  # onecycle: end at lr / div_factor / this
-    "cycle_momentum": (True, bool, None),   # onecycle: momentum (or beta1) 0.95 -> 0.85 -> 0.95
-    "grad_clip": (None, float, None, "(0, inf)"),  # max global gradient norm
-    "amp": ("none", str, ("none", "bf16", "fp16")),  # autocast: bf16 (CUDA, CPU), fp16 (CUDA)
-    "channels_last": (True, bool, None),    # CUDA only
-    "compile": (False, None, None),         # false, true or a torch.compile mode (accel.py)
-    "init": ("default", str, tuple(INITS)),  # weights of every Conv2d/Linear before training
-    "profile": ("auto", str, ("auto", "none", *PROFILES)),  # device block applied (accel.py)
-    "monitor": (None, str, None),           # the metric that picks best.pt (default: the task's)
-    "mode": ("auto", str, ("auto", "max", "min")),  # auto: minimise a loss or error, else max
-    "seed": (0, int, None, "[0, inf)"),
-    "threads": (None, int, None, "[1, inf)"),  # CPU threads for torch (default: torch's choice)
-    "sync_batchnorm": (False, bool, None),  # SyncBatchNorm over the processes (CUDA only)
-    "log_graph": (True, bool, None),
-    "log_images": (True, bool, None),
-    "log_every_steps": (50, int, None, "[0, inf)"),  # TensorBoard step-level loss and lr; 0: off
-    "log_histograms": (False, bool, None),  # TensorBoard weights and gradients every epoch
-    # -- early stopping, gradient accumulation, model EMA, MixUp/CutMix (callbacks.py, loop.py)
-    "patience": (None, int, None, "[1, inf)"),  # stop after N epochs without a better monitor
-    "min_delta": (0.0, float, None, "[0, inf)"),  # patience: the least gain that counts
-    "accumulate_steps": (1, int, None, "[1, inf)"),  # batches per optimizer step
-    "ema": (None, float, None, "(0, 1)"),  # model EMA decay, e.g. 0.999 (val_ema_* metrics)
-    "mixup": (0.0, float, None, "[0, inf)"),  # MixUp's Beta(a, a); 0: off (classification)
-    "cutmix": (0.0, float, None, "[0, inf)"),  # CutMix's Beta(a, a); with mixup: each half
-    # Transfer learning (training/transfer.py)
-    "init_from": (None, str, None),         # run folder, checkpoint or state dict: matching tensors
-    "freeze_epochs": (0, int, None, "[0, inf)"),  # train only the head (last layer group) first
-    "train_bn": (False, bool, None),        # frozen groups' norms train too (fastai 2), not eval
-    "lr_mult": (None, list, None, "(0, inf)"),  # lr multiple per layer group, e.g. [0.01, 0.1, 1]
-}
+# The modules that declare the trainer's keys (``keys.declare``), in the order a resolved
+# configuration lists them; each task declares its own in its class (``Task.options``).
+KEY_MODULES = ("cnnbench.training.build", "cnnbench.data.sources", "cnnbench.training.loop",
+               "cnnbench.training.optimizers", "cnnbench.training.schedules",
+               "cnnbench.training.compiling", "cnnbench.training.weight_init",
+               "cnnbench.training.profiles", "cnnbench.training.callbacks",
+               "cnnbench.training.distributed", "cnnbench.training.transfer")
 MIXING_TASKS = ("classification",)  # mixup and cutmix mix one label per image
 
 
@@ -133,33 +86,27 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-# Bounds (or allowed values) of the tasks' own keys, which the tasks declare in ``options``
-# with their defaults (their type is the default's).
-TASK_OPTION_RULES: dict[str, str | tuple] = {
-    "label_smoothing": "[0, 1]", "crop_padding": "[0, inf)", "random_erasing": "[0, 1]",
-    "scenes": "[1, inf)", "test_scenes": "[1, inf)", "scene_size": "[8, inf)", "flip": "[0, 1]",
-    "scale_min": "(0, inf)", "scale_max": "(0, inf)", "translate": "[0, 1]", "degrees": "[0, 180]",
-    "match_iou": "(0, 1]", "neg_ratio": "[0, inf)", "box_loss": ("smooth_l1", "l1"),
-    "box_weight": "[0, inf)", "score_threshold": "[0, 1]", "nms_iou": "(0, 1]",
-    "max_detections": "[1, inf)", "draw_threshold": "[0, 1]", "threshold": "[0, 1]",
-    "dice_weight": "[0, inf)", "ce_weight": "[0, inf)",
-}
+def key_groups(task: str | None = None) -> dict[str, tuple[Key, ...]]:
+    """The declared keys by where they live: each module's, then the task's (``task``)."""
+    groups = {name.rsplit(".", 1)[-1]: importlib.import_module(name).KEYS for name in KEY_MODULES}
+    if task:
+        groups[f"task {task}"] = get_task(task).options
+    return groups
 
 
-def task_options(task_name: str) -> dict:
-    return dict(get_task(task_name).options)
+def trainer_keys() -> dict[str, Key]:
+    """Every trainer key by name (those of every task besides)."""
+    return table(k for keys in key_groups().values() for k in keys)
 
 
-def task_schema(task_name: str) -> dict:
-    """The task's keys in ``TRAINER_KEYS``' form."""
-    schema = {}
-    for key, default in task_options(task_name).items():
-        rule = TASK_OPTION_RULES.get(key)
-        kind = float if isinstance(default, float) else type(default) if default is not None \
-            else None
-        schema[key] = (default, kind, rule if isinstance(rule, tuple) else None,
-                       rule if isinstance(rule, str) else None)
-    return schema
+def schema(task: str | None = None) -> dict[str, Key]:
+    """The keys a run of ``task`` accepts; a task key named like a trainer key is an error."""
+    return table(k for keys in key_groups(task).values() for k in keys)
+
+
+def defaults(task: str | None = None) -> dict:
+    """Every key's default (the task's too): the base of a configuration built by hand."""
+    return {name: copy.deepcopy(key.default) for name, key in schema(task).items()}
 
 
 def resolve(model: str | None = None, config_file: str | Path | None = None,
@@ -180,12 +127,12 @@ def resolve(model: str | None = None, config_file: str | Path | None = None,
         raise CnnbenchError("no model: give MODEL or a config file with a `model:` key")
     info = get_model_info(merged["model"])
     task = merged.get("task") or info.task
-    schema = {**TRAINER_KEYS, **task_schema(task)}
-    config = {k: spec[0] for k, spec in schema.items()}
+    keys = schema(task)
+    config = defaults(task)
     for source, values in (("config file " + str(config_file), from_file),
                            ("command line", overrides)):
         for key, value in values.items():
-            config[key] = check(key, value, schema, source)
+            config[key] = check(key, value, keys, source)
     config["task"] = task
     if (config["mixup"] or config["cutmix"]) and task not in MIXING_TASKS:
         raise CnnbenchError(f"mixup and cutmix mix class labels: the {task} task does not take "
@@ -195,11 +142,14 @@ def resolve(model: str | None = None, config_file: str | Path | None = None,
     return config
 
 
-def check(key: str, value, schema: dict, source: str = "config"):
-    """``value`` for ``key`` converted to the key's type; a one-line error otherwise."""
-    if key not in schema:
-        raise CnnbenchError(f"unknown key {key!r} in {source}{did_you_mean(key, schema)}")
-    kind, choices = schema[key][1:3]
+def check(key: str, value, keys: dict[str, Key] | None = None, source: str = "config"):
+    """``value`` for ``key`` (one of ``keys``, default: the trainer's) converted to the key's
+    type; a one-line error otherwise."""
+    keys = trainer_keys() if keys is None else keys
+    if key not in keys:
+        raise CnnbenchError(f"unknown key {key!r} in {source}{did_you_mean(key, keys)}")
+    spec = keys[key]
+    kind, choices = spec.type, spec.choices
     if value is None or kind is None:
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -218,8 +168,8 @@ def check(key: str, value, schema: dict, source: str = "config"):
     if choices and value not in choices:
         raise CnnbenchError(f"{key} must be one of {', '.join(choices)}, not {value!r}"
                             f"{did_you_mean(str(value), choices)}")
-    if len(schema[key]) > 3 and schema[key][3]:
-        _check_bounds(key, value, schema[key][0], schema[key][3], source)
+    if spec.bounds:
+        _check_bounds(key, value, spec.default, spec.bounds, source)
     elif isinstance(value, float) and not math.isfinite(value):
         raise CnnbenchError(f"{key} must be a finite number, not {value} (in {source})")
     return value
@@ -259,6 +209,23 @@ def _input_size(value, info) -> tuple[int, int, int]:
 def parse_set(items: list[str] | None) -> dict:
     """``--set KEY=VALUE`` strings -> a dict (values are YAML: 0.1, 1e-3, true, [0.9, 0.99])."""
     return parse_assignments(items, "--set", "label_smoothing=0.1")
+
+
+def key_rows(model: str | None = None, config_file: str | Path | None = None) -> list[dict]:
+    """Every key a run accepts: where it is declared, its default, type, choices, bounds and help;
+    for ``model``, its task's keys too and the value its recipe resolves to."""
+    resolved = resolve(model, config_file) if model or config_file else None
+    rows = []
+    for group, keys in key_groups(resolved and resolved["task"]).items():
+        for key in keys:
+            row = {"key": key.name, "group": group, "default": key.default,
+                   "type": key.type.__name__ if key.type else "any",
+                   "choices": list(key.choices) if key.choices else None,
+                   "bounds": key.bounds, "help": key.help}
+            if resolved is not None:
+                row["value"] = resolved[key.name]
+            rows.append(row)
+    return rows
 
 
 def dump(config: dict, path: Path) -> None:

@@ -47,10 +47,10 @@ def open_run(run: str | Path, checkpoint: str = "best") -> tuple[Path, dict, dic
         raise CnnbenchError(f"no run folder {run}")
     if not (run / "config.yaml").is_file():
         raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
-    config = {**{k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()},
-              **cfg.read_yaml(run / "config.yaml")}
+    stored = cfg.read_yaml(run / "config.yaml")
+    config = {**cfg.defaults(stored.get("task")), **stored}
     state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")
-    if not config.get("threads") and state.get("threads"):
+    if not config["threads"] and state.get("threads"):
         torch.set_num_threads(state["threads"])  # as many as in training: the same sums, bitwise
     return run, config, state
 
@@ -166,7 +166,7 @@ def _label_pictures(task, images, outputs, result) -> dict:
     scoring above ``threshold`` (red)."""
     from cnnbench.tasks.classification import PRED_COLOUR, TRUE_COLOUR, labelled_grid
 
-    names, threshold = task.context.class_names, float(task.config.get("threshold", 0.5))
+    names, threshold = task.context.class_names, float(task.config["threshold"])
     scores = _cat(outputs, lambda o, t: o.float().sigmoid())[:2 * PICTURES]
     truth = _cat(outputs, lambda o, t: t["multi_hot"])[:len(scores)]
 
@@ -242,7 +242,7 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
                             f"runs, not {config['task']}")
     for key, value in (("data", data), ("limit", limit), ("device", device)):
         if value is not None:
-            config[key] = cfg.check(key, value, cfg.TRAINER_KEYS, "command line")
+            config[key] = cfg.check(key, value, source="command line")
     folder = output_folder(run, out)
 
     from cnnbench.training.build import build_trainer

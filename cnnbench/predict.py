@@ -84,7 +84,7 @@ def _largest_object(task, output, top):
 
 def _detections(task, output, top):
     names = task.context.class_names
-    threshold = float(task.config.get("draw_threshold", 0.3))
+    threshold = float(task.config["draw_threshold"])
     found = []
     for d in task.detect(output):
         keep = d["scores"] >= threshold
@@ -184,7 +184,7 @@ def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: i
         raise CnnbenchError(f"--top must be at least 1, not {top}")
     folder = output_folder(run, out) if out else None
     if device is not None:
-        config["device"] = cfg.check("device", device, cfg.TRAINER_KEYS, "command line")
+        config["device"] = cfg.check("device", device, source="command line")
     channels, size = int(config["input_size"][0]), tuple(config["input_size"][-2:])
     read = [read_image(p, channels, size) for p in images]  # every file, before any work
     batch = torch.stack([pixels for pixels, _ in read])

@@ -9,6 +9,7 @@ import sys
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cnnbench import strict_json
@@ -311,6 +312,26 @@ def compare_table(result: dict) -> None:
     if not result["differ"]:
         out.print("Their configurations are the same (seed included).")
 
+
+def keys_table(rows: list[dict]) -> None:
+    """`cnnbench train --keys`: each key, where it is declared, its default, rule and help."""
+    with_value = any("value" in r for r in rows)
+    table = Table(title="Configuration keys (--set KEY=VALUE, or in a recipe)",
+                  title_justify="left")
+    for col in ("key", "group", "default", *(("value",) if with_value else ()), "accepts",
+                "help"):
+        table.add_column(col, no_wrap=col in ("key", "group"), overflow="fold",
+                         max_width={"accepts": 34, "help": 64}.get(col))
+    for r in rows:
+        accepts = (", ".join(map(str, r["choices"])) if r["choices"]
+                   else f"{r['type']} {r['bounds']}" if r["bounds"] else r["type"])
+        table.add_row(r["key"], r["group"], _yaml_cell(r["default"]),
+                      *((_yaml_cell(r["value"]),) if with_value else ()), accepts, r["help"])
+    out.print(table)
+
+
+def _yaml_cell(value) -> str:
+    return escape(yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n..."))
 
 
 # --- eval and predict (issue 17) ---

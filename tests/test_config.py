@@ -148,3 +148,71 @@ def test_the_train_request_rules_live_in_the_library(tmp_path):
         with pytest.raises(CnnbenchError, match=message):
             build.run(**kwargs)
     assert not list(tmp_path.iterdir())
+
+
+# --- the key declarations (keys.Key beside the code that reads them) ---
+
+def test_every_key_has_help_and_a_default_of_its_type():
+    from cnnbench.tasks import TASKS
+    from cnnbench.tasks.base import get_task
+    keys = [*cfg.trainer_keys().values()]
+    keys += [k for name, path in TASKS.items() if path for k in get_task(name).options]
+    assert len(keys) > 60
+    for key in keys:
+        assert key.help, key.name
+        if key.default is not None and key.type is not None:
+            assert cfg.check(key.name, key.default, {key.name: key}) == key.default, key.name
+
+
+def test_declaring_a_key_twice_is_an_error_at_import():
+    from cnnbench.keys import Key, declare
+    from cnnbench.tasks.base import Task
+    with pytest.raises(ValueError, match="'lr' is declared twice"):
+        declare(Key("lr", 0.01, float, help="again"))
+    with pytest.raises(ValueError, match="'flip' is declared twice"):
+        type("Twice", (Task,), {"options": (Key("flip", 0.5, float), Key("flip", 0.1, float))})
+    assert cfg.trainer_keys()["lr"].default == 0.1  # the first declaration stands
+
+
+def test_a_task_key_named_like_a_trainer_key_is_an_error(monkeypatch):
+    from cnnbench.keys import Key
+    from cnnbench.tasks.segmentation import Segmentation
+    monkeypatch.setattr(Segmentation, "options", (Key("epochs", 3, int, help="clash"),))
+    with pytest.raises(ValueError, match="'epochs' is declared twice"):
+        cfg.schema("segmentation")
+
+
+def test_a_task_options_bounds_are_enforced():
+    with pytest.raises(CnnbenchError, match=r"dice_weight must be >= 0, not -1.0"):
+        cfg.resolve("unet", None, {"dice_weight": -1})
+    with pytest.raises(CnnbenchError, match=r"threshold must be in \[0, 1\], not 1.5"):
+        cfg.resolve("multi-label", None, {"threshold": 1.5})
+    assert cfg.resolve("unet", None, {"dice_weight": 2})["dice_weight"] == 2.0
+
+
+def test_defaults_hold_the_tasks_keys_and_fresh_containers():
+    config = cfg.defaults("detection")
+    assert config["lr"] == 0.1 and config["nms_iou"] == 0.45 and "dice_weight" not in config
+    config["model_args"]["width"] = 2
+    assert cfg.defaults()["model_args"] == {}
+
+
+def test_key_rows_list_every_key_with_its_default_and_the_recipes_value():
+    rows = {r["key"]: r for r in cfg.key_rows()}
+    assert set(rows) == set(cfg.trainer_keys())
+    assert rows["lr"]["default"] == 0.1 and rows["lr"]["group"] == "optimizers"
+    assert rows["optimizer"]["choices"] == ["sgd", "adamw", "adam"]
+    lenet = {r["key"]: r for r in cfg.key_rows("lenet")}
+    assert lenet["label_smoothing"]["group"] == "task classification"
+    assert lenet["lr"]["value"] == cfg.resolve("lenet")["lr"]
+
+
+@pytest.mark.cli
+def test_train_keys_lists_every_key_as_json():
+    import json
+    proc = subprocess.run([sys.executable, "-m", "cnnbench", "train", "unet", "--keys", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["key"]: r for r in json.loads(proc.stdout)}
+    assert rows["dice_weight"]["bounds"] == "[0, inf)" and rows["epochs"]["default"] == 10
+    assert rows["model"]["value"] == "unet" and all(r["help"] for r in rows.values())

@@ -189,7 +189,7 @@ def test_eval_with_tta_reports_it(lenet_run, tmp_path):
 def test_predict_on_saved_test_images_gives_the_models_classes(lenet_run, tmp_path):
     run, _ = lenet_run
     state = load_checkpoint(run / "checkpoints" / "best.pt")
-    config = {**{k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}, **state["config"]}
+    config = {**cfg.defaults(state["config"]["task"]), **state["config"]}
     trainer = build_trainer(config, callbacks=[], checkpoint=state)
     images, targets = trainer.test_split.take(slice(0, 6))
     output, _ = trainer.predict(images, targets)

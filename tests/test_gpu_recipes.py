@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cnnbench import config as cfg
 from cnnbench.cli import app
 from cnnbench.errors import CnnbenchError
-from cnnbench.training import accel
+from cnnbench.training import compiling, profiles, weight_init
 from cnnbench.training.build import build_trainer
 from cnnbench.training.loop import Callback, batch_starts
 
@@ -46,19 +46,19 @@ def test_cuda_block_merges_only_for_a_cuda_device_and_options_still_win():
 
 
 def test_cuda_block_merges_model_args_key_by_key():
-    merged = accel.apply_profile({"model_args": {"width": 8, "pool": "concat"},
+    merged = profiles.apply_profile({"model_args": {"width": 8, "pool": "concat"},
                                   "cuda": {"model_args": {"width": 64}}}, "cuda")
     assert merged == {"model_args": {"width": 64, "pool": "concat"}, "profile": "cuda"}
-    assert accel.apply_profile({"cuda": {"lr": 1.0}}, "cpu") == {"profile": "none"}
+    assert profiles.apply_profile({"cuda": {"lr": 1.0}}, "cpu") == {"profile": "none"}
     with pytest.raises(CnnbenchError, match="cuda: block"):
-        accel.apply_profile({"cuda": [1]}, "cuda")
+        profiles.apply_profile({"cuda": [1]}, "cuda")
 
 
 @pytest.mark.parametrize("name", [*D2L_BOOK, *(f"{m}-d2l" for m in D2L_BOOK), *DENSE])
 def test_every_recipe_has_a_cuda_block_that_resolves(name):
     cpu, cuda = recipe(name, device="cpu"), recipe(name, device="cuda")
     assert cuda["profile"] == "cuda" and cuda != {**cpu, "device": "cuda", "profile": "cuda"}
-    accel.compile_mode(cuda["compile"])
+    compiling.compile_mode(cuda["compile"])
     if not name.endswith("-d2l"):
         assert cuda["amp"] == "bf16" and cuda["compile"] not in (False, None)
 
@@ -74,7 +74,7 @@ def test_d2l_recipes_are_train_ch6(model):
         assert (c["schedule"], c["epochs"], c["val_size"], c["limit"]) == ("constant", 10, 0, None)
         assert (c["normalize"], c["hflip"], c["crop_padding"], c["random_erasing"],
                 c["label_smoothing"], c["amp"]) == (False, False, 0, 0.0, 0.0, "none")
-        assert not accel.drop_last(c, torch.device(device))  # every image, every epoch
+        assert not compiling.drop_last(c, torch.device(device))  # every image, every epoch
 
 
 def test_dry_run_prints_the_cuda_recipe_without_making_anything(tmp_path, monkeypatch):
@@ -99,7 +99,7 @@ def test_dry_run_rejects_a_bad_compile_mode_in_one_line():
 
 
 def test_compile_key_takes_bools_and_modes():
-    assert [accel.compile_mode(v) for v in (False, None, True, "default", "reduce-overhead",
+    assert [compiling.compile_mode(v) for v in (False, None, True, "default", "reduce-overhead",
                                             "max-autotune")] == \
         [None, None, "default", "default", "reduce-overhead", "max-autotune"]
     assert cfg.resolve("lenet", overrides={"compile": True})["compile"] is True
@@ -111,7 +111,7 @@ def test_init_sets_weights_by_fan_and_leaves_biases(name):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 32, 5), nn.ConvTranspose2d(32, 8, 2), nn.Linear(400, 300))
     biases = [m.bias.clone() for m in model]
-    accel.init_weights(model, name)
+    weight_init.init_weights(model, name)
     for module, bias in zip(model, biases):
         w = module.weight
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
@@ -129,14 +129,14 @@ def test_init_sets_weights_by_fan_and_leaves_biases(name):
 def test_init_is_seeded_and_default_changes_nothing():
     def drawn(name):
         torch.manual_seed(3)
-        return accel.init_weights(nn.Linear(20, 10), name).weight.detach().clone()
+        return weight_init.init_weights(nn.Linear(20, 10), name).weight.detach().clone()
     assert torch.equal(drawn("xavier_uniform"), drawn("xavier_uniform"))
     assert not torch.equal(drawn("xavier_uniform"), drawn("default"))
     default = drawn("default")
     torch.manual_seed(3)
     assert torch.equal(default, nn.Linear(20, 10).weight.detach())
     with pytest.raises(CnnbenchError, match="xavier_uniform"):
-        accel.init_weights(nn.Linear(2, 2), "xavier")
+        weight_init.init_weights(nn.Linear(2, 2), "xavier")
 
 
 def test_trainer_applies_init_and_trains_with_an_empty_validation_split(tmp_path, fmnist_dir):
@@ -175,9 +175,9 @@ def test_static_batches_skip_only_a_partial_last_batch():
     assert list(batch_starts(100, 32)) == [0, 32, 64, 96]
     assert list(batch_starts(20, 32, drop_last=True)) == [0]  # never an empty epoch
     config = {"compile": "reduce-overhead"}
-    assert accel.drop_last(config, torch.device("cuda"))
-    assert not accel.drop_last(config, torch.device("cpu"))
-    assert not accel.drop_last({"compile": "default"}, torch.device("cuda"))
+    assert compiling.drop_last(config, torch.device("cuda"))
+    assert not compiling.drop_last(config, torch.device("cpu"))
+    assert not compiling.drop_last({"compile": "default"}, torch.device("cuda"))
 
 
 def test_a_failing_compile_warns_once_and_trains_eagerly(tmp_path, fmnist_dir, capsys,
@@ -190,7 +190,7 @@ def test_a_failing_compile_warns_once_and_trains_eagerly(tmp_path, fmnist_dir, c
         def fails(*args):
             raise RuntimeError("no compiler here\nsecond line")
         return fails
-    monkeypatch.setattr(accel.torch, "compile", broken)
+    monkeypatch.setattr(compiling.torch, "compile", broken)
     trainer = build_trainer(config, callbacks=[])
     stats = trainer.train_epoch(1)
     assert stats.images == len(trainer.train_split)
@@ -201,13 +201,13 @@ def test_a_failing_compile_warns_once_and_trains_eagerly(tmp_path, fmnist_dir, c
 
 
 def compiled_step(tmp_path, fmnist_dir, capsys):
-    """One training step of LeNet through :class:`accel.CompiledForward`."""
+    """One training step of LeNet through :class:`compiling.CompiledForward`."""
     (tmp_path / "none.yaml").write_text("")
     config = cfg.resolve("lenet", tmp_path / "none.yaml", dict(
         data=str(fmnist_dir), limit=32, val_size=0, batch_size=16, epochs=1,
         compile="default"))
     trainer = build_trainer(config, callbacks=[])
-    assert isinstance(trainer.forward, accel.CompiledForward)
+    assert isinstance(trainer.forward, compiling.CompiledForward)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     images, targets = trainer.train_split.take(slice(0, 16))
     output, _, loss = trainer.train_step(images, targets)
@@ -221,7 +221,7 @@ def compiled_step(tmp_path, fmnist_dir, capsys):
 def test_a_compiled_training_step_runs_on_the_cpu(tmp_path, fmnist_dir, capsys, monkeypatch):
     """Dynamo and AOT autograd (the graphs inductor would get), without inductor's C build."""
     compile_ = torch.compile
-    monkeypatch.setattr(accel.torch, "compile",
+    monkeypatch.setattr(compiling.torch, "compile",
                         lambda model, mode=None: compile_(model, backend="aot_eager"))
     compiled_step(tmp_path, fmnist_dir, capsys)
 

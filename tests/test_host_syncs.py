@@ -65,7 +65,7 @@ def test_a_training_step_never_waits_for_the_device(model, fmnist_dir):
 
 @pytest.mark.parametrize("model", list(STEP_CASES))
 def test_prepare_model_and_loss_trace_as_one_graph(model, fmnist_dir):
-    """What ``compile:`` compiles (accel.CompiledForward): the task's augmentation, the model
+    """What ``compile:`` compiles (compiling.CompiledForward): the task's augmentation, the model
     and the loss, one dynamo graph with no break, so inductor fuses across them and
     reduce-overhead captures all of it."""
     model_args, extra = STEP_CASES[model]

@@ -205,8 +205,8 @@ def test_asking_for_an_absent_device_is_a_clear_error():
 # --- the optimizer and schedule tables ---
 
 def test_config_choices_come_from_the_tables():
-    assert cfg.TRAINER_KEYS["optimizer"][2] == tuple(OPTIMIZERS)
-    assert cfg.TRAINER_KEYS["schedule"][2] == tuple(SCHEDULES)
+    assert cfg.trainer_keys()["optimizer"].choices == tuple(OPTIMIZERS)
+    assert cfg.trainer_keys()["schedule"].choices == tuple(SCHEDULES)
 
 
 class WithMultipliers(torch.nn.Module):
@@ -221,7 +221,7 @@ class WithMultipliers(torch.nn.Module):
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_builds_with_the_models_parameter_groups(name):
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), WithMultipliers())
-    config = {k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}
+    config = cfg.defaults()
     config.update(optimizer=name, lr=0.5, momentum=0.9, weight_decay=0.01)
     optimizer = build_optimizer(model, config)
     inner = model[1]
@@ -234,7 +234,7 @@ def test_every_optimizer_builds_with_the_models_parameter_groups(name):
 
 
 def test_nesterov_without_momentum_is_one_line():
-    config = {k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}
+    config = cfg.defaults()
     config.update(nesterov=True)
     with pytest.raises(CnnbenchError, match="optimizer sgd: Nesterov"):
         build_optimizer(torch.nn.Linear(2, 2), config)
@@ -262,7 +262,7 @@ OLD_SCHEDULES = {
 
 
 def schedule(changes, optimizer="sgd", steps_per_epoch=4, epochs=2, steps=9):
-    config = {k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}
+    config = cfg.defaults()
     config.update({"epochs": epochs, "lr": 1.0, "momentum": 0.9, "optimizer": optimizer,
                    **changes})
     opt = build_optimizer(torch.nn.Linear(1, 1), config)

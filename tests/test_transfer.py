@@ -166,7 +166,7 @@ def test_each_group_learns_at_lr_times_its_multiplier_under_every_schedule(sched
     model = get_model("single-object", width=4)
     mult = [0.01, 0.1, 1.0]
     groups = layer_groups(model)
-    config = {k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}
+    config = cfg.defaults()
     config.update(schedule=schedule, lr=0.2, epochs=3, warmup_epochs=1.0, momentum=0.9)
     layers = [(name, m, groups[name]) for name, m in zip(groups, mult)]
     optimizer = build_optimizer(model, config, param_groups(model, 0.2, layers))

@@ -78,7 +78,7 @@ def training_optimizer(name: str, choice: str | None = None) -> dict:
     except CnnbenchError:  # no recipe, and a task the trainer cannot run: its defaults
         if recipe is not None:
             raise
-        settings = {key: spec[0] for key, spec in config.TRAINER_KEYS.items()}
+        settings = config.defaults()
     source = ("--optimizer" if choice else
               f"{recipe.parent.name}/{recipe.name}" if recipe else "the trainer's default")
     name = choice or settings["optimizer"]

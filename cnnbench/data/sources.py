@@ -20,6 +20,14 @@ from cnnbench.data import cifar10, fashion_mnist, imagefolder, scenes, voc
 from cnnbench.data.dense_transforms import multi_hot
 from cnnbench.data.splits import DataBundle, Split, head, holdout
 from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.keys import Key, declare
+
+KEYS = declare(
+    Key("data", None, str, help="NAME, NAME:ARGUMENT or a folder (default: the task's first source)"),
+    Key("limit", None, int, bounds="[1, inf)", help="at most this many images per split"),
+    Key("val_size", 5000, int, bounds="[0, inf)", help="hold-out from the training set (fixed seed)"),
+    Key("skip_bad_images", False, bool, help="imagefolder: warn and skip undecodable files"),
+)
 
 
 @dataclass(frozen=True)
@@ -29,15 +37,14 @@ class Source:
 
 
 def _fashion_mnist(folder: str | None, config: dict, task) -> DataBundle:
-    return fashion_mnist.load_bundle(folder, val_size=config.get("val_size", 5000),
-                                     limit=config.get("limit"))
+    return fashion_mnist.load_bundle(folder, val_size=config["val_size"],
+                                     limit=config["limit"])
 
 
 def _scenes(folder: str | None, config: dict, task) -> DataBundle:
-    size = int(config.get("scene_size", 96))
-    limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
-    counts = {"train": int(config.get("scenes", 10000)),
-              "test": int(config.get("test_scenes", 2000))}
+    size = int(config["scene_size"])
+    limit, val_size = config["limit"], int(config["val_size"])
+    counts = {"train": int(config["scenes"]), "test": int(config["test_scenes"])}
     if limit is not None:  # a quick run draws only what it will use
         counts = {"train": min(counts["train"], 2 * limit + min(val_size, limit)),
                   "test": min(counts["test"], limit)}
@@ -56,8 +63,8 @@ def _scenes(folder: str | None, config: dict, task) -> DataBundle:
 def _voc(path: str | None, config: dict, task) -> DataBundle:
     if not path:
         raise CnnbenchError(f"--data voc needs the folder: voc:PATH ({voc.HINT})")
-    size = int(config["input_size"][-1]) if config.get("input_size") else 224
-    limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
+    size = int(config["input_size"][-1]) if config["input_size"] else 224
+    limit, val_size = config["limit"], int(config["val_size"])
     train_set, test_set = voc.splits(path, task.voc_kind)
     load = voc.load_detection if task.voc_kind == "Main" else voc.load_segmentation
     per_split = None if limit is None else 2 * limit + min(val_size, limit)
@@ -125,7 +132,7 @@ def parse_data(value: str | None, default: str) -> tuple[str, str | None]:
 
 def load_data(config: dict, task) -> DataBundle:
     """The bundle the ``data`` key names, for a task class that lists its ``sources``."""
-    name, argument = parse_data(config.get("data"), task.sources[0])
+    name, argument = parse_data(config["data"], task.sources[0])
     if name not in task.sources:
         raise CnnbenchError(f"the {task.name} task cannot train on {name} data; it takes "
                             f"{', '.join(task.sources)}")

@@ -19,6 +19,7 @@ import torch
 
 from cnnbench.data.splits import DataBundle, Targets
 from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.keys import Key, table
 from cnnbench.tasks import TASKS
 from cnnbench.tasks.metrics import Metric
 
@@ -65,9 +66,13 @@ class Task(ABC):
     name: ClassVar[str]
     monitor: ClassVar[str] = "acc"  # the validation metric that picks best.pt by default
     sources: ClassVar[tuple[str, ...]] = ("fashion-mnist",)  # data it trains on; first: default
-    # Task-specific configuration keys and their defaults; the trainer accepts these in YAML
-    # and on the command line besides its own keys (e.g. {"dice_weight": 0.0}).
-    options: ClassVar[dict] = {}
+    # Task-specific configuration keys; the trainer accepts these in YAML and on the command
+    # line besides its own keys (e.g. Key("dice_weight", 0.0, float, bounds="[0, inf)")).
+    options: ClassVar[tuple[Key, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        table(cls.options)  # a key declared twice is an error when the task's module loads
 
     def __init__(self, config: dict, context: Context):
         self.config, self.context = config, context

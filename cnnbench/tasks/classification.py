@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnbench.data import transforms as T
+from cnnbench.keys import Key
 from cnnbench.tasks.base import Context, Task, channel_stats
 from cnnbench.tasks.metrics import Accuracy, TopK
 
@@ -25,20 +26,23 @@ class Classification(Task):
     name = "classification"
     monitor = "acc"
     sources = ("fashion-mnist", "imagefolder", "cifar10")
-    options = {
-        "label_smoothing": 0.0,  # cross-entropy against (1 - e) one-hot + e / classes
-        "normalize": True,       # subtract the mean, divide by the std (per channel; see setup)
-        "crop_padding": 0,       # random crop after zero padding by this many pixels (28 px frame)
-        "hflip": False,          # random horizontal flip
-        "random_erasing": 0.0,   # probability of erasing one random rectangle
-    }
+    options = (
+        Key("label_smoothing", 0.0, float, bounds="[0, 1]",
+            help="cross-entropy against (1 - e) one-hot + e / classes"),
+        Key("normalize", True, bool, help="subtract the mean, divide by the std (per channel; see setup)"),
+        Key("crop_padding", 0, int, bounds="[0, inf)",
+            help="random crop after zero padding by this many pixels (28 px frame)"),
+        Key("hflip", False, bool, help="random horizontal flip"),
+        Key("random_erasing", 0.0, float, bounds="[0, 1]",
+            help="probability of erasing one random rectangle"),
+    )
 
     @classmethod
     def setup(cls, config, data, info) -> Context:
         args = {}
         if "num_classes" in info.options or info.name.startswith("torchvision:"):
             args["num_classes"] = len(data.class_names)
-        channels = (config.get("input_size") or info.input_size)[0]
+        channels = (config["input_size"] or info.input_size)[0]
         if "channels" in data.info:  # the user's images (imagefolder, cifar10): their own stats
             mean, std = channel_stats(data.train.images)
         else:  # Fashion-MNIST: the published statistics, as the book's recipes use them
@@ -51,26 +55,26 @@ class Classification(Task):
         c = self.config
         x = T.to_float(images)
         if train:
-            if c.get("crop_padding", 0):
+            if c["crop_padding"]:
                 x, _ = T.random_crop(x, int(c["crop_padding"]))
-            if c.get("hflip"):
+            if c["hflip"]:
                 x, _ = T.random_hflip(x)
-        if c.get("input_size"):
+        if c["input_size"]:
             x = T.resize(x, tuple(c["input_size"][-2:]))
         if self.context.channels != x.shape[1]:  # e.g. a colour torchvision model, grey images
             x = x.expand(-1, self.context.channels, -1, -1)
-        if c.get("normalize", True):
+        if c["normalize"]:
             x = T.normalize(x, self.context.mean, self.context.std)
-        if train and c.get("random_erasing", 0.0):
+        if train and c["random_erasing"]:
             x = T.random_erasing(x, float(c["random_erasing"]))
-        if train and (c.get("mixup") or c.get("cutmix")):
+        if train and (c["mixup"] or c["cutmix"]):
             soft = T.one_hot(targets, self.context.num_classes, x.dtype)
-            x, targets = T.mix(x, soft, c.get("mixup") or 0.0, c.get("cutmix") or 0.0)
+            x, targets = T.mix(x, soft, c["mixup"], c["cutmix"])
         return x, targets
 
     def loss(self, output, targets):
         return F.cross_entropy(output.float(), targets,
-                               label_smoothing=float(self.config.get("label_smoothing", 0.0)))
+                               label_smoothing=float(self.config["label_smoothing"]))
 
     def metrics(self):
         return {"acc": Accuracy(), "top5": TopK(5)}

@@ -13,19 +13,24 @@ from torch.nn import functional as F
 
 from cnnbench.data import transforms as T
 from cnnbench.data.dense_transforms import multi_hot, random_affine
+from cnnbench.keys import Key
 from cnnbench.tasks.base import Context, Task, channel_stats
 
-DENSE_OPTIONS = {
-    "scenes": 10000,        # Fashion-MNIST scenes drawn from the training images (train + val)
-    "test_scenes": 2000,    # scenes drawn from the test images
-    "scene_size": 96,       # canvas side in pixels
-    "augment": True,        # random affine (flip, scale, shift, rotation) with boxes and masks
-    "flip": 0.5,            # probability of a horizontal flip
-    "scale_min": 0.85,
-    "scale_max": 1.15,
-    "translate": 0.1,       # largest shift, a fraction of the image side
-    "degrees": 0.0,         # largest rotation (boxes become the corners' enclosing box)
-}
+DENSE_OPTIONS = (
+    Key("scenes", 10000, int, bounds="[1, inf)",
+        help="Fashion-MNIST scenes drawn from the training images (train + val)"),
+    Key("test_scenes", 2000, int, bounds="[1, inf)", help="scenes drawn from the test images"),
+    Key("scene_size", 96, int, bounds="[8, inf)", help="canvas side in pixels"),
+    Key("augment", True, bool,
+        help="random affine (flip, scale, shift, rotation) with boxes and masks"),
+    Key("flip", 0.5, float, bounds="[0, 1]", help="probability of a horizontal flip"),
+    Key("scale_min", 0.85, float, bounds="(0, inf)", help="smallest random scale"),
+    Key("scale_max", 1.15, float, bounds="(0, inf)", help="largest random scale"),
+    Key("translate", 0.1, float, bounds="[0, 1]",
+        help="largest shift, a fraction of the image side"),
+    Key("degrees", 0.0, float, bounds="[0, 180]",
+        help="largest rotation (boxes become the corners' enclosing box)"),
+)
 
 
 class DenseTask(Task):
@@ -38,7 +43,7 @@ class DenseTask(Task):
     @classmethod
     def setup(cls, config, data, info) -> Context:
         mean, std = channel_stats(data.train.images)
-        wanted = config.get("input_size") or list(info.input_size)
+        wanted = config["input_size"] or list(info.input_size)
         data_channels = data.train.images.shape[1]
         # Colour data need a colour model; grey data are repeated for a colour model.
         channels = data_channels if data_channels == 3 else int(wanted[0])
@@ -61,13 +66,13 @@ class DenseTask(Task):
         n, _, h, w = images.shape
         boxes, labels, masks = targets.get("boxes"), targets.get("labels"), targets.get("masks")
         x = images
-        if train and c.get("augment", True):
+        if train and c["augment"]:
             x, boxes, labels, masks = random_affine(
-                images, boxes, labels, masks, flip=float(c.get("flip", 0.5)),
-                scale=(float(c.get("scale_min", 0.85)), float(c.get("scale_max", 1.15))),
-                translate=float(c.get("translate", 0.1)), degrees=float(c.get("degrees", 0.0)))
+                images, boxes, labels, masks, flip=float(c["flip"]),
+                scale=(float(c["scale_min"]), float(c["scale_max"])),
+                translate=float(c["translate"]), degrees=float(c["degrees"]))
         x = T.to_float(x)
-        size = tuple((c.get("input_size") or [None, h, w])[-2:])
+        size = tuple((c["input_size"] or [None, h, w])[-2:])
         x = T.resize(x, size)
         channels, mean, std = self.context.channels, self.context.mean, self.context.std
         if x.shape[1] != channels:

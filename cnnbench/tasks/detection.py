@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from cnnbench import boxes as B
+from cnnbench.keys import Key
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
 from cnnbench.tasks.metrics import MeanAP
 
@@ -64,37 +65,42 @@ class Detection(DenseTask):
     name = "detection"
     monitor = "map50"
     voc_kind = "Main"
-    options = {**DENSE_OPTIONS,
-               "match_iou": 0.5,       # an anchor with IoU >= this also predicts that object
-               "neg_ratio": 3.0,       # hard negative mining: negatives per positive (softmax)
-               "box_loss": "smooth_l1",  # or "l1"
-               "box_weight": 1.0,
-               "score_threshold": 0.05,  # detections kept for mAP
-               "nms_iou": 0.45,
-               "max_detections": 100,
-               "draw_threshold": 0.3}  # detections drawn in TensorBoard
+    options = (
+        *DENSE_OPTIONS,
+        Key("match_iou", 0.5, float, bounds="(0, 1]",
+            help="an anchor with IoU >= this also predicts that object"),
+        Key("neg_ratio", 3.0, float, bounds="[0, inf)",
+            help="hard negative mining: negatives per positive (softmax)"),
+        Key("box_loss", "smooth_l1", str, ("smooth_l1", "l1"), help="the box regression loss"),
+        Key("box_weight", 1.0, float, bounds="[0, inf)", help="box loss weight beside the class"),
+        Key("score_threshold", 0.05, float, bounds="[0, 1]", help="detections kept for mAP"),
+        Key("nms_iou", 0.45, float, bounds="(0, 1]", help="non-maximum suppression IoU"),
+        Key("max_detections", 100, int, bounds="[1, inf)", help="detections kept per image"),
+        Key("draw_threshold", 0.3, float, bounds="[0, 1]",
+            help="detections drawn in TensorBoard and by predict"),
+    )
 
     def loss(self, output, targets):
         anchors, cls_logits, box_offsets = output
         cls_target, box_target = B.detection_targets(anchors, targets["boxes"],
                                                      targets["labels"],
-                                                     float(self.config.get("match_iou", 0.5)))
-        box_loss = self.config.get("box_loss", "smooth_l1")
+                                                     float(self.config["match_iou"]))
+        box_loss = self.config["box_loss"]
         if cls_logits.shape[-1] == self.context.num_classes + 1:
             loc, cls = ssd_loss(cls_logits.float(), box_offsets.float(), cls_target, box_target,
-                                float(self.config.get("neg_ratio", 3.0)), box_loss)
+                                float(self.config["neg_ratio"]), box_loss)
         else:
             loc, cls = focal_loss(cls_logits.float(), box_offsets.float(), cls_target,
                                   box_target, box_loss)
-        return cls + float(self.config.get("box_weight", 1.0)) * loc
+        return cls + float(self.config["box_weight"]) * loc
 
     def detect(self, output) -> list[dict]:
         anchors, cls_logits, box_offsets = output
         scores = B.scores_from_logits(cls_logits.float(), self.context.num_classes)
         c = self.config
         return B.detect(anchors, scores, box_offsets.float(),
-                        float(c.get("score_threshold", 0.05)), float(c.get("nms_iou", 0.45)),
-                        int(c.get("max_detections", 100)))
+                        float(c["score_threshold"]), float(c["nms_iou"]),
+                        int(c["max_detections"]))
 
     def metrics(self):
         return {"map": MeanAP(self.detect, self.context.num_classes)}  # map50 and map
@@ -105,7 +111,7 @@ class Detection(DenseTask):
         class_names = self.context.class_names
         n = min(n, images.shape[0])
         dets = self.detect(tuple(o if i == 0 else o[:n] for i, o in enumerate(output)))
-        threshold = float(self.config.get("draw_threshold", 0.3))
+        threshold = float(self.config["draw_threshold"])
         pictures = []
         for i in range(n):
             d = {k: v.cpu() for k, v in dets[i].items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from cnnbench.keys import Key
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
 from cnnbench.tasks.metrics import F1, LabelAP, f1_per_class, label_average_precision
 
@@ -17,7 +18,8 @@ from cnnbench.tasks.metrics import F1, LabelAP, f1_per_class, label_average_prec
 class MultiLabel(DenseTask):
     name = "multi-label"
     monitor = "f1"
-    options = {**DENSE_OPTIONS, "threshold": 0.5}
+    options = (*DENSE_OPTIONS, Key("threshold", 0.5, float, bounds="[0, 1]",
+                                   help="a label is predicted above this probability"))
 
     def prepare(self, images, targets, train: bool):
         x, targets = super().prepare(images, targets, train)
@@ -27,7 +29,7 @@ class MultiLabel(DenseTask):
         return F.binary_cross_entropy_with_logits(output.float(), targets["multi_hot"])
 
     def metrics(self):
-        return {"f1": F1(float(self.config.get("threshold", 0.5))), "map": LabelAP()}
+        return {"f1": F1(float(self.config["threshold"])), "map": LabelAP()}
 
     def log_images(self, writer, step, images, output, targets) -> None:
         class_names = self.context.class_names
@@ -48,7 +50,7 @@ class MultiLabel(DenseTask):
         class_names = self.context.class_names
         scores = torch.cat([o.float() for o, _ in output_targets])
         truth = torch.cat([t["multi_hot"] for _, t in output_targets])
-        pred = (scores.sigmoid() > float(self.config.get("threshold", 0.5))).float()
+        pred = (scores.sigmoid() > float(self.config["threshold"])).float()
         f1 = f1_per_class((pred * truth).sum(0), (pred * (1 - truth)).sum(0),
                           ((1 - pred) * truth).sum(0))
         ap = label_average_precision(scores, truth)

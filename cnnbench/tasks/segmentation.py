@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from cnnbench.keys import Key
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
 from cnnbench.tasks.metrics import (IGNORE, MeanIoU, PixelAccuracy, confusion_matrix,
                                     iou_from_confusion)
@@ -32,7 +33,8 @@ class Segmentation(DenseTask):
     name = "segmentation"
     monitor = "miou"
     voc_kind = "Segmentation"
-    options = {**DENSE_OPTIONS, "dice_weight": 0.0}
+    options = (*DENSE_OPTIONS, Key("dice_weight", 0.0, float, bounds="[0, inf)",
+                                   help="weight of a soft Dice loss added to cross-entropy"))
 
     @classmethod
     def model_classes(cls, num_classes: int) -> int:
@@ -41,7 +43,7 @@ class Segmentation(DenseTask):
     def loss(self, output, targets):
         masks = targets["masks"]
         loss = F.cross_entropy(output.float(), masks, ignore_index=IGNORE)
-        if self.config.get("dice_weight", 0.0):
+        if self.config["dice_weight"]:
             loss = loss + float(self.config["dice_weight"]) * dice_loss(output.float(), masks)
         return loss
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from cnnbench.keys import Key
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
 from cnnbench.tasks.metrics import BoxIoU, BoxL1, ClassAccuracy
 
@@ -27,7 +28,8 @@ def largest_object(boxes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 class SingleObject(DenseTask):
     name = "single-object"
     monitor = "box_iou"
-    options = {**DENSE_OPTIONS, "ce_weight": 20.0}
+    options = (*DENSE_OPTIONS, Key("ce_weight", 20.0, float, bounds="[0, inf)",
+                                   help="weight of the class loss beside the box loss"))
 
     def prepare(self, images, targets, train: bool):
         x, targets = super().prepare(images, targets, train)
@@ -35,11 +37,11 @@ class SingleObject(DenseTask):
         return x, {"box": box, "label": label}  # box in fractions of the image
 
     def loss(self, output, targets):
-        size = float(self.config["input_size"][-1]) if self.config.get("input_size") else 96.0
+        size = float(self.config["input_size"][-1]) if self.config["input_size"] else 96.0
         # As in the lesson: sigmoid into the image, in pixels, L1 + 20 x cross-entropy.
         pred_box = output[:, :4].float().sigmoid() * size
         return (F.l1_loss(pred_box, targets["box"] * size)
-                + float(self.config.get("ce_weight", 20.0))
+                + float(self.config["ce_weight"])
                 * F.cross_entropy(output[:, 4:].float(), targets["label"].clamp(min=0)))
 
     def metrics(self):

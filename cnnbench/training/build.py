@@ -21,10 +21,12 @@ from cnnbench.checkpoints import load_checkpoint
 from cnnbench.data.sources import load_data
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.keys import Key, declare
 from cnnbench.registry import get_model_info
 from cnnbench.tasks.base import get_task, stored_context
 from cnnbench.training import distributed, transfer
-from cnnbench.training.accel import drop_last, init_weights
+from cnnbench.training.compiling import drop_last
+from cnnbench.training.weight_init import init_weights
 from cnnbench.training.callbacks import Report, standard_callbacks
 from cnnbench.training.checks import check_classes, check_labels, check_same_classes
 from cnnbench.training.interrupt import resource_errors, say
@@ -43,6 +45,16 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The autocast types each device runs: CPU autocast runs bf16; fp16 on the CPU has no fast
 # kernels and torch's GradScaler is made for CUDA, so it is refused rather than emulated.
 AMP_DEVICES = {"cuda": ("bf16", "fp16"), "cpu": ("bf16",)}
+
+KEYS = declare(
+    Key("model", None, str, help="a registered model (cnnbench models)"),
+    Key("model_args", {}, dict, help="the builder's keyword options, e.g. {ratio: 4}"),
+    Key("task", None, str, help="default: the model's task in the registry"),
+    Key("input_size", None, None, help='96, "96x96" or "1x96x96"; default: the model\'s'),
+    Key("device", "auto", str, ("auto", "cpu", "cuda", "mps"), help="where the run trains"),
+    Key("threads", None, int, bounds="[1, inf)",
+        help="CPU threads for torch (default: torch's choice)"),
+)
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -63,7 +75,7 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     c = config
     device = distributed.setup(resolve_device(c["device"]))  # cuda:LOCAL_RANK under torchrun
     amp = amp_dtype(c["amp"], device)  # before any work: config.yaml records what runs
-    if c.get("threads"):
+    if c["threads"]:
         torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
     if c.get("init_from") and checkpoint is None:
         transfer.weights_file(c["init_from"])  # a wrong path fails before the data load
@@ -83,13 +95,13 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     check_classes(context, c["model_args"])
     check_labels((data.train, data.val, data.test), context.num_classes)
     task = task_cls(c, context)
-    monitor = c.get("monitor") or task_cls.monitor
+    monitor = c["monitor"] or task_cls.monitor
     _check_monitor(monitor, task)
 
     torch.manual_seed(c["seed"])  # the first weights do not depend on how data were made
     model_args = {**context.model_args, **c["model_args"]}
     model, _ = build(c["model"], model_args, in_channels=c["input_size"][0])
-    init_weights(model, c.get("init", "default"))
+    init_weights(model, c["init"])
     channels_last = device.type == "cuda" and c["channels_last"]
     model = model.to(device, memory_format=(
         torch.channels_last if channels_last else torch.preserve_format))
@@ -103,7 +115,7 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     optimizer = build_optimizer(model, c, param_groups(model, c["lr"], layers))
     share = distributed.share(len(splits[0]))  # one process's images per epoch
     batches = len(batch_starts(share, c["batch_size"], drop_last(c, device)))
-    schedule = build_schedule(optimizer, c, math.ceil(batches / (c.get("accumulate_steps") or 1)))
+    schedule = build_schedule(optimizer, c, math.ceil(batches / c["accumulate_steps"]))
     callbacks = standard_callbacks(c, monitor) if callbacks is None else list(callbacks)
     if reporter is not None:
         callbacks.append(Report(reporter))
@@ -222,7 +234,7 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
         raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     # Keys added since the run started take their defaults.
-    config = {**{k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}, **state["config"]}
+    config = {**cfg.defaults(state["config"].get("task")), **state["config"]}
     changed = {k: v for k, v in (overrides or {}).items()
                if v is not None and config.get(k) != v}
     fixed = sorted(set(changed) - RESUMABLE_KEYS)
@@ -230,7 +242,7 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
         raise CnnbenchError(f"{fixed[0]} cannot change when resuming (only "
                             f"{', '.join(sorted(RESUMABLE_KEYS))} can)")
     for key, value in changed.items():
-        config[key] = cfg.check(key, value, cfg.TRAINER_KEYS, "command line")
-    if not config.get("threads") and state.get("threads"):
+        config[key] = cfg.check(key, value, source="command line")
+    if not config["threads"] and state.get("threads"):
         torch.set_num_threads(state["threads"])  # as many as before: the same sums, bitwise
     return build_trainer(config, run, checkpoint=state, reporter=reporter)

@@ -24,10 +24,25 @@ from cnnbench import config as cfg
 from cnnbench.building import eval_mode
 from cnnbench.checkpoints import load_checkpoint, save_checkpoint
 from cnnbench.errors import CnnbenchError
+from cnnbench.keys import Key, declare
 from cnnbench.strict_json import dumps
 from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, Step, Trainer
 from cnnbench.training.runs import read_metrics, resolve_mode
+
+KEYS = declare(
+    Key("monitor", None, str, help="the metric that picks best.pt (default: the task's)"),
+    Key("mode", "auto", str, ("auto", "max", "min"), help="auto: minimise a loss or error, else max"),
+    Key("log_graph", True, bool, help="TensorBoard: the model's graph"),
+    Key("log_images", True, bool, help="TensorBoard: a few predictions every epoch"),
+    Key("log_every_steps", 50, int, bounds="[0, inf)",
+        help="TensorBoard step-level loss and lr; 0: off"),
+    Key("log_histograms", False, bool, help="TensorBoard weights and gradients every epoch"),
+    Key("patience", None, int, bounds="[1, inf)",
+        help="stop after N epochs without a better monitor"),
+    Key("min_delta", 0.0, float, bounds="[0, inf)", help="patience: the least gain that counts"),
+    Key("ema", None, float, bounds="(0, 1)", help="model EMA decay, e.g. 0.999 (val_ema_* metrics)"),
+)
 
 PROGRESS_EVERY = 0.5  # seconds between progress-bar updates; each reads the metrics (one sync)
 
@@ -177,8 +192,8 @@ class TensorBoard(Callback):
         scaler = trainer.scaler
         # fp16 without grad_clip leaves the gradients multiplied by the loss scale (the step's
         # update may have just changed it, once in 2,000 steps).
-        scale = scaler.get_scale() if scaler.is_enabled() and not trainer.config.get(
-            "grad_clip") else 1.0
+        scale = scaler.get_scale() if scaler.is_enabled() and not trainer.config[
+            "grad_clip"] else 1.0
         for name, p in trainer.model.named_parameters():
             for kind, values in (("weights", p.detach()), ("grads", p.grad)):
                 if values is None:
@@ -489,12 +504,12 @@ class Report(Callback):
 def standard_callbacks(config: dict, monitor: str) -> list[Callback]:
     """What ``cnnbench train`` writes into a run folder, and the keys' own callbacks."""
     extras = []
-    if config.get("patience"):
-        extras.append(EarlyStopping(monitor, config["patience"], config.get("mode", "auto"),
-                                    config.get("min_delta", 0.0)))
-    if config.get("ema"):
+    if config["patience"]:
+        extras.append(EarlyStopping(monitor, config["patience"], config["mode"],
+                                    config["min_delta"]))
+    if config["ema"]:
         extras.append(EMA(config["ema"]))
     return [RunFolder(), JSONLog(),
             TensorBoard(config["log_graph"], config["log_images"],
-                        config.get("log_every_steps", 50), config.get("log_histograms", False)),
-            NaNGuard(), Checkpoint(monitor, config.get("mode", "auto")), Interrupt(), *extras]
+                        config["log_every_steps"], config["log_histograms"]),
+            NaNGuard(), Checkpoint(monitor, config["mode"]), Interrupt(), *extras]

@@ -49,8 +49,9 @@ from torch.utils._pytree import tree_map_only
 from cnnbench import config as cfg
 from cnnbench.data.splits import Split
 from cnnbench.errors import LAUNCHER_ERRORS, CnnbenchError, reported
+from cnnbench.keys import Key, declare
 from cnnbench.tasks.metrics import Meter
-from cnnbench.training.accel import build_forward
+from cnnbench.training.compiling import build_forward
 from cnnbench.training.callbacks import EMA, EarlyStopping, NaNGuard
 from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, EpochStats, Trainer, batch_starts
@@ -68,6 +69,10 @@ NO_FORWARD_BUFFER_SYNC = (
 
 # Callbacks that every process runs: they write nothing, and stop all processes alike.
 ALL_RANKS = (NaNGuard, Interrupt, EarlyStopping, EMA)  # collectives or agreed stops
+
+KEYS = declare(
+    Key("sync_batchnorm", False, bool, help="SyncBatchNorm over the processes (CUDA only)"),
+)
 
 
 # -- where this process stands --
@@ -192,7 +197,7 @@ def broadcast_buffers(model: nn.Module) -> None:
 
 def prepare_model(model: nn.Module, config: dict, device: torch.device) -> nn.Module:
     """``model`` with SyncBatchNorm layers if ``sync_batchnorm`` asks for them."""
-    if not (config.get("sync_batchnorm") and launched()):
+    if not (config["sync_batchnorm"] and launched()):
         return model
     if device.type != "cuda":
         raise CnnbenchError(SYNC_BN_CPU)
@@ -324,7 +329,7 @@ def check_launch(nproc: int, config: dict) -> None:
         raise CnnbenchError("--nproc starts the processes itself: under torchrun leave it out")
     if nproc < 1:
         raise CnnbenchError(f"--nproc must be >= 1, not {nproc}")
-    device = str(config.get("device") or "auto").split(":")[0]
+    device = str(config["device"]).split(":")[0]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and torch.cuda.device_count() < nproc:
@@ -333,7 +338,7 @@ def check_launch(nproc: int, config: dict) -> None:
     if device not in ("cpu", "cuda"):
         raise CnnbenchError(f"distributed training runs on cpu (gloo) or cuda (NCCL), "
                             f"not {device}: give --device cpu or cuda")
-    if config.get("sync_batchnorm") and device != "cuda" and nproc > 1:
+    if config["sync_batchnorm"] and device != "cuda" and nproc > 1:
         raise CnnbenchError(SYNC_BN_CPU)
 
 

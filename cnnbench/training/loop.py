@@ -35,11 +35,26 @@ from cnnbench.building import eval_mode
 from cnnbench.data.splits import Split
 from cnnbench.devices import device_name
 from cnnbench.errors import CnnbenchError
+from cnnbench.keys import Key, declare
 from cnnbench.tasks.base import Task, context_state
 from cnnbench.tasks.metrics import Meter
-from cnnbench.training.accel import CompiledForward, build_forward, drop_last
+from cnnbench.training.compiling import CompiledForward, build_forward, drop_last
 from cnnbench.training.rng import rng_states, set_rng_states
 from cnnbench.training.schedules import jump_to
+
+KEYS = declare(
+    Key("epochs", 10, int, bounds="[1, inf)", help="epochs in all (also when resuming)"),
+    Key("batch_size", 256, int, bounds="[1, inf)", help="training images per batch"),
+    Key("eval_batch_size", None, int, bounds="[1, inf)", help="default: 2 x batch_size"),
+    Key("accumulate_steps", 1, int, bounds="[1, inf)", help="batches per optimizer step"),
+    Key("grad_clip", None, float, bounds="(0, inf)", help="max global gradient norm"),
+    Key("amp", "none", str, ("none", "bf16", "fp16"),
+        help="autocast: bf16 (CUDA, CPU), fp16 (CUDA)"),
+    Key("channels_last", True, bool, help="channels-last memory format (CUDA only)"),
+    Key("seed", 0, int, bounds="[0, inf)", help="seeds the weights, the order and augmentation"),
+    Key("mixup", 0.0, float, bounds="[0, inf)", help="MixUp's Beta(a, a); 0: off (classification)"),
+    Key("cutmix", 0.0, float, bounds="[0, inf)", help="CutMix's Beta(a, a); with mixup: each half"),
+)
 
 
 class CancelEpochException(Exception):
@@ -154,16 +169,16 @@ class Trainer:
         self.base_lrs = [g.get("max_lr", g.get("initial_lr")) for g in optimizer.param_groups]
         self.amp_dtype = amp_dtype
         self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
-        # prepare + model + loss, compiled as one function when the recipe asks (accel.py)
+        # prepare + model + loss, compiled as one function when the recipe asks (compiling.py)
         self.forward = build_forward(self._forward_loss, config)
         self.channels_last = device.type == "cuda" and config["channels_last"]
         self.drop_last = drop_last(config, device)
-        self.shuffle = shuffle or torch.Generator().manual_seed(config.get("seed", 0))
+        self.shuffle = shuffle or torch.Generator().manual_seed(config["seed"])
         self.batch_size = config["batch_size"]
-        self.accumulate = config.get("accumulate_steps") or 1
+        self.accumulate = config["accumulate_steps"]
         self.should_stop = False  # a callback's request: no more epochs after this one
-        self.eval_batch_size = config.get("eval_batch_size") or 2 * config["batch_size"]
-        self.monitor = monitor or config.get("monitor") or task.monitor
+        self.eval_batch_size = config["eval_batch_size"] or 2 * config["batch_size"]
+        self.monitor = monitor or config["monitor"] or task.monitor
         self.params = sum(p.numel() for p in model.parameters())
         self.run_dir = Path(run_dir) if run_dir else None
         self.callbacks: list[Callback] = []
@@ -247,7 +262,7 @@ class Trainer:
 
     def optimizer_step(self) -> None:
         """Clip, step (through the fp16 scaler) and move the schedule on."""
-        if self.config.get("grad_clip"):
+        if self.config["grad_clip"]:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
         self.scaler.step(self.optimizer)
@@ -393,7 +408,7 @@ class Trainer:
                 "input_size": self.config["input_size"], "amp": str(self.amp_dtype or "none"),
                 "compile": (self.forward.mode if isinstance(self.forward, CompiledForward)
                             else None),
-                "profile": self.config.get("profile", "none")}
+                "profile": self.config["profile"]}
 
     # -- checkpoints --
 

@@ -54,7 +54,7 @@ def lr_find(model: str | None = None, config_file: str | os.PathLike | None = No
     result = {
         "model": config["model"], "optimizer": config["optimizer"],
         "batch_size": config["batch_size"],
-        "accumulate_steps": config.get("accumulate_steps") or 1,
+        "accumulate_steps": config["accumulate_steps"],
         "train_images": len(trainer.train_split), "device": str(trainer.device),
         "start": start, "end": end, "planned_steps": steps, "steps": len(lrs),
         "diverged": len(lrs) < steps, "seconds": time.perf_counter() - t0,

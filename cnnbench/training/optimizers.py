@@ -1,7 +1,7 @@
 """The optimizers a recipe can name: a table, in the style of timm's ``OptimInfo``.
 
-Each entry names the optimizer class and the configuration keys it takes; ``config.TRAINER_KEYS``
-and ``cnnbench train --help`` list the names from here. To add an optimizer: one entry.
+Each entry names the optimizer class and the configuration keys it takes; the ``optimizer`` key
+(``cnnbench train --keys``) lists the names from here. To add an optimizer: one entry.
 
 Parameter groups come from the model: a module may define ``lr_multipliers()``, mapping some of
 its own parameters (relative names such as ``"p_conv.weight"``) to a multiple of the learning
@@ -16,6 +16,7 @@ import pkgutil
 from dataclasses import dataclass
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.keys import Key, declare
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,16 @@ OPTIMIZERS: dict[str, OptimInfo] = {
     "adam": OptimInfo("torch.optim.Adam", ("betas", "weight_decay"),
                       "Adam (Kingma and Ba); weight decay as an L2 term"),
 }
+
+
+KEYS = declare(
+    Key("optimizer", "sgd", str, tuple(OPTIMIZERS), help="the torch.optim optimizer (OPTIMIZERS above)"),
+    Key("lr", 0.1, float, bounds="(0, inf)", help="learning rate (the peak, with a schedule)"),
+    Key("momentum", 0.0, float, bounds="[0, 1)", help="SGD momentum; Adam's beta1 is betas[0]"),
+    Key("nesterov", False, bool, help="SGD: Nesterov momentum"),
+    Key("betas", [0.9, 0.999], list, bounds="[0, 1)", help="Adam's betas (each)"),
+    Key("weight_decay", 0.0, float, bounds="[0, inf)", help="L2 (SGD, Adam) or decoupled (AdamW)"),
+)
 
 
 def param_groups(model, lr: float, layers: list[tuple[str, float, list]] | None = None

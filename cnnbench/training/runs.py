@@ -261,10 +261,10 @@ def config_keys() -> list[str]:
     """Every configuration key: the trainer's and every task's options."""
     from cnnbench.tasks import TASKS
 
-    keys = list(cfg.TRAINER_KEYS)
+    keys = list(cfg.trainer_keys())
     for name, path in TASKS.items():
         if path:
-            keys += [k for k in cfg.task_options(name) if k not in keys]
+            keys += [k for k in cfg.schema(name) if k not in keys]
     return keys
 
 
@@ -294,7 +294,7 @@ def compare_runs(names: list[str], root: str | os.PathLike = "runs") -> dict:
     if len(names) < 2:
         raise CnnbenchError("--compare takes two or more runs")
     folders = [find_run(n, root) for n in names]
-    defaults = {k: spec[0] for k, spec in cfg.TRAINER_KEYS.items()}  # keys added since a run
+    defaults = cfg.defaults()  # keys added since a run
     configs = [{**defaults, **cfg.read_yaml(f / "config.yaml")} for f in folders]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     differ = [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs)]

@@ -19,6 +19,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+from cnnbench.keys import Key, declare
+
 ONE_CYCLE_MOMENTUM = (0.95, 0.85)  # fast.ai's moms: at the ends, at the peak
 
 
@@ -83,6 +85,21 @@ SCHEDULES: dict[str, ScheduleInfo] = {
     "onecycle": ScheduleInfo("torch.optim.lr_scheduler.OneCycleLR", _one_cycle,
                              "fast.ai's one cycle: up, then down, momentum the other way"),
 }
+
+
+KEYS = declare(
+    Key("schedule", "constant", str, tuple(SCHEDULES), help="the learning-rate schedule"),
+    Key("warmup_epochs", 0.0, float, bounds="[0, inf)",
+        help="linear warm-up (constant, step, cosine)"),
+    Key("step_epochs", 3, int, bounds="[1, inf)", help="step: multiply by gamma every step_epochs"),
+    Key("gamma", 0.1, float, bounds="(0, inf)", help="step: the factor"),
+    Key("pct_start", 0.25, float, bounds="(0, 1)",
+        help="onecycle: fraction of steps going up (fastai 0.25)"),
+    Key("div_factor", 25.0, float, bounds="(0, inf)", help="onecycle: start at lr / div_factor"),
+    Key("final_div_factor", 1e4, float, bounds="(0, inf)",
+        help="onecycle: end at lr / div_factor / this"),
+    Key("cycle_momentum", True, bool, help="onecycle: momentum (or beta1) 0.95 -> 0.85 -> 0.95"),
+)
 
 
 def build_schedule(optimizer, config: dict, steps_per_epoch: int):

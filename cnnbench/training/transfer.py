@@ -27,8 +27,20 @@ from torch import nn
 
 from cnnbench.checkpoints import read_checkpoint
 from cnnbench.errors import CnnbenchError
+from cnnbench.keys import Key, declare
 from cnnbench.training.interrupt import say
 from cnnbench.training.loop import Callback
+
+KEYS = declare(
+    Key("init_from", None, str,
+        help="run folder, checkpoint or state dict (or torchvision weights on disk): every "
+             "tensor whose name and shape match is loaded"),
+    Key("freeze_epochs", 0, int, bounds="[0, inf)",
+        help="train only the head (the last layer group) for this many epochs, then all"),
+    Key("train_bn", False, bool, help="frozen groups' norms train too (fastai 2), not eval"),
+    Key("lr_mult", None, list, bounds="(0, inf)",
+        help="lr multiple per layer group, body first, e.g. [0.01, 0.1, 1]"),
+)
 
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel's, torch.compile's
 HEAD_NAMES = ("head", "heads", "fc", "classifier")

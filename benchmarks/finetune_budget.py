@@ -21,7 +21,9 @@ shorter look. ``--runs-root`` keeps the run folders (default: a temporary folder
 Measured on the shared 2-core machine (README, Transfer learning): at ``--budget 3``
 single-object 0.555 / 0.590 fine-tuned against 0.467 / 0.597 from scratch, multi-label F1
 0.584 against 0.561; at ``--budget 6 --tasks single-object`` 0.640 / 0.640 against
-0.612 / 0.653. The epoch fit is rough on a loaded machine (runs took 0.7-1.1x their share).
+0.612 / 0.653; at ``--budget 15`` (the issue's figure) 0.689 / 0.677 against 0.662 / 0.689,
+multi-label F1 0.766 against 0.791. The epoch fit is rough on a loaded machine (runs took
+0.7-1.1x their share).
 """
 
 from __future__ import annotations

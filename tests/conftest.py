@@ -13,6 +13,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def keep_threads():
+    """Restore torch's thread count after a test that sets ``threads``."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fmnist_dir(tmp_path_factory):
     """Tiny synthetic Fashion-MNIST IDX files (96 training, 24 test images): no real data."""

@@ -3,14 +3,13 @@ no run folder, lock or temporary file left behind. In-process CLI calls on tiny 
 
 import gzip
 import shutil
-import sys
 
 import pytest
 import torch
 import yaml
 
-from cnnbench.cli import main
 from idx_files import write_fashion_mnist
+from cli_run import cli
 
 TRAIN = ["train", "lenet", "--data", "{data}", "--limit", "32", "--epochs", "1",
          "--run-dir", "{tmp}/D", "-q", "--set", "val_size=8"]
@@ -92,16 +91,6 @@ def world(tmp_path_factory, fmnist_dir):
     return root
 
 
-def cli(argv) -> int:
-    old = sys.argv
-    sys.argv = ["cnnbench", *argv]
-    try:
-        main()
-    except SystemExit as exc:
-        return exc.code or 0
-    finally:
-        sys.argv = old
-    return 0
 
 
 def with_options(extra: list[str]) -> list[str]:

@@ -3,7 +3,6 @@
 import json
 import math
 import shutil
-import sys
 
 import pytest
 import torch
@@ -11,12 +10,12 @@ from PIL import Image
 
 from cnnbench import config as cfg
 from cnnbench.checkpoints import load_checkpoint
-from cnnbench.cli import main
 from cnnbench.data.fashion_mnist import CLASS_NAMES
 from cnnbench.evaluate import FlipTTA, class_scores, evaluate
 from cnnbench.predict import predict
 from cnnbench.training.build import build_trainer, resume_trainer, train
 from cnnbench.training.loop import CancelFitException, Callback
+from cli_run import cli
 
 TINY = dict(limit=96, val_size=16, batch_size=16, epochs=3, optimizer="sgd", lr=0.05,
             momentum=0.9, log_graph=False, log_images=False)
@@ -47,16 +46,6 @@ def listing(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-def cli(argv) -> int:
-    old = sys.argv
-    sys.argv = ["cnnbench", *map(str, argv)]
-    try:
-        main()
-    except SystemExit as exc:
-        return exc.code or 0
-    finally:
-        sys.argv = old
-    return 0
 
 
 def assert_png(path, min_side=100):

@@ -3,7 +3,6 @@
 import json
 import os
 import pickle
-import sys
 import threading
 
 import numpy as np
@@ -13,11 +12,11 @@ import yaml
 from PIL import Image
 
 from cnnbench import config as cfg
-from cnnbench.cli import main
 from cnnbench.data import cifar10, imagefolder, images
 from cnnbench.data.sources import load_data, parse_data
 from cnnbench.errors import CnnbenchError
 from cnnbench.tasks.classification import Classification
+from cli_run import cli
 
 
 @pytest.fixture(autouse=True)
@@ -297,16 +296,6 @@ def test_a_cifar_pickle_that_asks_for_code_is_refused(tmp_path):
 
 # --- through the CLI ----------------------------------------------------------------------
 
-def cli(argv) -> int:
-    old = sys.argv
-    sys.argv = ["cnnbench", *argv]
-    try:
-        main()
-    except SystemExit as exc:
-        return exc.code or 0
-    finally:
-        sys.argv = old
-    return 0
 
 
 def train_argv(data, run_dir, *extra):

@@ -20,11 +20,7 @@ from cnnbench.training.runs import claim_run_dir, list_runs, read_metrics, relea
 TIMING = {"epoch_seconds", "images_per_second"}
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 def tiny(data_dir, **changes) -> dict:

@@ -20,11 +20,7 @@ from cnnbench.training.loop import Callback
 from cnnbench.training.runs import read_metrics
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 def tiny(data_dir, **changes) -> dict:

@@ -83,18 +83,20 @@ def parse_value(text: str):
         return text.strip()
 
 
-def parse_assignments(items: list[str] | None, option: str, example: str) -> dict:
-    """``KEY=VALUE`` strings -> a dict of :func:`parse_value` values (``-`` in a key reads
-    ``_``); a key given twice is a one-line error, as the last would silently win."""
+def parse_assignments(items: list[str] | None, option: str, example: str,
+                      read=None, form: str = "KEY=VALUE") -> dict:
+    """``KEY=VALUE`` strings -> a dict of :func:`parse_value` values (or ``read(text)``; ``-``
+    in a key reads ``_``); a key given twice is a one-line error, as the last would silently
+    win."""
     result = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key.isidentifier():
-            raise CnnbenchError(f"bad {option} {item!r}: use KEY=VALUE, e.g. {example}")
+            raise CnnbenchError(f"bad {option} {item!r}: use {form}, e.g. {example}")
         if key in result:
             raise CnnbenchError(f"{option} gives {key} twice: give each key once")
-        result[key] = parse_value(value)
+        result[key] = (read or parse_value)(value)
     return result
 
 

@@ -38,7 +38,7 @@ import yaml
 
 from cnnbench import config as cfg
 from cnnbench.errors import CnnbenchError
-from cnnbench.inputs import parse_value
+from cnnbench.inputs import parse_assignments, parse_value
 from cnnbench.training.runs import (claim_run_dir, list_runs, lock_holder, lock_run,
                                     new_run_dir, release_run, resolve_mode, write_atomic)
 
@@ -65,17 +65,8 @@ def split_values(text: str) -> list[str]:
 
 def parse_grid(items: list[str] | None) -> dict[str, list]:
     """``--grid KEY=V1,V2`` strings -> {key: [values]} (each value YAML, as ``--set`` reads it)."""
-    grid = {}
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key.isidentifier():
-            raise CnnbenchError(f"bad --grid {item!r}: use KEY=V1,V2,..., e.g. lr=0.05,0.1")
-        if key in grid:
-            raise CnnbenchError(f"--grid gives {key} twice: give all its values in one, "
-                                f"e.g. {key}=V1,V2")
-        grid[key] = [parse_value(v) for v in split_values(text)]
-    return grid
+    return parse_assignments(items, "--grid", "lr=0.05,0.1", form="KEY=V1,V2,...",
+                             read=lambda text: [parse_value(v) for v in split_values(text)])
 
 
 def parse_seeds(text: str | None) -> list[int] | None:

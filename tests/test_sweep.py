@@ -137,19 +137,24 @@ def test_a_rerun_skips_finished_runs_untouched_and_resumes_an_interrupted_one(
         sweep.run_sweep(what(tmp_path, fmnist_dir, {"lr": [0.05, 0.2]}, epochs=2), folder)
 
 
+def sigint_when(path) -> threading.Thread:
+    """A watcher that sends this process SIGINT (Ctrl-C) as soon as ``path`` exists."""
+    def watch():
+        while not path.exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
 def test_ctrl_c_after_the_second_run_then_the_rerun_finishes_the_rest(tmp_path, fmnist_dir):
     """Figure (a) in small: 4 runs, SIGINT when the second run's results.json appears."""
     s = what(tmp_path, fmnist_dir, {"lr": [0.003, 0.01]}, seeds=(0, 1))
     folder = tmp_path / "sweep"
     second = folder / "lr=0.003,seed=1" / "results.json"
-
-    def interrupt_when_second_finishes():
-        while not second.exists():
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    watcher = threading.Thread(target=interrupt_when_second_finishes, daemon=True)
-    watcher.start()
+    watcher = sigint_when(second)
     with pytest.raises(Interrupted, match="SIGINT: the sweep stopped with 2 of 4 runs to go; "
                                           "continue with: cnnbench sweep --resume") as info:
         sweep.run_sweep(s, folder)
@@ -275,13 +280,7 @@ def test_ctrl_c_reaches_the_parallel_runs_once_and_the_rerun_finishes_them(tmp_p
     s = what(tmp_path, fmnist_dir, {"lr": [0.05, 0.1]}, seeds=(0, 1), threads=1, epochs=2)
     folder = tmp_path / "sweep"
     first = folder / "lr=0.05,seed=0" / "metrics.jsonl"
-
-    def interrupt_after_an_epoch():
-        while not first.exists():
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt_after_an_epoch, daemon=True).start()
+    sigint_when(first)
     lines = []
     with pytest.raises(Interrupted, match="continue with: cnnbench sweep --resume") as info:
         sweep.run_sweep(s, folder, parallel=2, say=lines.append)

@@ -2,9 +2,10 @@
 
 Each file is read with Pillow and made what the training images were: grey or colour as the
 model's input channels, resized (bilinear) to the run's input size, uint8; the task's
-``prepare`` then normalises it exactly as in training. The checkpoint holds the class names and
-the normalisation (``Context``), so no data set is loaded (a checkpoint older than that loads
-the run's data once to find them). What a task reports and draws is one entry of
+``prepare`` then normalises it exactly as in training. The task and the model come from the
+one inference loader (``inference``): the checkpoint holds the class names and the
+normalisation (``Context``), so no data set is loaded (a checkpoint older than that loads the
+run's data once to find them). What a task reports and draws is one entry of
 ``PREDICTORS``: the top classes, the boxes, or the share of the image each class covers.
 """
 
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.evaluate import open_run, output_folder
+from cnnbench import inference
+from cnnbench.evaluate import output_folder
 
 
 def read_image(path: str | Path, channels: int,
@@ -142,38 +144,13 @@ PREDICTORS: dict[str, Predictor] = {
 }
 
 
-def load_model(config: dict, state: dict, device: torch.device):
-    """``(task, model in eval mode on device)`` from a run's configuration and checkpoint."""
-    from cnnbench.building import build
-    from cnnbench.models import get_model_info
-    from cnnbench.tasks.base import get_task, stored_context
-
-    task_cls = get_task(config["task"])
-    context = stored_context(state)
-    if context is None:  # a checkpoint from before checkpoints held their context
-        from cnnbench.data.sources import load_data
-
-        context = task_cls.setup(config, load_data(config, task_cls),
-                                 get_model_info(config["model"]))
-    model, _ = build(config["model"], {**context.model_args, **config["model_args"]},
-                     in_channels=config["input_size"][0])
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120]
-        raise CnnbenchError(f"the checkpoint does not fit {config['model']} ({reason})") \
-            from None
-    return task_cls(config, context), model.to(device).eval()
-
-
 def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: int = 3,
             out: str | Path | None = None, device: str | None = None) -> list[dict]:
     """Per file: the predictions (top ``top`` classes, the boxes or the mask's classes) and,
     with ``out``, the path of the picture with them drawn."""
-    from cnnbench import recipe as cfg
-    from cnnbench.devices import resolve_device
-
-    run, config, state = open_run(run, checkpoint)
+    overrides = inference.check_overrides({"device": device})
+    opened = inference.open_checkpoint(run, checkpoint)
+    config = opened.config
     predictor = PREDICTORS.get(config.get("task"))
     if predictor is None:
         raise CnnbenchError(f"{run} trained a {config.get('task')} task: predict knows "
@@ -182,15 +159,13 @@ def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: i
         raise CnnbenchError("give at least one image file")
     if top < 1:
         raise CnnbenchError(f"--top must be at least 1, not {top}")
-    folder = output_folder(run, out) if out else None
-    if device is not None:
-        config["device"] = cfg.check("device", device, source="command line")
+    folder = output_folder(opened.run or opened.file.parent, out) if out else None
     channels, size = int(config["input_size"][0]), tuple(config["input_size"][-2:])
     read = [read_image(p, channels, size) for p in images]  # every file, before any work
     batch = torch.stack([pixels for pixels, _ in read])
 
-    device = resolve_device(config["device"])
-    task, model = load_model(config, state, device)
+    loaded = inference.restore(opened, overrides=overrides)
+    task, model, device = loaded.task, loaded.model, loaded.device
     targets = predictor.targets(task, len(images))
     with torch.inference_mode():
         x, _ = task.prepare(batch.to(device), _to(targets, device), train=False)

@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from cnnbench.training.build import build_trainer
 from cnnbench.train import resume_trainer, train
 from cnnbench.training.loop import CancelFitException, Callback
 from cli_run import cli
+from idx_files import write_fashion_mnist
 
 TINY = dict(limit=96, val_size=16, batch_size=16, epochs=3, optimizer="sgd", lr=0.05,
             momentum=0.9, log_graph=False, log_images=False)
@@ -282,3 +284,28 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, bad_world, lenet_
     assert code == 2, err
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert listing(bad_world) == before and listing(run) == in_run
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SCHEDULES = sorted({cfg.resolve(config_file=path, overrides={"device": "cpu"})["schedule"]
+                    for path in EXPERIMENTS.glob("*.yaml")})
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_eval_limit_and_other_data_work_on_every_recipe_schedule(schedule, tmp_path, fmnist_dir,
+                                                                  capsys):
+    """The one-cycle bug: eval rebuilt the optimizer and schedule for the new data size and
+    restored the old schedule's state (``Tried to step 6 times``); inference builds neither."""
+    (tmp_path / "none.yaml").write_text("")
+    results = train("lenet", config_file=tmp_path / "none.yaml",
+                    overrides={**TINY, "epochs": 1, "schedule": schedule,
+                               "data": str(fmnist_dir)}, run_dir=tmp_path / "run")
+    capsys.readouterr()
+    assert cli(["eval", tmp_path / "run", "--limit", "8", "--json", "--out", tmp_path / "a"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 8
+    write_fashion_mnist(tmp_path / "other", n_train=40, n_test=12)  # other data, fewer steps
+    assert cli(["eval", tmp_path / "run", "--data", tmp_path / "other", "--json", "--out",
+                tmp_path / "b"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 12
+    whole = evaluate(tmp_path / "run", out=tmp_path / "c")  # and still the run's own figures
+    assert whole["metrics"]["loss"] == results["test_loss"]

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cnnbench.errors import CnnbenchError
 from cnnbench import inference
+from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate import output_folder
 
 

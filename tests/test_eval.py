@@ -309,3 +309,15 @@ def test_eval_limit_and_other_data_work_on_every_recipe_schedule(schedule, tmp_p
     assert json.loads(capsys.readouterr().out)["images"] == 12
     whole = evaluate(tmp_path / "run", out=tmp_path / "c")  # and still the run's own figures
     assert whole["metrics"]["loss"] == results["test_loss"]
+
+
+def test_the_erf_of_a_run_folder_is_that_of_its_checkpoints_weights(lenet_run, tmp_path):
+    from cnnbench import rf
+
+    run, _ = lenet_run
+    torch.save(load_checkpoint(run / "checkpoints" / "best.pt")["model"], tmp_path / "bare.pt")
+    kwargs = dict(samples=2, data="random")
+    loaded = rf.effective_field("lenet", checkpoint=str(run), **kwargs)
+    bare = rf.effective_field("lenet", checkpoint=str(tmp_path / "bare.pt"), **kwargs)
+    untrained = rf.effective_field("lenet", **kwargs)
+    assert loaded["heat"] == bare["heat"] != untrained["heat"]

@@ -5,6 +5,10 @@ device), the task's context, the model (seeded again, so the first weights do no
 the data were made; ``init:`` redraws them, then ``init_from:`` loads the matching tensors of a
 trained model), the optimizer (``lr_mult``: one rate per layer group) and its schedule, AMP, the
 callbacks (``freeze_epochs``) and, when resuming, every state from the checkpoint.
+
+For inference (``cnnbench/inference.py``), ``restore_model`` builds a checkpoint's model with
+its weights and no optimizer or schedule, and ``build_evaluator`` wraps it in a trainer that
+only evaluates.
 """
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""Every command on every recipe in experiments/: ``train`` (one optimizer step), ``eval``
+(``--limit``: other data than the run's), ``predict``, ``summary`` and ``receptive-field``
+(its effective field on the run's checkpoint), from the command line, in this process.
+
+A defect of one command on some recipes (``eval --limit`` on the one-cycle ones) cannot hide
+here. Tiny inputs keep each recipe to seconds: the synthetic IDX files of ``fmnist_dir``, one
+batch of 8 images, small widths and input sizes where the model allows. The slowest recipes are
+marked ``slow`` (deselected in CI: ``pytest -m slow`` runs them).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from cli_run import cli
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+RECIPES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+# One optimizer step: 8 training images (and 4 to validate, 8 to test) in one batch of 8, on
+# one thread, in fp32 (so a shared 2-core machine runs the file in minutes, not tens of them;
+# test_loop_features.py covers bf16 autocast, some recipes' choice on the CPU).
+STEP = ["--limit", "8", "--epochs", "1", "-b", "8", "-s", "val_size=4", "-s", "threads=1",
+        "--amp", "none"]
+SCENES = ["-s", "scene_size=32", "-i", "1x32x32"]  # 32-pixel scenes
+SMALL = {  # recipe family: what keeps it tiny (widths, input sizes)
+    "alexnet": ["-i", "200"], "vgg11": ["-i", "224"], "nin": ["-i", "68"],  # their smallest
+    "googlenet": ["-i", "32"], "resnet18": ["-i", "32"], "densenet": ["-i", "32"],
+    "body-classifier": ["-i", "32"],
+    "unet": [*SCENES, "-m", "width=4"],
+    "fpn-seg": [*SCENES, "-m", "channels=16", "-m", "out_channels=16"],
+    "fpn": [*SCENES, "-m", "out_channels=16"],
+    "retinanet": [*SCENES, "-m", "out_channels=16"],
+    "single-object": [*SCENES, "-m", "width=4"],
+    "multi-label": [*SCENES, "-m", "width=4"],
+    "ssd-resnet": ["-s", "scene_size=64", "-m", "width=4", "-m", "head_channels=16"],
+    "ssd": ["-s", "scene_size=64"],  # 3x352x352: its smallest
+}
+SLOW = {"ssd", "alexnet-d2l", "nin-d2l", "densenet-d2l", "googlenet-d2l"}
+
+
+def family(recipe: str) -> str:
+    return recipe.removesuffix("-d2l")
+
+
+def model_options(config: dict) -> list[str]:
+    """``-m KEY=VALUE`` for each of a run's model options (the same model for summary)."""
+    options = []
+    for key, value in config["model_args"].items():
+        options += ["-m", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]
+    return options
+
+
+@pytest.mark.usefixtures("scene_cache", "keep_threads")
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW else r
+                                    for r in RECIPES])
+def test_every_command_runs_on_the_recipe(recipe, tmp_path, fmnist_dir, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--config", EXPERIMENTS / f"{recipe}.yaml", "--device", "cpu",
+            "--data", fmnist_dir, "--run-dir", run, "--quiet", "-s", "log_graph=false",
+            "-s", "log_images=false", *STEP, *SMALL.get(family(recipe), [])]
+    if "scene_size" in " ".join(SMALL.get(family(recipe), [])):
+        argv[argv.index("--data"):argv.index("--data") + 2] = []  # scenes drawn from ~/.cache
+        argv += ["-s", f"data=scenes:{fmnist_dir}"]
+    assert cli(argv) == 0, capsys.readouterr().err
+    results = json.loads((run / "results.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert results["epochs"] == 1 and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    capsys.readouterr()
+
+    assert cli(["eval", run, "--limit", "4", "--json", "--out", tmp_path / "eval"]) == 0, \
+        capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["images"] == 4
+
+    c, h, w = config["input_size"]
+    Image.new("RGB" if c == 3 else "L", (w + 5, h + 3), 90).save(tmp_path / "some.png")
+    assert cli(["predict", run, tmp_path / "some.png", "--json"]) == 0, capsys.readouterr().err
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["size"] == [w + 5, h + 3]
+
+    size = ["-i", f"{c}x{h}x{w}"]
+    assert cli(["summary", config["model"], *size, *model_options(config), "--depth", "1",
+                "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["total_params"] == results["params"]
+
+    assert cli(["receptive-field", config["model"], *size, *model_options(config),
+                "--effective", "--checkpoint", run, "-n", "2", "--data", "random",
+                "--json"]) == 0, capsys.readouterr().err
+    field = json.loads(capsys.readouterr().out)
+    assert field["effective"]["checkpoint"] == str(run)

@@ -264,6 +264,8 @@ BAD = {  # id: (argv, a fragment of the one line)
     "corrupt checkpoint": (["eval", "{root}/truncated"], "truncated or damaged"),
     "checkpoint foo": (["eval", "{run}", "--checkpoint", "foo"], "best or last, not 'foo'"),
     "out under a file": (["eval", "{run}", "--out", "{root}/afile/x"], "is a file"),
+    "ema of a run without": (["eval", "{run}", "--ema", "--out", "{root}/e"],
+                             "holds no ema weights (it has model)"),
     "predict not an image": (["predict", "{run}", "{root}/words.png", "--out", "{root}/d"],
                              "not an image Pillow can read"),
     "predict no file": (["predict", "{run}", "{root}/missing.png"], "no image file"),

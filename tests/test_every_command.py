@@ -25,8 +25,8 @@ RECIPES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
 # One optimizer step: 8 training images (and 4 to validate, 8 to test) in one batch of 8, on
 # one thread, in fp32 (so a shared 2-core machine runs the file in minutes, not tens of them;
 # test_loop_features.py covers bf16 autocast, some recipes' choice on the CPU).
-STEP = ["--limit", "8", "--epochs", "1", "-b", "8", "-s", "val_size=4", "-s", "threads=1",
-        "--amp", "none"]
+STEP = ["--epochs", "1", "-s", "val_size=4", "-s", "threads=1", "--amp", "none"]
+BATCH = {"ssd": 2}  # images per split and per batch; default 8
 SCENES = ["-s", "scene_size=32", "-i", "1x32x32"]  # 32-pixel scenes
 SMALL = {  # recipe family: what keeps it tiny (widths, input sizes)
     "alexnet": ["-i", "200"], "vgg11": ["-i", "224"], "nin": ["-i", "68"],  # their smallest
@@ -39,7 +39,7 @@ SMALL = {  # recipe family: what keeps it tiny (widths, input sizes)
     "single-object": [*SCENES, "-m", "width=4"],
     "multi-label": [*SCENES, "-m", "width=4"],
     "ssd-resnet": ["-s", "scene_size=64", "-m", "width=4", "-m", "head_channels=16"],
-    "ssd": ["-s", "scene_size=64", "--limit", "2", "-b", "2"],  # 3x352x352 (its smallest)
+    "ssd": ["-s", "scene_size=64"],  # 3x352x352: its smallest
 }
 # The slowest (their smallest inputs are 200-352 px; fpn is retinanet's detector again): in
 # CI, the other 19 take about 90 s on a shared 2-core machine (this file's notes in README.md).
@@ -68,6 +68,8 @@ def test_every_command_runs_on_the_recipe(recipe, tmp_path, fmnist_dir, capsys):
     argv = ["train", "--config", EXPERIMENTS / f"{recipe}.yaml", "--device", "cpu",
             "--data", fmnist_dir, "--run-dir", run, "--quiet", "-s", "log_graph=false",
             "-s", "log_images=false", *STEP, *SMALL.get(family(recipe), [])]
+    n = str(BATCH.get(recipe, 8))
+    argv += ["--limit", n, "-b", n]
     if "scene_size" in " ".join(SMALL.get(family(recipe), [])):
         argv[argv.index("--data"):argv.index("--data") + 2] = []  # scenes drawn from ~/.cache
         argv += ["-s", f"data=scenes:{fmnist_dir}"]

@@ -206,10 +206,14 @@ def save_curves_png(comparison: dict, path: str) -> None:
     loss_ax.set_ylabel("loss (mean over the epoch)")
     val_ax.set_title(f"validation {', '.join(monitors)}")
     val_ax.set_ylabel(", ".join(monitors))
+    epochs = [e for r in comparison["runs"] for e in r["curves"]["epoch"]] or [1]
+    pad = max(0.5, 0.03 * (max(epochs) - min(epochs)))  # one epoch: a point between two halves
     for ax in (loss_ax, val_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs) - pad, max(epochs) + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+    fig.suptitle(f"learning curves of {len(comparison['runs'])} runs")
     fig.legend(*loss_ax.get_legend_handles_labels(), loc="outside lower center",
                fontsize="small")
     save_png(fig, path)

@@ -109,7 +109,7 @@ def _draw_caption(task, image, output, found):
 
     lines = tuple((f"{p['class']} {p['score']:.2f}", PREDICTION) for p in found[:3])
     score = "sigmoid" if task.name == "multi-label" else "softmax"
-    return Grid([Tile(image, lines or (("no class", PREDICTION),))], "top classes",
+    return Grid([Tile(image, lines or (("no class", PREDICTION),))], "top classes predicted",
                 (Swatch(f"predicted class and its probability ({score})", PREDICTION),))
 
 
@@ -121,7 +121,7 @@ def _draw_boxes(task, image, output, found):
     threshold = task.config.get("draw_threshold")  # detection: the boxes above it
     predicted = ("predicted box (class, probability)" if threshold is None else
                  f"detection scoring \u2265 {threshold:g} (class, score)")
-    return plots.Grid([plots.box_tile(image, [], [], boxes, names, threshold)], "boxes",
+    return plots.Grid([plots.box_tile(image, [], [], boxes, names, threshold)], "boxes predicted",
                       plots.box_legend(truth=False, predicted=predicted))
 
 
@@ -131,7 +131,7 @@ def _draw_mask(task, image, output, found):
 
     k = task.model_classes(task.context.num_classes)
     tile = Tile(overlay_masks(image[None], output.argmax(0)[None], k)[0])
-    return Grid([tile], "predicted mask, background not tinted",
+    return Grid([tile], "predicted mask (background not tinted)",
                 colour_key(task.context.class_names), row_labels=("prediction",))
 
 
@@ -217,7 +217,7 @@ def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: i
         for i, row in enumerate(rows):
             name = _free_name(Path(row["file"]).stem, taken)
             grid = predictor.draw(task, batch[i], _index(output, i), row["predictions"])
-            title = (f"{Path(row['file']).name}: {grid.what} predicted by {run.name} "
+            title = (f"{Path(row['file']).name}: {grid.what} by {run.name} "
                      f"({config['model']}, {checkpoint}.pt)")
             plots.save_png(plots.grid_figure(grid, title), folder / name)
             row["picture"] = str(folder / name)

@@ -231,6 +231,12 @@ def test_dense_eval_and_predict_draw_predictions_against_the_truth(model, tmp_pa
     assert len(result["per_class"]) == (11 if model == "unet" else 10)
     assert column in result["per_class"][0]
     assert_png(tmp_path / "eval" / "predictions.png", min_side=side)
+    if model == "unet":  # the table holds every IoU that miou averages, background first
+        ious = [r["iou"] for r in result["per_class"] if not math.isnan(r["iou"])]
+        assert result["per_class"][0]["class"] == "background"
+        assert sum(ious) / len(ious) == pytest.approx(result["metrics"]["miou"], abs=1e-4)
+        assert result["per_class_note"].startswith(
+            f"miou is the mean of the {len(ious)} IoUs above, background included")
 
     scene = tmp_path / "scene.png"
     Image.fromarray(torch.full((96, 96), 40, dtype=torch.uint8).numpy()).save(scene)

@@ -91,7 +91,9 @@ def plot_sweep(result: dict | list[dict], path: str) -> None:
         ax_time.set_ylabel("ms per step (median, IQR bars)")
         ax_rate.set_ylabel("samples / s")
         models = ", ".join(r["model"] for r in results)
-        fig.suptitle(f"{models} on {result['device_name']} ({result['precision']})")
+        swept = "image size" if by_size else "batch size"
+        fig.suptitle(f"{models}: step time and throughput against the {swept}, on "
+                     f"{result['device_name']} ({result['precision']})")
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=120)

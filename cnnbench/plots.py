@@ -434,7 +434,7 @@ def _place_labels(boxes, tile_w: float, tile_h: float, width, height: float):
     taken: list[tuple] = []
     placed, moved = [], []
     for b in boxes:
-        (x0, x1), (y0, y1) = (sorted(v * s for v in b.xyxy[i::2])
+        (x0, _), (y0, y1) = (sorted(v * s for v in b.xyxy[i::2])
                               for i, s in ((0, tile_w), (1, tile_h)))
         w, h = width(b.label) + 3, height
         inside_top, above, under, inside_bottom = y0 + 1, y0 - h - 1, y1 + 1, y1 - h - 1

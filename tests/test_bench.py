@@ -278,6 +278,6 @@ def test_the_plot_names_the_threads_the_timings_used(tmp_path, monkeypatch):
     saved = []
     monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
     bench.plot_sweep(result, str(tmp_path / "sweep.png"))
-    title = saved[0]._suptitle.get_text()
+    title = saved[0].get_suptitle()
     assert title.startswith("lenet: step time and throughput against the batch size, on ")
     assert "(1 thread)" in title and "3 threads" not in title

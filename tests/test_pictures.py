@@ -8,8 +8,17 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from cnnbench import plots, rf
-from cnnbench.plots import PREDICTION, TRUTH, Box, Grid, Swatch, Tile, box_tile, grid_figure
-from cnnbench.tasks.segmentation import colour_key, overlay_masks
+from cnnbench.plots import (
+    PREDICTION,
+    TRUTH,
+    Box,
+    Grid,
+    Swatch,
+    Tile,
+    box_tile,
+    grid_figure,
+)
+from cnnbench.tasks.segmentation import colour_key, overlay_masks, palette
 
 LONG = "a very long class name that would be clipped"
 NAMES = ["T-shirt/top", "Trouser", LONG, "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -125,14 +134,8 @@ def test_segmentation_rows_are_labelled_and_every_class_has_its_colour():
     legend = fig.legends[0]
     assert [t.get_text().replace("\n", " ") for t in legend.get_texts()] == NAMES
     key = [tuple(round(v * 255) for v in h.get_facecolor()[:3]) for h in legend.legend_handles]
-    assert key == plots_palette(k)[1:]  # the legend's colours are the tints' colours
+    assert key == palette(k)[1:]  # the legend's colours are the tints' colours
     assert words(texts).startswith("unet: predicted and true masks")
-
-
-def plots_palette(k):
-    from cnnbench.tasks.segmentation import palette
-
-    return palette(k)
 
 
 def test_one_epoch_curves_show_the_point_on_an_integer_tick(monkeypatch):
@@ -144,7 +147,7 @@ def test_one_epoch_curves_show_the_point_on_an_integer_tick(monkeypatch):
     plots.save_curves_png({"runs": runs}, "unused.png")
     (fig,) = saved
     assert_readable(fig)
-    assert fig._suptitle.get_text() == "learning curves of 2 runs"
+    assert fig.get_suptitle() == "learning curves of 2 runs"
     for ax in fig.axes:
         low, high = ax.get_xlim()
         shown = [t for t in ax.get_xticks() if low <= t <= high]

@@ -130,7 +130,9 @@ def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = F
     k = len(names)
     shade = m / np.maximum(m.sum(1, keepdims=True), 1) if normalize_rows else m
     side = max(4.8, 0.55 * k + 2.5)
-    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    names_in = 0.075 * max((len(n) for n in names), default=0)  # room for the tick labels
+    fig = Figure(figsize=(side + 1.2 + names_in, side + 0.9 * names_in), dpi=DPI,
+                 layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(shade, cmap="Blues", interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.8,
@@ -146,8 +148,19 @@ def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = F
             text = f"{count:.0f}" if count < 10_000 else f"{count / 1000:.0f}k"
             ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
                     color="white" if top and shade[i, j] > top / 2 else "black")
-    ax.set_title(textwrap.fill(title, 70), fontsize="small")
+    fig.suptitle(_fit(fig, title, 10), fontsize=10)  # centred on the figure, not the axes
     _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def _fit(fig, text: str, points: float) -> str:
+    """``text`` wrapped to the width of ``fig`` (measured by its renderer)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    font = FontProperties(size=points)
+    return "\n".join(_wrap(text, fig.bbox.width - 2 * MARGIN_PX, lambda s: renderer.
+                           get_text_width_height_descent(s, font, ismath=False)[0]))
 
 
 def save_lr_find_png(result: dict, path: str) -> None:

@@ -184,3 +184,40 @@ def test_a_tile_with_no_box_says_so_only_for_a_detector(threshold):
     assert tile.caption == (() if threshold is None else
                             (("no detection scored \u2265 0.30", PREDICTION),))
     assert Box((0, 0, 1, 1), "x", True).truth
+
+
+def test_eval_and_predict_pictures_of_a_long_class_name_are_readable(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from cnnbench.evaluate import evaluate
+    from cnnbench.predict import predict
+    from cnnbench.train import train
+
+    names = ("Sneaker", LONG, "Bag")
+    generator = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("test", 6)):
+        for c, name in enumerate(names):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 120, (28, 28), generator=generator) + 60 * c
+                Image.fromarray(pixels.to(torch.uint8).numpy()).save(
+                    tmp_path / "tree" / split / name / f"{i}.png")
+    (tmp_path / "none.yaml").write_text("")
+    train("lenet", config_file=tmp_path / "none.yaml", run_dir=tmp_path / "run",
+          overrides={"data": f"imagefolder:{tmp_path / 'tree'}", "epochs": 1, "batch_size": 8,
+                     "val_size": 6, "log_graph": False, "log_images": False})
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig),
+                                                                 real(fig, *a, **k)))
+    result = evaluate(tmp_path / "run", out=tmp_path / "eval")
+    predict(tmp_path / "run", [tmp_path / "tree" / "test" / LONG / "0.png"],
+            out=tmp_path / "drawn")
+    confusion, worst, drawn = (assert_readable(fig) for fig in saved)
+    assert set(result["pictures"]) == {"confusion", "top_losses"}
+    assert "run (lenet), best.pt of epoch 1: confusion matrix (18 test images)" in words(confusion)
+    assert LONG in words(confusion)  # a tick label, whole
+    assert words(worst).startswith("run (lenet), best.pt of epoch 1: the 16 highest losses")
+    assert LONG in " ".join(words(worst, f"caption-{i}") for i in range(16))
+    assert words(drawn).startswith("0.png: top classes predicted by run (lenet, best.pt)")
+    assert LONG in words(drawn, "caption-0")

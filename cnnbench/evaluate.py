@@ -191,7 +191,8 @@ def _label_pictures(task, images, outputs, result) -> dict:
              for image, t, p in zip(images[:len(scores)].cpu(), truth, scores)]
     legend = (Swatch("true classes", TRUTH),
               Swatch(f"predicted classes (probability above {threshold:g})", PREDICTION))
-    return {"predictions": Grid(tiles, f"true and predicted classes of the first {len(tiles)} images", legend)}
+    what = f"true and predicted classes of the first {len(tiles)} images"
+    return {"predictions": Grid(tiles, what, legend)}
 
 
 def _box_pictures(task, images, outputs, result) -> dict:

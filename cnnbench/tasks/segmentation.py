@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from cnnbench.keys import Key
+from cnnbench.plots import Swatch
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
 from cnnbench.tasks.metrics import (IGNORE, MeanIoU, PixelAccuracy, confusion_matrix,
                                     iou_from_confusion)
@@ -100,7 +101,5 @@ def palette(k: int) -> list[tuple[int, int, int]]:
 
 def colour_key(class_names) -> tuple:
     """The legend of :func:`overlay_masks`: each class's tint (the background is not tinted)."""
-    from cnnbench.plots import Swatch
-
     return tuple(Swatch(name, colour)
                  for name, colour in zip(class_names, palette(len(class_names) + 1)[1:]))

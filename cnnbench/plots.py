@@ -239,7 +239,7 @@ def save_curves_png(comparison: dict, path: str) -> None:
 # where they overlap nothing, and the figure is made as large as what it holds.
 
 DPI = 100
-TRUTH, PREDICTION = "#008000", "#d20000"  # green and red: the truth and the model, everywhere
+TRUTH, PREDICTION = "#007800", "#d20000"  # green and red (TensorBoard captions use the same)
 TILE_PX, GAP_PX, MARGIN_PX, MIN_WIDTH_PX = 150, 14, 10, 380
 TITLE_PT, LABEL_PT, CAPTION_PT, BOX_PT, LEGEND_PT = 11, 9, 8, 7, 8
 MOST_BOXES, MOST_MOVED = 10, 3  # predicted boxes drawn on a tile; labels moved to its caption

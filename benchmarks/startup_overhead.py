@@ -4,7 +4,9 @@ exit, so Python's start-up, the imports, the data load, the run folder, TensorBo
 pass all count. ``trainer_overhead.py`` measures the loop alone, inside one process.
 
 Arms run interleaved (round 1: every arm, round 2: every arm, ...), so a busy spell of a shared
-machine falls on all of them; medians are reported. ``--tree LABEL=PATH`` adds a cnnbench arm
+machine falls on all of them; medians of the wall-clock and of the CPU time (user + system, from
+``getrusage``) are reported: on a shared machine the wall clock of one run can double while its
+CPU time moves a few per cent. ``--tree LABEL=PATH`` adds a cnnbench arm
 run from another checkout (e.g. the commit before a change), so before and after are measured
 side by side in the same rounds.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,11 +30,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(command: list[str], tree: Path) -> float:
+def timed(command: list[str], tree: Path) -> tuple[float, float]:
+    """Wall-clock seconds from the process's start to its exit, and the CPU seconds (user and
+    system) it used: on a shared machine the CPU time moves far less than the wall clock."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(command, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    proc = subprocess.run(command, cwd=tree, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{proc.stderr}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -59,19 +70,24 @@ def main() -> None:
 
     cpus = sorted(os.sched_getaffinity(0))
     print(f"{args.model}, {args.epochs} epoch(s), {args.rounds} rounds, CPUs {cpus}", flush=True)
-    times = {name: [] for name in arms}
+    wall, cpu = ({name: [] for name in arms} for _ in range(2))
     for r in range(args.rounds):
         for name, run in arms.items():
-            times[name].append(run(r))
-            print(f"round {r + 1}  {name:<10} {times[name][-1]:7.2f} s", flush=True)
-    medians = {name: statistics.median(v) for name, v in times.items()}
-    ratios = {name: medians[name] / medians["hand"] for name in trees}
-    for name in trees:
-        per_round = [a / b for a, b in zip(times[name], times["hand"])]
-        print(f"{name} / hand: {ratios[name]:.3f} (medians {medians[name]:.2f} / "
-              f"{medians['hand']:.2f} s); per round {', '.join(f'{x:.2f}' for x in per_round)}")
-    print(json.dumps({"seconds": times, "medians": medians, "over_hand": ratios, "cpus": cpus}))
-
+            w, c = run(r)
+            wall[name].append(w)
+            cpu[name].append(c)
+            print(f"round {r + 1}  {name:<10} {w:7.2f} s wall  {c:7.2f} s CPU", flush=True)
+    result = {"cpus": cpus, "wall": wall, "cpu": cpu}
+    for kind, times in (("wall", wall), ("cpu", cpu)):
+        medians = {name: statistics.median(v) for name, v in times.items()}
+        result[f"{kind}_medians"] = medians
+        result[f"{kind}_over_hand"] = {n: medians[n] / medians["hand"] for n in trees}
+        for name in trees:
+            per_round = [a / b for a, b in zip(times[name], times["hand"])]
+            print(f"{kind:>4}: {name} / hand {medians[name] / medians['hand']:.3f} (medians "
+                  f"{medians[name]:.2f} / {medians['hand']:.2f} s); per round "
+                  f"{', '.join(f'{x:.2f}' for x in per_round)}")
+    print(json.dumps(result))
 
 if __name__ == "__main__":
     main()

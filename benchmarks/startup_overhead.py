@@ -4,11 +4,11 @@ exit, so Python's start-up, the imports, the data load, the run folder, TensorBo
 pass all count. ``trainer_overhead.py`` measures the loop alone, inside one process.
 
 Arms run interleaved (round 1: every arm, round 2: every arm, ...), so a busy spell of a shared
-machine falls on all of them; medians of the wall-clock and of the CPU time (user + system, from
-``getrusage``) are reported: on a shared machine the wall clock of one run can double while its
-CPU time moves a few per cent. ``--tree LABEL=PATH`` adds a cnnbench arm
-run from another checkout (e.g. the commit before a change), so before and after are measured
-side by side in the same rounds.
+machine falls on all of them; medians of the wall clock and of the CPU time (user + system, from
+``getrusage``) are reported. On a crowded machine (load 12 on 2 cores) the wall clock of one run
+reached 10x its CPU time and the CPU time itself varied by 40 % between rounds: there, read the
+CPU medians. ``--tree LABEL=PATH`` adds a cnnbench arm run from another checkout (e.g. the commit
+before a change), so before and after are measured side by side in the same rounds.
 
 Run on one core: ``taskset -c 1 python benchmarks/startup_overhead.py --rounds 5
 [--tree before=/tmp/base]``.

@@ -54,6 +54,9 @@ def main() -> None:
                         help="another checkout's cnnbench as one more arm")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="passed to every cnnbench arm as -s KEY=VALUE")
+    parser.add_argument("--no-hand", action="store_true",
+                        help="only the cnnbench arms, held against this checkout's (e.g. with "
+                             "--set limit=2000, where the fixed costs weigh more)")
     args = parser.parse_args()
 
     trees = {"cnnbench": ROOT}
@@ -62,6 +65,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="startup-overhead-"))
     arms = {"hand": lambda r: timed([sys.executable, str(ROOT / "benchmarks" / "hand_lenet.py"),
                                      str(args.epochs), str(work / f"hand-{r}.pt")], ROOT)}
+    if args.no_hand:  # the trees against each other: the first one is the reference
+        arms = {}
     sets = [a for kv in args.set for a in ("-s", kv)]
     for label, tree in trees.items():
         arms[label] = (lambda r, label=label, tree=tree: timed(
@@ -77,15 +82,16 @@ def main() -> None:
             wall[name].append(w)
             cpu[name].append(c)
             print(f"round {r + 1}  {name:<10} {w:7.2f} s wall  {c:7.2f} s CPU", flush=True)
-    result = {"cpus": cpus, "wall": wall, "cpu": cpu}
+    ref = "cnnbench" if args.no_hand else "hand"
+    result = {"cpus": cpus, "wall": wall, "cpu": cpu, "reference": ref}
     for kind, times in (("wall", wall), ("cpu", cpu)):
         medians = {name: statistics.median(v) for name, v in times.items()}
         result[f"{kind}_medians"] = medians
-        result[f"{kind}_over_hand"] = {n: medians[n] / medians["hand"] for n in trees}
-        for name in trees:
-            per_round = [a / b for a, b in zip(times[name], times["hand"])]
-            print(f"{kind:>4}: {name} / hand {medians[name] / medians['hand']:.3f} (medians "
-                  f"{medians[name]:.2f} / {medians['hand']:.2f} s); per round "
+        result[f"{kind}_over_{ref}"] = {n: medians[n] / medians[ref] for n in trees if n != ref}
+        for name in (n for n in trees if n != ref):
+            per_round = [a / b for a, b in zip(times[name], times[ref])]
+            print(f"{kind:>4}: {name} / {ref} {medians[name] / medians[ref]:.3f} (medians "
+                  f"{medians[name]:.2f} / {medians[ref]:.2f} s); per round "
                   f"{', '.join(f'{x:.2f}' for x in per_round)}")
     print(json.dumps(result))
 

@@ -37,7 +37,7 @@ def timed(command: list[str], tree: Path) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(command, cwd=tree, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{proc.stderr}")

@@ -3,7 +3,7 @@
 Loss: cross-entropy with optional label smoothing; with ``mixup``/``cutmix`` the training
 targets are the two images' mixed one-hot rows (soft targets). Metrics: top-1 and top-5
 accuracy (besides the trainer's mean loss). The test report adds a confusion matrix; TensorBoard gets a grid of
-misclassified test images each epoch, the true and predicted class written under each.
+the misclassified test images, the true and predicted class written under each.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One loader for inference: what ``eval``, ``predict`` and the effective receptive field need
 from a run folder or a checkpoint file, and nothing of training.
 
-:func:`load` returns the configuration (the run's, keys added since then at their defaults),
+:func:`load` returns the configuration (the run's, with the keys added since: ``recipe.stored``),
 the task with the checkpoint's own context (class names, input channels, normalisation), and
 the model with the checkpoint's weights (the model's, or its EMA's), in eval mode on the device.
 No optimizer and no schedule are built or restored (Lightning's ``trainer.test(ckpt_path=...)``
@@ -64,8 +64,8 @@ class Opened(NamedTuple):
 
 def open_checkpoint(source: str | os.PathLike, checkpoint: str = "best") -> Opened:
     """A run folder's ``checkpoints/{checkpoint}.pt`` with the configuration of its
-    ``config.yaml``, or a checkpoint file with its own configuration (keys added since the run
-    at their defaults); every problem is a one-line error."""
+    ``config.yaml``, or a checkpoint file with its own configuration (``recipe.stored``: keys added since the
+    run as that run had them); every problem is a one-line error."""
     source = Path(source).expanduser()
     if not source.exists():
         raise CnnbenchError(f"no run folder or checkpoint file {source}")
@@ -83,7 +83,7 @@ def open_checkpoint(source: str | os.PathLike, checkpoint: str = "best") -> Open
         stored = state["config"]
     else:
         raise CnnbenchError(f"{file} holds no configuration: give its run folder")
-    config = {**recipe.defaults(stored.get("task")), **stored}
+    config = recipe.stored(stored)  # keys added since the run: the values it had in effect
     if not config["threads"] and state.get("threads"):
         torch.set_num_threads(state["threads"])  # as many as in training: the same sums, bitwise
     return Opened(run, file, config, state)

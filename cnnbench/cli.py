@@ -299,7 +299,7 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
 
     Examples: `cnnbench runs`, `cnnbench runs --columns lr,batch_size --json`,
     `cnnbench runs --compare RUN1 RUN2 --plot curves.png`,
-    `cnnbench runs --sweep runs/sweep-lenet-20260101-120000`.
+    `cnnbench runs --sweep runs/sweep-lenet-3f2a9c1e`.
     """
     from cnnbench import render
     from cnnbench.training import runs as folders
@@ -354,8 +354,10 @@ def sweep(
         "Runs at once, each in its own process: one per GPU on CUDA; on the CPU each gets "
         "cores/N threads unless `threads` is set. Output in DIR/logs/.")),
     folder: Optional[str] = typer.Option(None, "--dir", help=(
-        "The sweep's folder (default runs/sweep-MODEL-TIME); one holding the same sweep "
-        "is continued.")),
+        "The sweep's folder. Default: runs/sweep-MODEL-DIGEST, DIGEST naming the plan "
+        "(model, recipe file and its content, fixed keys, grid, seeds), so the same command "
+        "finds the same folder. A folder holding the same sweep is continued; one holding "
+        "another sweep is refused.")),
     resume: Optional[str] = typer.Option(None, "--resume", help=(
         "Continue the sweep in this folder, as its sweep.yaml says.")),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only a line per run."),
@@ -363,9 +365,11 @@ def sweep(
 ) -> None:
     """Train every setting of a grid for each seed, one run folder each; then a table.
 
-    All the runs are checked before the first starts. Running the same sweep again (or
-    `--resume DIR`) skips finished runs, resumes interrupted ones and starts the rest.
-    Examples:
+    All the runs are checked before the first starts. The default folder,
+    runs/sweep-MODEL-DIGEST, is named after the plan: running the same command again (or
+    `--resume DIR`) continues that sweep: finished runs are skipped untouched, interrupted ones
+    resume from their last checkpoint, the rest start. Changing the model, recipe, a fixed key,
+    the grid or the seeds makes another plan, hence another folder. Examples:
 
     * `cnnbench sweep lenet --grid lr=0.003,0.01 --seeds 0,1 --limit 2000 --epochs 1`
 
@@ -373,7 +377,7 @@ def sweep(
 
     * `cnnbench sweep --file sweep.yaml --dir runs/my-sweep`
 
-    * `cnnbench sweep --resume runs/sweep-lenet-20260101-120000`
+    * `cnnbench sweep --resume runs/sweep-lenet-3f2a9c1e`
     """
     from cnnbench import render
     from cnnbench import sweep as sweeps

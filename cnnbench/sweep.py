@@ -1,6 +1,6 @@
 """Sweeps: every setting of a grid, for each seed, one run folder each (`cnnbench sweep`).
 
-A sweep folder (``runs/sweep-<model>-<time>`` or ``--dir``) holds::
+A sweep folder (``runs/sweep-<model>-<plan digest>`` or ``--dir``) holds::
 
     .lock                  the pid of the sweep running in it (one at a time)
     sweep.yaml             the plan: model, recipe (and its sha256), fixed keys, grid, seeds, runs
@@ -8,8 +8,10 @@ A sweep folder (``runs/sweep-<model>-<time>`` or ``--dir``) holds::
     logs/NAME.log          a run's output, with --parallel
 
 Every run's configuration is resolved and checked (``config.resolve``) before the first starts,
-so a bad key or value stops the whole sweep in one line and leaves no folder. Running the sweep
-again (the same command with ``--dir``, or ``--resume DIR``) skips the finished runs (their
+so a bad key or value stops the whole sweep in one line and leaves no folder. The default
+folder's name ends in a digest of the plan (``plan_digest``: model, recipe and its content, fixed
+keys, grid, seeds), so the same command finds the same folder and a different plan another one.
+Running the sweep again (the same command, or ``--resume DIR``) skips the finished runs (their
 ``results.json``; their files are not touched), resumes the interrupted ones from their last
 checkpoint and starts the rest. ``--parallel N`` runs N at once, as ``cnnbench train``
 processes: one GPU each on CUDA, ``threads`` set so that N x threads fit the cores on the CPU.
@@ -25,6 +27,7 @@ A sweep file is a recipe with three more keys (``model``, ``config``, ``grid``, 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import signal
@@ -40,7 +43,7 @@ from cnnbench import config as cfg
 from cnnbench.errors import CnnbenchError
 from cnnbench.inputs import parse_assignments, parse_value
 from cnnbench.training.runs import (claim_run_dir, list_runs, lock_holder, lock_run,
-                                    new_run_dir, release_run, resolve_mode, write_atomic)
+                                    release_run, resolve_mode, write_atomic)
 
 PLAN = "sweep.yaml"
 FILE_KEYS = ("model", "config", "grid", "seeds")  # a sweep file's own keys; the rest are fixed
@@ -205,6 +208,18 @@ def read_plan(folder: str | os.PathLike) -> dict:
     return plan
 
 
+def plan_digest(plan: dict) -> str:
+    """Eight hex digits naming the plan (the ``PLAN_KEYS`` a rerun must match): the default
+    sweep folder is ``sweep-MODEL-DIGEST``, so that the same command continues the same sweep."""
+    text = json.dumps({k: plan.get(k) for k in PLAN_KEYS}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def default_folder(plan: dict, root: str | os.PathLike = "runs") -> Path:
+    model = str(plan["model"]).replace(":", "-").replace("/", "-")
+    return Path(root) / f"sweep-{model}-{plan_digest(plan)}"
+
+
 def check_same_plan(folder: Path, plan: dict) -> None:
     """Continuing a sweep must mean the same sweep: a one-line error naming what differs."""
     saved = read_plan(folder)
@@ -230,17 +245,16 @@ def prepare(s: dict, folder: str | os.PathLike | None = None, resume: bool = Fal
     plan, configs = make_plan(s)
     if parallel > 1:
         slots(configs, parallel)
-    if folder is not None and (Path(folder) / PLAN).is_file():
+    if folder is None:
+        folder = default_folder(plan, root)
+    if (Path(folder) / PLAN).is_file():
         folder = Path(folder)
         check_same_plan(folder, plan)
         lock_run(folder)
         return plan, configs, folder
     if resume:
         read_plan(folder)  # the one-line error: not a sweep
-    if folder is None:
-        folder = new_run_dir(f"sweep-{plan['model']}", root)
-    else:
-        folder = claim_run_dir(folder)
+    folder = claim_run_dir(folder)
     write_atomic(folder / PLAN, yaml.safe_dump(plan, sort_keys=False))
     return plan, configs, folder
 

@@ -303,6 +303,10 @@ def compare_table(result: dict) -> None:
         table.add_row(key, *(_cell(r["settings"][key]) for r in runs))
     if result["differ"]:
         table.add_section()
+    for key in result.get("environment_differ", ()):
+        table.add_row(f"env {key}", *(escape(_cell(r["environment"][key])) for r in runs))
+    if result.get("environment_differ"):
+        table.add_section()
     table.add_row("epochs", *(str(r["epochs"]) for r in runs))
     table.add_row("best val", *(_score(r["best_val"], r["monitor"]) for r in runs))
     table.add_row("test", *(_score(r["test"], r["monitor"]) for r in runs))

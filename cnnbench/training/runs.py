@@ -4,6 +4,8 @@ A run folder holds::
 
     .lock                  the pid of the process training in it (one at a time)
     config.yaml            the resolved configuration
+    environment.json       where it came from: versions, git commit, host, command, times
+                           (``provenance``)
     metrics.jsonl          one JSON object per epoch, appended after that epoch's checkpoint
     tensorboard/           event files (scalars, hyper-parameters, graph, images)
     checkpoints/last.pt    written atomically every epoch (and mid-epoch when interrupted);
@@ -34,6 +36,11 @@ from cnnbench.tasks.base import get_task
 
 
 LOCK = ".lock"
+ENVIRONMENT = "environment.json"
+# The fields of environment.json that say what made a run, set side by side by ``--compare``
+# (not the times, which always differ).
+PROVENANCE = ("cnnbench", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda",
+              "cudnn", "device", "device_name", "host", "command")
 
 
 def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
@@ -288,8 +295,8 @@ def find_run(name: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
 
 
 def compare_runs(names: list[str], root: str | os.PathLike = "runs") -> dict:
-    """Runs side by side: the configuration keys whose values differ between them, each run's
-    metrics, and its learning curves (training loss and the monitored validation metric per
+    """Runs side by side: the configuration keys whose values differ between them, the fields
+    of their ``environment.json`` that differ (``PROVENANCE``), each run's metrics, and its learning curves (training loss and the monitored validation metric per
     epoch, from ``metrics.jsonl``)."""
     if len(names) < 2:
         raise CnnbenchError("--compare takes two or more runs")
@@ -298,18 +305,31 @@ def compare_runs(names: list[str], root: str | os.PathLike = "runs") -> dict:
     configs = [{**defaults, **cfg.read_yaml(f / "config.yaml")} for f in folders]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     differ = [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs)]
+    environments = [read_environment(f) for f in folders]
+    env_differ = [k for k in PROVENANCE
+                  if any(e.get(k) != environments[0].get(k) for e in environments)]
     runs = []
-    for folder, config in zip(folders, configs):
+    for folder, config, env in zip(folders, configs, environments):
         row = run_row(folder)
         metrics = read_metrics(folder)
         val = f"val_{row['monitor']}"
         row.update({
             "settings": {k: config.get(k) for k in differ},
+            "environment": {k: env.get(k) for k in env_differ},
             "curves": {"epoch": [r.get("epoch") for r in metrics],
                        "train_loss": [r.get("train_loss") for r in metrics],
                        val: [r.get(val) for r in metrics]}})
         runs.append(row)
-    return {"differ": differ, "runs": runs}
+    return {"differ": differ, "environment_differ": env_differ, "runs": runs}
+
+
+def read_environment(run_dir: str | os.PathLike) -> dict:
+    """A run's ``environment.json``: {} for a run made before it was written, or unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / ENVIRONMENT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _looks_like_run(folder: Path) -> bool:

@@ -289,7 +289,9 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
              "Runs to set side by side (repeat it, or list them after one --compare): the keys "
              "that differ, their metrics; --plot draws their learning curves.")),
          sweep_dir: Optional[str] = typer.Option(None, "--sweep", help=(
-             "A sweep's folder: its settings against their metrics over the seeds.")),
+             "A sweep's folder: its settings against their metrics over the seeds; for a "
+             "search, its trials, the pruned ones and the best, and Optuna's optimization "
+             "history and parameter importances drawn to PNGs in the folder.")),
          plot: Optional[str] = typer.Option(None, "--plot", help=(
              "With --compare: the learning curves on shared axes, to FILE.png.")),
          more: Optional[List[str]] = typer.Argument(None, metavar="[RUN]...", help=(
@@ -311,10 +313,16 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
     if plot and not compare:
         raise CnnbenchError("--plot draws the learning curves of the runs of --compare")
     if sweep_dir:
-        from cnnbench.sweep import summarize
+        from cnnbench.sweep import is_search, summarize
 
-        table = summarize(sweep_dir)
-        render.print_json(table) if as_json else render.sweep_table(table)
+        if is_search(sweep_dir):
+            from cnnbench import search
+
+            table = search.summarize(sweep_dir, pictures=True)
+            render.print_json(table) if as_json else render.search_table(table)
+        else:
+            table = summarize(sweep_dir)
+            render.print_json(table) if as_json else render.sweep_table(table)
     elif compare:
         result = folders.compare_runs([*compare, *(more or [])], root)
         if plot:
@@ -360,10 +368,32 @@ def sweep(
         "another sweep is refused.")),
     resume: Optional[str] = typer.Option(None, "--resume", help=(
         "Continue the sweep in this folder, as its sweep.yaml says.")),
+    search: str = typer.Option("grid", "--search", help=(
+        "grid (every setting of --grid), or an Optuna search over --space: tpe (Bayesian, "
+        "Optuna's TPESampler) or random.")),
+    space: Optional[List[str]] = typer.Option(None, "--space", help=(
+        "With --search: KEY=LOW..HIGH, KEY=log:LOW..HIGH, KEY=int:LOW..HIGH or "
+        "KEY=V1,V2,... (repeatable), e.g. lr=log:1e-4..1e-1.")),
+    trials: Optional[int] = typer.Option(None, "--trials", help=(
+        "With --search: trials in all (over every worker and every run of the command; "
+        "give more to extend the study).")),
+    pruner: str = typer.Option("median", "--pruner", help=(
+        "With --search: median (Optuna's MedianPruner on each epoch's validation value; "
+        "4 trials run whole first) or none.")),
+    storage: Optional[str] = typer.Option(None, "--storage", help=(
+        "With --search: the Optuna storage (default: the journal file DIR/optuna.journal), "
+        "e.g. sqlite:///study.db, postgresql://..., or journal:PATH on a shared file system.")),
+    launcher: str = typer.Option("local", "--launcher", help=(
+        "Where the runs go: local (this machine; --parallel processes) or slurm (a job array "
+        "through submitit; --parallel tasks at once).")),
+    slurm: Optional[str] = typer.Option(None, "--slurm", help=(
+        "With --launcher slurm: submitit's SlurmExecutor parameters, "
+        "e.g. partition=gpu,gpus_per_node=1,time=60 (minutes).")),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only a line per run."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON at the end."),
 ) -> None:
     """Train every setting of a grid for each seed, one run folder each; then a table.
+    Or, with `--search tpe|random`, `--trials` runs chosen by Optuna over `--space`.
 
     All the runs are checked before the first starts. The default folder,
     runs/sweep-MODEL-DIGEST, is named after the plan: running the same command again (or
@@ -378,23 +408,47 @@ def sweep(
     * `cnnbench sweep --file sweep.yaml --dir runs/my-sweep`
 
     * `cnnbench sweep --resume runs/sweep-lenet-3f2a9c1e`
+
+    * `cnnbench sweep lenet --search tpe --trials 16 --space lr=log:1e-4..1e-1
+      --space weight_decay=0,5e-4,5e-3 --epochs 4 --parallel 2`
+
+    * `cnnbench sweep lenet --grid lr=0.003,0.01 --launcher slurm
+      --slurm partition=gpu,gpus_per_node=1,time=60 --parallel 8`
     """
     from cnnbench import render
     from cnnbench import sweep as sweeps
+    from cnnbench.launchers import get_launcher
 
     if resume and (model or grid or seeds or file or config or folder):
         raise CnnbenchError("--resume takes the sweep from its folder's sweep.yaml; give no "
                             "model, --grid, --seeds, --file, --config or --dir")
+    searching = search != "grid"
+    if not searching and (space or trials is not None or storage):
+        raise CnnbenchError("--space, --trials and --storage go with --search tpe or random")
+    if searching and resume:
+        raise CnnbenchError("a search continues with the same command (or --dir DIR), "
+                            "not --resume")
     fixed = _overrides(set_, model_arg, epochs=epochs, batch_size=batch_size, limit=limit,
                        data=data, device=device)
+    where = get_launcher(launcher, parallel, slurm)  # Slurm reachable, before any folder
+    reporter = None if quiet else render.TrainReporter(quiet=True, console=render.err)
+    if searching:
+        from cnnbench import search as searches
+
+        what = sweeps.spec(model, config, fixed, sweeps.parse_grid(grid),
+                           sweeps.parse_seeds(seeds), file)
+        table = searches.run_search(what, searches.parse_space(space), search, trials,
+                                    pruner, storage, folder, where, say=render.err.print,
+                                    reporter=reporter)
+        render.print_json(table) if as_json else render.search_table(table)
+        return
     if resume:
         what = sweeps.spec(file=resume, fixed=fixed)
     else:
         what = sweeps.spec(model, config, fixed, sweeps.parse_grid(grid),
                            sweeps.parse_seeds(seeds), file)
-    reporter = None if quiet else render.TrainReporter(quiet=True, console=render.err)
     table = sweeps.run_sweep(what, resume or folder, resume=bool(resume), parallel=parallel,
-                             say=render.err.print, reporter=reporter)
+                             say=render.err.print, reporter=reporter, launcher=where)
     render.print_json(table) if as_json else render.sweep_table(table)
 
 

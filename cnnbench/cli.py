@@ -162,6 +162,15 @@ def train(
     nproc: Optional[int] = typer.Option(None, "--nproc", help=(
         "Train in N processes (DistributedDataParallel, launched as torchrun does): gloo on "
         "the CPU, NCCL with one GPU each. --batch-size is per process.")),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", help=(
+        "Train across N machines (torch elastic, c10d rendezvous): run the same command on "
+        "each with its --node-rank; --nproc processes on each (default 1).")),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help=(
+        "With --nnodes: this machine's node, 0 to N-1 (node 0 hosts the rendezvous).")),
+    rdzv: Optional[str] = typer.Option(None, "--rdzv", help=(
+        "With --nnodes: HOST:PORT of the rendezvous, on node 0 (e.g. node0:29400).")),
+    rdzv_timeout: float = typer.Option(120.0, "--rdzv-timeout", help=(
+        "With --nnodes: seconds to wait for the rendezvous and the other nodes.")),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe (after "
                                  "the device profile and the options; JSON with --json), "
                                  "then exit without loading data or training."),
@@ -205,11 +214,17 @@ def train(
         render.print_json(rows) if as_json else render.keys_table(rows)
         return
     trainer.check_request(model, config, run_dir, resume, dry_run)
-    if nproc is not None and not dry_run:
+    if (node_rank is not None or rdzv) and nnodes is None:
+        raise CnnbenchError("--node-rank and --rdzv go with --nnodes N")
+    if (nproc is not None or nnodes is not None) and not dry_run:
         from cnnbench.training import distributed
 
-        raise typer.Exit(distributed.launch_train(nproc, sys.argv[1:], model, config, overrides,
-                                                  run_dir=run_dir, resume=resume))
+        nodes = (distributed.Nodes(nnodes, node_rank, rdzv, rdzv_timeout)
+                 if nnodes is not None else None)
+        raise typer.Exit(distributed.launch_train(1 if nproc is None else nproc, sys.argv[1:],
+                                                  model, config,
+                                                  overrides, run_dir=run_dir, resume=resume,
+                                                  nodes=nodes))
     reporter = render.TrainReporter(quiet=quiet or as_json,
                                     console=render.err if as_json else None)
     result = trainer.run(model, config, overrides, run_dir=run_dir, resume_dir=resume,

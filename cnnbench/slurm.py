@@ -60,31 +60,60 @@ class SlurmLauncher(Launcher):
         return executor
 
     def launch(self, jobs, folder, say, stop=None, envs=None):
-        executor = self.executor(Path(folder))
-        submitted = []
+        executor = self.executor(Path(folder).resolve())
         with executor.batch():
-            for job in jobs:
-                submitted.append((job, executor.submit(Requeued(job.call))))
-        for job, handle in submitted:
+            handles = [executor.submit(Requeued(job.call)) for job in jobs]
+        pending = {}
+        for job, handle in zip(jobs, handles):
             say(f"{job.name}: Slurm job {handle.job_id}")
-        failures, pending = [], dict(enumerate(submitted))
+            pending[handle.job_id] = (job, handle)
+        failures, cancelled = [], False
         while pending:
-            if stop is not None and stop.signum is not None:
-                for _, handle in pending.values():
-                    handle.cancel(check=False)  # scancel: each run checkpoints, resumable
-            for key, (job, handle) in list(pending.items()):
-                if not handle.done():
-                    continue
-                del pending[key]
-                state = handle.state
-                if state == "COMPLETED":
-                    say(f"{job.name}: finished (Slurm job {handle.job_id})")
-                    continue
-                message = last_line(handle.paths.stderr) or state
-                say(f"{job.name}: {state.lower()} (Slurm job {handle.job_id}): {message}")
-                failures.append((job.name, f"{state.lower()}: {message}"))
-            time.sleep(self.poll_seconds if pending else 0)
+            if stop is not None and stop.signum is not None and not cancelled:
+                subprocess.run(["scancel", *pending], capture_output=True, timeout=60)
+                cancelled = True  # each run checkpoints on the SIGTERM: resumable
+            queued = self.queued()
+            for job_id in [j for j in pending if j not in queued]:
+                job, handle = pending.pop(job_id)
+                outcome = self.outcome(handle)
+                say(f"{job.name}: {outcome} (Slurm job {job_id})")
+                if outcome != "finished":
+                    failures.append((job.name, outcome))
+            if pending:
+                time.sleep(self.poll_seconds)
         return failures
+
+    @staticmethod
+    def queued() -> set[str]:
+        """The ids of this cluster's jobs still pending or running (array tasks one by one:
+        ``12_0``); read with ``squeue``, which needs no accounting database (``sacct`` does)."""
+        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True,
+                              text=True, timeout=60)
+        if done.returncode:
+            raise CnnbenchError(f"squeue failed while following the jobs: "
+                                f"{last_line_of(done.stderr) or done.returncode}")
+        return {line.strip() for line in done.stdout.splitlines() if line.strip()}
+
+    @staticmethod
+    def outcome(handle) -> str:
+        """``finished``, or why not: the job's error (its log's last line), a stop on a signal
+        (resumable), or killed with no result (cancelled, out of time or memory)."""
+        result = Path(handle.paths.result_pickle)
+        if result.is_file():
+            status, value = submitit.core.utils.pickle_load(result)
+            if status == "success":
+                return "finished"
+            text = str(value)
+            if "Interrupted" in text:
+                return "stopped, resumable: " + (last_line(handle.paths.stderr) or "a signal")
+            return "failed: " + (last_line_of(text) or last_line(handle.paths.stderr))
+        return "ended without a result: " + (last_line(handle.paths.stderr)
+                                             or "cancelled or killed")
+
+
+def last_line_of(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 class Requeued(submitit.helpers.Checkpointable):

@@ -394,7 +394,7 @@ def sweep(
         "give more to extend the study).")),
     pruner: str = typer.Option("median", "--pruner", help=(
         "With --search: median (Optuna's MedianPruner on each epoch's validation value; "
-        "4 trials run whole first) or none.")),
+        "4 trials run whole first), halving (its SuccessiveHalvingPruner) or none.")),
     storage: Optional[str] = typer.Option(None, "--storage", help=(
         "With --search: the Optuna storage (default: the journal file DIR/optuna.journal), "
         "e.g. sqlite:///study.db, postgresql://..., or journal:PATH on a shared file system.")),

@@ -51,12 +51,15 @@ def _samplers():
 def _pruners():
     # Four trials run whole before any is pruned; then a trial whose epoch is worse than the
     # median of the earlier trials' same epoch stops (Optuna's MedianPruner).
+    # Successive halving (Optuna's SuccessiveHalvingPruner): a trial goes on past epochs 1,
+    # 3, 9, ... only while it is in the best third of the trials that reached that epoch.
     return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4),
+            "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
             "none": lambda: optuna.pruners.NopPruner()}
 
 
 SEARCHES = ("tpe", "random")
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "halving", "none")
 
 
 # --- the space ---
@@ -223,7 +226,8 @@ def load_study(plan: dict, folder: Path, storage=None, worker: int = 0):
 
 
 def study_name(plan: dict, folder: Path) -> str:
-    return f"cnnbench-{Path(folder).resolve().name}"
+    """Named after the plan (not the folder, which may move): ``cnnbench-MODEL-DIGEST``."""
+    return f"cnnbench-{default_folder(plan, '', SEARCH_KEYS).name.removeprefix('sweep-')}"
 
 
 def prepare(s: dict, space: dict, search: str, trials: int, pruner: str = "median",

@@ -448,7 +448,11 @@ def sweep(
     where = get_launcher(launcher, parallel, slurm)  # Slurm reachable, before any folder
     reporter = None if quiet else render.TrainReporter(quiet=True, console=render.err)
     if searching:
-        from cnnbench import search as searches
+        try:
+            from cnnbench import search as searches
+        except ModuleNotFoundError as exc:
+            raise CnnbenchError(f"--search needs {exc.name}: pip install "
+                                f"'cnnbench[sweep]'") from None
 
         what = sweeps.spec(model, config, fixed, sweeps.parse_grid(grid),
                            sweeps.parse_seeds(seeds), file)

@@ -108,8 +108,11 @@ class LocalLauncher(Launcher):
 
 
 def _slurm(parallel: int, options: dict) -> Launcher:
-    from cnnbench.slurm import SlurmLauncher  # submitit: an optional extra, only for Slurm
-
+    try:
+        from cnnbench.slurm import SlurmLauncher  # submitit: an optional extra, only for Slurm
+    except ModuleNotFoundError as exc:
+        raise CnnbenchError(f"--launcher slurm needs {exc.name}: pip install "
+                            f"'cnnbench[sweep]'") from None
     return SlurmLauncher(parallel, options)
 
 

@@ -498,7 +498,10 @@ def draw(study, folder: Path, monitor: str, complete: int) -> dict:
         save_png(ax.figure, str(folder / PICTURES["history"]))
         drawn["history"] = str(folder / PICTURES["history"])
         if complete >= 2:
-            ax = views.plot_param_importances(study)
+            try:
+                ax = views.plot_param_importances(study)
+            except (ValueError, RuntimeError):  # e.g. every complete trial took one value
+                return drawn
             save_png(ax.figure, str(folder / PICTURES["importance"]))
             drawn["importance"] = str(folder / PICTURES["importance"])
     return drawn

@@ -414,7 +414,10 @@ def sweep(
     runs/sweep-MODEL-DIGEST, is named after the plan: running the same command again (or
     `--resume DIR`) continues that sweep: finished runs are skipped untouched, interrupted ones
     resume from their last checkpoint, the rest start. Changing the model, recipe, a fixed key,
-    the grid or the seeds makes another plan, hence another folder. Examples:
+    the grid or the seeds makes another plan, hence another folder. For a search the plan is
+    the space, sampler, pruner, storage and seed instead of the grid (not `--trials`): the
+    same command continues the study (a trial left running resumes), a larger `--trials`
+    extends it. Examples:
 
     * `cnnbench sweep lenet --grid lr=0.003,0.01 --seeds 0,1 --limit 2000 --epochs 1`
 

@@ -28,9 +28,10 @@ from pathlib import Path
 import optuna
 import yaml
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
+from cnnbench import train
 from cnnbench.errors import CnnbenchError, did_you_mean
-from cnnbench.inputs import parse_assignments, parse_value
+from cnnbench.keys import parse_assignments, parse_value
 from cnnbench.launchers import Job, LocalLauncher
 from cnnbench.sweep import (PLAN, Stop, _check_model_args, _sha256, check_same_plan,
                             default_folder, read_plan, run_state, slots, split_values)
@@ -294,8 +295,6 @@ def run_trial(plan: dict, folder: Path, trial, say=None, reporter=None, extra=No
     ``complete``, ``pruned`` or ``failed: message``. A signal stops it resumable (Interrupted
     goes up; the trial stays running in the study, and the next run of the sweep resumes it).
     ``reported``: the epochs a resumed trial already reported."""
-    from cnnbench.training import build
-
     say = say or (lambda line: None)
     name = f"trial-{trial.number:03d}"
     run_dir = folder / name
@@ -307,11 +306,11 @@ def run_trial(plan: dict, folder: Path, trial, say=None, reporter=None, extra=No
     say(f"{name} {shown}: {'resuming' if state == 'resume' else 'training'}")
     try:
         if state == "resume":
-            results = build.resume(run_dir, None, reporter, [pruning])
+            results = train.resume(run_dir, None, reporter, [pruning])
         else:
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # a start killed before its first checkpoint
-            results = build.train(plan["model"], plan["config"],
+            results = train.train(plan["model"], plan["config"],
                                   {**plan["fixed"], **params, "seed": plan["seeds"][0],
                                    **(extra or {})},
                                   run_dir=run_dir, reporter=reporter, callbacks=[pruning])

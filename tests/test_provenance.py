@@ -2,7 +2,6 @@
 
 import json
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import torch
 import torchvision
 
 import cnnbench
-from cnnbench.training.build import resume, train
+from cnnbench.train import resume, train
 from cnnbench.training.interrupt import Interrupted
 from test_runs import SignalAt, tiny
 
@@ -47,7 +46,7 @@ def test_every_run_folder_says_which_code_libraries_machine_and_command_made_it(
 
 def test_compare_lists_the_environment_fields_that_differ(tmp_path, fmnist_dir, capsys):
     from cli_run import cli
-    from cnnbench.training.runs import compare_runs
+    from cnnbench.runs import compare_runs
 
     for name in ("here", "there"):
         train("lenet", None, tiny(fmnist_dir, epochs=1), run_dir=tmp_path / name)

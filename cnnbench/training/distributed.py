@@ -39,7 +39,6 @@ import math
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -47,7 +46,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils._pytree import tree_map_only
 
-from cnnbench import config as cfg
 from cnnbench.data.splits import Split
 from cnnbench.errors import LAUNCHER_ERRORS, CnnbenchError, reported
 from cnnbench.keys import Key, declare
@@ -57,7 +55,6 @@ from cnnbench.training.callbacks import EMA, EarlyStopping, NaNGuard
 from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, EpochStats, Trainer, batch_starts
 from cnnbench.training.rng import rng_states, set_rng_states
-from cnnbench.training.runs import check_run_dir
 from cnnbench.training.schedules import jump_to
 
 # No buffer broadcast inside forward: a forward then needs no other process, so rank 0 alone can
@@ -421,25 +418,6 @@ class Nodes:
                 "--rdzv-conf", f"is_host={str(self.node_rank == 0).lower()},"
                                f"join_timeout={seconds},read_timeout={seconds}",
                 "--max-restarts", "0"]
-
-
-def launch_train(nproc: int, argv: list[str], model: str | None, config_file: str | None,
-                 overrides: dict, run_dir: str | None = None, resume: str | None = None,
-                 nodes: Nodes | None = None) -> int:
-    """``cnnbench train ... --nproc N [--nnodes M --node-rank R --rdzv HOST:PORT]``: check
-    the options here (one line, no folder, no process), then run the command without them in
-    N processes on this node."""
-    if resume:
-        saved = Path(resume) / "config.yaml"
-        config = {**(cfg.read_yaml(saved) if saved.is_file() else {}), **overrides}
-    else:
-        config = cfg.resolve(model, config_file, overrides)
-        if run_dir:
-            check_run_dir(run_dir)
-    check_launch(nproc, config)
-    if nodes is not None:
-        nodes.wait_for_host()
-    return launch(nproc, without_nproc(argv), nodes=nodes)
 
 
 def launch(nproc: int, argv: list[str], target: tuple[str, ...] = ("-m", "cnnbench"),

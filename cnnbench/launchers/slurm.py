@@ -23,7 +23,7 @@ from pathlib import Path
 import submitit
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.launchers import Launcher, last_line
+from cnnbench.launchers.base import Launcher, last_line
 
 
 class SlurmLauncher(Launcher):

@@ -161,8 +161,10 @@ def test_two_workers_share_one_study_and_runs_sweep_draws_optunas_pictures(
     folder = tmp_path / "sweep"
     assert sorted(r["trial"] for r in table["rows"]) == [0, 1, 2, 3]
     logs = [(folder / "logs" / f"worker-{k}.log").read_text() for k in (1, 2)]
-    assert all("trial-" in log for log in logs), logs  # both took trials
-    assert len({json.dumps(r["params"]) for r in table["rows"]}) == 4
+    started = [line.split()[0] for log in logs for line in log.splitlines()
+               if line.startswith("trial-") and line.endswith(": training")]
+    assert sorted(started) == [f"trial-00{n}" for n in range(4)]  # each trial once, by one
+    assert len({json.dumps(r["params"]) for r in table["rows"]}) == 4  # no point drawn twice
     assert cli(["runs", "--sweep", folder]) == 0
     out = capsys.readouterr().out
     assert "4 of 4 trials" in out

@@ -417,7 +417,8 @@ def run_search(s: dict, space: dict, search: str, trials: int, pruner: str = "me
         workers = launcher.parallel
         here = workers == 1 and launcher.name == "local"
         jobs = [Job(f"worker-{k + 1}",
-                    SearchWorker(folder, stale[k::workers], extra, k, here, say, reporter),
+                    SearchWorker(folder, stale[k::workers], extra, k, here,
+                                 *((say, reporter) if here else ())),  # (picklable elsewhere)
                     worker_command(folder, stale[k::workers], extra, k))
                 for k in range(workers)]
         with Stop() as stop:

@@ -139,3 +139,23 @@ def test_slurm_out_of_reach_is_one_line_before_any_folder(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["conf"], ["empty"])
+
+
+@SLURM
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_two_slurm_jobs_share_one_search(tmp_path, fmnist_dir):
+    from cnnbench import search
+
+    lines = []
+    table = search.run_search(sweep.spec("lenet", None, tiny(fmnist_dir, threads=1), {}, [0]),
+                              search.parse_space(["lr=log:1e-3..0.1"]), "random", 4,
+                              folder=tmp_path / "search", launcher=get_launcher("slurm", 2),
+                              say=lines.append)
+    assert sorted(r["trial"] for r in table["rows"]) == [0, 1, 2, 3]
+    assert [r["state"] for r in table["rows"]] == ["complete"] * 4
+    assert sum("finished (Slurm job" in line for line in lines) == 2, lines  # two workers
+    logs = "".join(p.read_text() for p in (tmp_path / "search" / "slurm").rglob("*.out"))
+    started = sorted(line.split()[0] for line in logs.splitlines()
+                     if line.startswith("trial-") and line.endswith(": training"))
+    assert started == ["trial-000", "trial-001", "trial-002", "trial-003"]

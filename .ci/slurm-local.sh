@@ -3,7 +3,8 @@
 #
 #   .ci/slurm-local.sh install   apt-get install slurm-wlm (Debian's; needs root)
 #   .ci/slurm-local.sh start     write /etc/slurm/slurm.conf, start munged, slurmctld, slurmd
-#   .ci/slurm-local.sh stop      stop them (the config stays)
+#   .ci/slurm-local.sh stop      stop them (munged only if this script started it; the config
+#                                stays)
 #   .ci/slurm-local.sh status    `scontrol ping` and `sinfo`
 #
 # The node is this host with all its cores, one partition `debug`; no cgroups
@@ -78,7 +79,10 @@ start() {
     fi
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
-    pgrep -x munged >/dev/null || su -s /bin/sh munge -c "munged" 2>/dev/null || munged --force
+    if ! pgrep -x munged >/dev/null; then
+        su -s /bin/sh munge -c "munged" 2>/dev/null || munged --force
+        touch "$DIR/munged.ours"  # stop stops only a munged it started
+    fi
     pgrep -x slurmctld >/dev/null || slurmctld
     pgrep -x slurmd >/dev/null || slurmd
     for _ in $(seq 30); do
@@ -100,6 +104,10 @@ stop() {
             rm -f "$DIR/$daemon.pid"
         fi
     done
+    if [ -f "$DIR/munged.ours" ] && [ -f /run/munge/munged.pid ]; then
+        kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
+        rm -f "$DIR/munged.ours"
+    fi
     echo "slurm: stopped"
 }
 

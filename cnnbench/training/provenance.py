@@ -47,19 +47,41 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device) -> dict:
-    """This process's facts (``ended`` left null)."""
-    import torchvision
-
+    """This process's facts (``ended`` left null). torchvision's version is read from its
+    installed metadata: a run that does not use torchvision does not import it."""
     commit, dirty = git_state(Path(__file__).resolve().parent)
     return {
         "cnnbench": __version__, "git_commit": commit, "git_dirty": dirty,
         "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
+        "torchvision": _version("torchvision"), "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": str(device), "device_name": device_name(device),
         "host": socket.gethostname(), "command": shlex.join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ended": None,
     }
+
+
+def _version(package: str) -> str | None:
+    """``package.__version__`` as the package says it (torchvision's ``0.29.1+cu130``, where its
+    metadata says ``0.29.1``), read from its ``version.py`` without importing the package."""
+    import importlib.util
+    import re
+    from importlib import metadata
+
+    module = sys.modules.get(package)
+    if module is not None:
+        return getattr(module, "__version__", None)
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+        return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)", text, re.M).group(1)
+    except (OSError, TypeError, AttributeError):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
 
 
 def start(run_dir: Path, device: torch.device) -> dict:

@@ -102,16 +102,17 @@ def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
         raise CnnbenchError(f"{run_dir} already trained {trainer.epoch} of "
                             f"{trainer.config['epochs']} epochs: give a larger --epochs")
     # Rank 0 locks and reconciles; its one-line error stops every process.
-    repaired = distributed.on_main(_lock_and_reconcile, trainer.run_dir, trainer.epoch)
+    repaired = distributed.on_main(_lock_and_reconcile, trainer.run_dir, trainer.epoch,
+                                   trainer.row)
     if repaired and distributed.is_main():
         say(f"note: {repaired}")
     return fit_in_folder(trainer, new=False)
 
 
-def _lock_and_reconcile(run_dir: Path, epoch: int) -> str | None:
+def _lock_and_reconcile(run_dir: Path, epoch: int, row: dict | None) -> str | None:
     lock_run(run_dir)
     try:
-        return reconcile_metrics(run_dir, epoch)
+        return reconcile_metrics(run_dir, epoch, row)
     except BaseException:
         release_run(run_dir)
         raise

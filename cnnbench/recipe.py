@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cnnbench import keys as keys_module
 from cnnbench.data import sources
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, shown
 from cnnbench.inputs import parse_input_size
 from cnnbench.keys import Key, read_yaml, table
 from cnnbench.models import get_model_info
@@ -84,6 +84,9 @@ def resolve(model: str | None = None, config_file: str | Path | None = None,
     if isinstance(from_file.get("model_args"), dict) and "model_args" in overrides:
         overrides["model_args"] = {**from_file["model_args"], **overrides["model_args"]}
     merged = {**from_file, **overrides}
+    for name in ("model", "task"):  # names, before they are looked up
+        if merged.get(name) is not None and not isinstance(merged[name], str):
+            raise CnnbenchError(f"{name} must be a name, not {shown(merged[name])}")
     if not merged.get("model"):
         raise CnnbenchError("no model: give MODEL or a config file with a `model:` key")
     info = get_model_info(merged["model"])

@@ -124,8 +124,13 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
     if not (run / "config.yaml").is_file():
         raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
     state = load_checkpoint(run / "checkpoints" / "last.pt")
+    saved = state.get("config", {})
+    known = recipe.trainer_keys()
+    for key, value in saved.items():  # as a recipe's values are (a crafted file is refused)
+        if key in known and value is not None:
+            recipe.check(key, value, source=f"{run}'s checkpoint")
     # Keys added since the run started take their defaults.
-    config = {**recipe.defaults(state["config"].get("task")), **state["config"]}
+    config = {**recipe.defaults(saved.get("task")), **saved}
     changed = {k: v for k, v in (overrides or {}).items()
                if v is not None and config.get(k) != v}
     fixed = sorted(set(changed) - RESUMABLE_KEYS)

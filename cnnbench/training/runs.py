@@ -68,6 +68,9 @@ def check_run_dir(path: str | os.PathLike) -> Path:
     """``--run-dir`` must be new or empty, in a place we may write: an existing run is never
     overwritten. Nothing is made (``claim_run_dir`` makes it)."""
     path = Path(path)
+    if os.path.lexists(path) and not path.exists():
+        raise CnnbenchError(f"{path} is a link to nothing (dangling, or looping): choose another "
+                            f"--run-dir")
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not failed_start(path):
         raise CnnbenchError(f"{path} already exists and is not empty: a run is never overwritten "
                             f"(use --resume {path} to continue it, or another --run-dir)")
@@ -191,9 +194,11 @@ def reconcile_metrics(run_dir: str | os.PathLike, epoch: int,
 
 
 def _row(line: str) -> dict | None:
-    """A log line as a row (a JSON object with an integer ``epoch``), or None."""
+    """A log line as a row (a JSON object of numbers with an integer ``epoch``), or None."""
     row = _json(line)
-    return row if isinstance(row, dict) and type(row.get("epoch")) is int else None
+    ok = (isinstance(row, dict) and type(row.get("epoch")) is int
+          and all(v is None or type(v) in (int, float) for v in row.values()))
+    return row if ok else None
 
 
 def _json(line: str):

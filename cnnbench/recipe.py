@@ -79,6 +79,11 @@ def resolve(model: str | None = None, config_file: str | Path | None = None,
     if config_file is None and model:
         config_file = default_recipe(model)
     from_file = read_yaml(config_file) if config_file else {}
+    for source, values in (("config file " + str(config_file), from_file),
+                           ("command line", overrides)):
+        for key in ("device", "profile"):  # read to pick the device block, before the rest
+            if key in values:
+                check(key, values[key], source)
     from_file = profiles.apply_profile(from_file, overrides.get("device"),
                                        overrides.get("profile"))
     if isinstance(from_file.get("model_args"), dict) and "model_args" in overrides:

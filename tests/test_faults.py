@@ -388,3 +388,50 @@ def test_every_bad_input_is_one_line_and_exit_2(family, name, argv, expected, wo
     capsys.readouterr()
     code = cli(argv)
     one_line_or_success(code, capsys.readouterr().err, expected)
+
+
+# --- the property: any recipe value or --set string is exit 0 or one line and exit 2 -------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cnnbench import recipe  # noqa: E402
+
+KEY_NAMES = sorted(recipe.schema("classification"))
+ARGV_TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=40)
+SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(min_value=2**62)
+           | st.floats() | ARGV_TEXT)
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(ARGV_TEXT, inner, max_size=3), max_leaves=12)
+KEYS = st.sampled_from(KEY_NAMES) | ARGV_TEXT
+PROPERTY = settings(max_examples=int(os.environ.get("CNNBENCH_HYPOTHESIS_EXAMPLES", 40)),
+                    deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli(argv)
+    return code, capsys.readouterr().err
+
+
+@PROPERTY
+@given(recipe_values=st.dictionaries(KEYS, VALUES, max_size=4))
+def test_any_recipe_is_exit_0_or_one_line(recipe_values, tmp_path, capsys, keep_threads):
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model": "lenet", **recipe_values}))
+    code, err = run_cli(["train", "--dry-run", "--config", path], capsys)
+    one_line_or_success(code, err, 0 if code == 0 else 2)
+
+
+@PROPERTY
+@given(assignments=st.lists(st.tuples(KEYS, ARGV_TEXT), max_size=3))
+def test_any_set_string_is_exit_0_or_one_line(assignments, capsys, keep_threads):
+    argv = ["train", "lenet", "--dry-run"]
+    for key, value in assignments:
+        argv += ["--set", f"{key}={value}"]
+    code, err = run_cli(argv, capsys)
+    one_line_or_success(code, err, 0 if code == 0 else 2)

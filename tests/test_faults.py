@@ -14,6 +14,7 @@ import torch
 
 from cli_run import cli
 from cnnbench.checkpoints import load_checkpoint
+from cnnbench.errors import CnnbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"epoch_seconds", "images_per_second", "started", "finished", "test_seconds",
@@ -214,6 +215,12 @@ FAMILIES = {
                             "--run-dir", "{w}/cifar-run-" + kind, "--epochs", "1", "-q"], 2)
         for kind in ("text", "float", "huge", "bool", "negative", "nested")
     },
+    "compressed data": {
+        "a .gz that inflates past its header": (["train", "lenet", "--data", "{w}/gzbomb",
+                                                 "--run-dir", "{w}/gzbomb-run"], 2),
+        "a .gz that declares 10**9 images": (["train", "lenet", "--data", "{w}/gzhuge",
+                                              "--run-dir", "{w}/gzhuge-run"], 2),
+    },
     "sizes": {
         "input_size 100000": (["train", "lenet", "--data", "{data}", "--limit", "16",
                                "--set", "input_size=100000", "--run-dir", "{w}/size-run"], 2),
@@ -345,6 +352,14 @@ def write_world(w: Path, data: Path) -> Path:
             (root / "cat" / "again").symlink_to(root / "cat")
         if kind == "dangling":
             (root / "eel").symlink_to(root / "nothing")
+    # Fashion-MNIST whose training images inflate past their header, or declare 10**9 images.
+    import gzip
+
+    for kind, header, body in (("gzbomb", [10, 28, 28], 20 * 2**20), ("gzhuge", [10**9, 28, 28], 0)):
+        shutil.copytree(data, w / kind)
+        head = (0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in header)
+        (w / kind / "train-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(head + bytes(body), compresslevel=1))
     # CIFAR batches whose labels are of the wrong type.
     labels = {"text": ["cat"] * 4, "float": [1.5] * 4, "huge": [2**70] * 4, "bool": [True] * 4,
               "negative": [-1] * 4, "nested": [[1]] * 4}
@@ -435,3 +450,33 @@ def test_any_set_string_is_exit_0_or_one_line(assignments, capsys, keep_threads)
         argv += ["--set", f"{key}={value}"]
     code, err = run_cli(argv, capsys)
     one_line_or_success(code, err, 0 if code == 0 else 2)
+
+
+def test_a_sweep_over_the_cap_needs_yes_and_is_counted_before_it_is_resolved():
+    from cnnbench.sweep import MAX_RUNS, check_size
+
+    s = {"grid": {"lr": [0.1, 0.2], "momentum": list(range(MAX_RUNS))}, "seeds": None}
+    with pytest.raises(CnnbenchError, match=f"asks for {2 * MAX_RUNS} runs .* add --yes"):
+        check_size(s)
+    assert check_size(s, yes=True) == 2 * MAX_RUNS
+    assert check_size({"grid": {"lr": [0.1]}, "seeds": [0, 1, 2]}) == 3
+    with pytest.raises(CnnbenchError, match="1,000,000,000,000 runs, more than 100,000"):
+        check_size({"grid": {f"k{i}": list(range(1000)) for i in range(4)}, "seeds": None},
+                   yes=True)
+
+
+def test_an_unforeseen_error_is_one_line_naming_its_saved_traceback(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in resolve")
+
+    monkeypatch.setattr("cnnbench.recipe.resolve", broken)
+    monkeypatch.delenv("CNNBENCH_DEBUG", raising=False)
+    code, err = run_cli(["train", "lenet", "--dry-run"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: unexpected error (ZeroDivisionError: a bug in resolve); "
+                          "the traceback is in "), err
+    saved = Path(err.split("the traceback is in ")[1].split(": please")[0])
+    text = saved.read_text()
+    saved.unlink()
+    assert text.startswith("cnnbench train lenet --dry-run") and "Traceback" in text
+    assert "def broken" not in text and "raise ZeroDivisionError" in text

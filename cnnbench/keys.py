@@ -154,13 +154,15 @@ class UniqueKeyLoader(YamlLoader):
 
 def read_yaml(path: str | Path) -> dict:
     """A YAML file holding a mapping with text keys (a recipe, a sweep file, a run's
-    config.yaml), read through :class:`UniqueKeyLoader`: a regular file of at most
-    ``MAX_YAML_BYTES``, UTF-8 or UTF-16 (with its byte-order mark); anything else is one line."""
+    config.yaml), read through :class:`UniqueKeyLoader`: at most ``MAX_YAML_BYTES`` (only that
+    much is read), UTF-8 or UTF-16 (with its byte-order mark), not a pipe; anything else is one
+    line."""
     path = Path(path)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: a FIFO would block it
-            raise CnnbenchError(f"config {path} is not a regular file")
-        with open(path, "rb") as f:
+        mode = os.stat(path).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # before open: it would block
+            raise CnnbenchError(f"config {path} is a pipe or socket, not a file")
+        with open(path, "rb") as f:  # /dev/null reads as an empty recipe, /dev/zero as too long
             raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as exc:
         raise CnnbenchError(f"cannot read config {path}: {exc.strerror or exc}") from None

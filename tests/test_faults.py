@@ -355,7 +355,8 @@ def write_world(w: Path, data: Path) -> Path:
     # Fashion-MNIST whose training images inflate past their header, or declare 10**9 images.
     import gzip
 
-    for kind, header, body in (("gzbomb", [10, 28, 28], 20 * 2**20), ("gzhuge", [10**9, 28, 28], 0)):
+    for kind, header, body in (("gzbomb", [10, 28, 28], 20 * 2**20),
+                               ("gzhuge", [10**9, 28, 28], 0)):
         shutil.copytree(data, w / kind)
         head = (0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in header)
         (w / kind / "train-images-idx3-ubyte.gz").write_bytes(

@@ -17,8 +17,8 @@ import torch
 
 from cnnbench import recipe as config
 from cnnbench.bench.timing import (
-    autocast, check_min_run_time, device_name, num_threads, available_cores, choose_threads, parse_precision,
-    peak_memory_mb, time_call, time_phases)
+    autocast, check_min_run_time, device_name, num_threads, available_cores, choose_threads,
+    parse_precision, peak_memory_mb, time_call, time_phases)
 from cnnbench.building import build, check_memory, eval_mode
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from cnnbench.bench.timing import (
-    PRECISIONS, check_min_run_time, device_name, parse_int_list, parse_precision, peak_memory_mb, time_call)
+    PRECISIONS, check_min_run_time, device_name, parse_int_list, parse_precision, peak_memory_mb,
+    time_call)
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError
 

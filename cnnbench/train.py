@@ -129,8 +129,8 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
     for key, value in saved.items():  # as a recipe's values are (a crafted file is refused)
         if key in known and value is not None:
             recipe.check(key, value, source=f"{run}'s checkpoint")
-    # Keys added since the run started take their defaults.
-    config = {**recipe.defaults(saved.get("task")), **saved}
+    # Keys added since the run started take the value the run had (recipe.stored).
+    config = recipe.stored(saved)
     changed = {k: v for k, v in (overrides or {}).items()
                if v is not None and config.get(k) != v}
     fixed = sorted(set(changed) - RESUMABLE_KEYS)

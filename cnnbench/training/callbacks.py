@@ -26,6 +26,7 @@ from cnnbench.checkpoints import load_checkpoint, read_checkpoint, save_checkpoi
 from cnnbench.errors import CnnbenchError
 from cnnbench.keys import Key, declare
 from cnnbench.strict_json import dumps
+from cnnbench.training import provenance
 from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, Step, Trainer
 from cnnbench.training.runs import read_metrics, resolve_mode
@@ -54,15 +55,22 @@ def run_dir(trainer: Trainer):
 
 
 class RunFolder(Callback):
-    """``config.yaml`` when the run starts, ``results.json`` when it ends."""
+    """``config.yaml`` and ``environment.json`` (``provenance``) when the run starts,
+    ``results.json`` and the end time when it ends."""
 
     order = 0
+
+    def __init__(self):
+        self.environment: dict | None = None
 
     def before_fit(self, trainer: Trainer) -> None:
         run_dir(trainer).mkdir(parents=True, exist_ok=True)
         dump(trainer.config, trainer.run_dir / "config.yaml")
+        self.environment = provenance.start(trainer.run_dir, trainer.device)
 
     def after_fit(self, trainer: Trainer) -> None:
+        if self.environment is not None and trainer.run_dir.is_dir():
+            provenance.finish(trainer.run_dir, self.environment)
         if trainer.results is not None:
             path = trainer.run_dir / "results.json"
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -7,6 +7,7 @@ that need them, so that ``cnnbench summary`` starts about as fast as ``import to
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import List, Optional
@@ -15,7 +16,7 @@ import typer
 import typer.main
 
 from cnnbench import __version__
-from cnnbench.errors import CnnbenchError, report
+from cnnbench.errors import CnnbenchError, report, unforeseen
 from cnnbench.training.optimizers import OPTIMIZERS
 from cnnbench.training.schedules import SCHEDULES
 
@@ -404,6 +405,8 @@ def sweep(
         "e.g. partition=gpu,gpus_per_node=1,time=60 (minutes).")),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only a line per run."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON at the end."),
+    yes: bool = typer.Option(False, "--yes", help=(
+        "Start a sweep of more than 100 runs (without it, such a sweep stops before any).")),
 ) -> None:
     """Train every setting of a grid for each seed, one run folder each; then a table.
     Or, with `--search tpe|random`, `--trials` runs chosen by Optuna over `--space`.
@@ -467,6 +470,7 @@ def sweep(
     else:
         what = sweeps.spec(model, config, fixed, sweeps.parse_grid(grid),
                            sweeps.parse_seeds(seeds), file)
+    sweeps.check_size(what, yes)  # counted before any run is resolved
     table = sweeps.run_sweep(what, resume or folder, resume=bool(resume), parallel=parallel,
                              say=render.err.print, reporter=reporter, launcher=where)
     render.print_json(table) if as_json else render.sweep_table(table)
@@ -733,6 +737,12 @@ def repeated_option(args: list[str]) -> str | None:
     return None
 
 
+# A path that cannot be used as given (a dangling or looping link, too long a name, a file
+# where a folder belongs): one line naming it. Full disks and the like are the write guard's.
+PATH_ERRORS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
+               errno.EACCES, errno.EPERM}
+
+
 def main() -> None:
     try:
         twice = repeated_option(sys.argv[1:])
@@ -751,14 +761,23 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    except Exception as exc:  # a run stopped by Ctrl-C/SIGTERM after its checkpoint
+    except Exception as exc:  # a run stopped after its checkpoint (Ctrl-C), or a bug
         from cnnbench.training.interrupt import Interrupted
 
-        if not isinstance(exc, Interrupted):
+        if isinstance(exc, Interrupted):
+            if os.environ.get("RANK", "0") == "0":
+                sys.stderr.write(f"{exc}\n")
+            sys.exit(exc.exit_code)
+        if os.environ.get("CNNBENCH_DEBUG"):
             raise
-        if os.environ.get("RANK", "0") == "0":
-            sys.stderr.write(f"{exc}\n")
-        sys.exit(exc.exit_code)
+        if isinstance(exc, OSError) and exc.errno in PATH_ERRORS and exc.filename:
+            report(f"cannot use {exc.filename}: {exc.strerror}")  # a path the user gave
+            sys.exit(2)
+        if isinstance(exc, MemoryError):  # a size no check could foresee on this machine
+            report("out of memory: ask for less (a smaller batch size, input size or --limit)")
+            sys.exit(2)
+        report(unforeseen(exc))  # a bug: one line, its traceback saved for the report
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -138,6 +138,25 @@ def settings(grid: dict) -> list[dict]:
     return combos
 
 
+MAX_RUNS = 100  # runs a sweep starts without --yes
+MAX_RUNS_EVER = 100_000  # each is resolved before the first starts
+
+
+def check_size(s: dict, yes: bool = False) -> int:
+    """The number of runs ``s`` asks for, counted before any is resolved: more than
+    ``MAX_RUNS`` needs ``yes`` (``--yes``), more than ``MAX_RUNS_EVER`` is refused."""
+    grid = s["grid"] if isinstance(s["grid"], dict) else {}
+    runs = math.prod(len(v) if isinstance(v, list) else 1 for v in grid.values())
+    runs *= len(s["seeds"]) if isinstance(s["seeds"], list) and s["seeds"] else 1
+    if runs > MAX_RUNS_EVER:
+        raise CnnbenchError(f"the sweep asks for {runs:,} runs, more than {MAX_RUNS_EVER:,}: "
+                            f"give fewer grid values or seeds")
+    if runs > MAX_RUNS and not yes:
+        raise CnnbenchError(f"the sweep asks for {runs:,} runs (more than {MAX_RUNS}): add "
+                            f"--yes to start them all, or give fewer grid values or seeds")
+    return runs
+
+
 def make_plan(s: dict) -> tuple[dict, list[dict]]:
     """The plan (what sweep.yaml holds) and every run's resolved configuration; a bad key or
     value in any run is a one-line error here, before any folder or run."""

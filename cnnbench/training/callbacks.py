@@ -22,7 +22,7 @@ import torch
 
 from cnnbench.keys import dump
 from cnnbench.building import eval_mode
-from cnnbench.checkpoints import load_checkpoint, save_checkpoint
+from cnnbench.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from cnnbench.errors import CnnbenchError
 from cnnbench.keys import Key, declare
 from cnnbench.strict_json import dumps
@@ -319,6 +319,19 @@ class Checkpoint(Callback):
         if self.best_epoch == 0:
             return True
         return score > self.best if self.mode == "max" else score < self.best
+
+    def before_fit(self, trainer: Trainer) -> None:
+        """A resumed run whose ``last.pt`` says its own epoch is the best one: ``best.pt``
+        holds that epoch too (a kill between the two writes left the previous best there)."""
+        if not trainer.epoch or self.best_epoch != trainer.epoch or trainer.resume_position:
+            return
+        folder = run_dir(trainer) / "checkpoints"
+        try:
+            held = read_checkpoint(folder / "best.pt")
+        except CnnbenchError:  # missing or damaged: rewritten below
+            held = None
+        if not isinstance(held, dict) or held.get("epoch") != trainer.epoch:
+            save_checkpoint(read_checkpoint(folder / "last.pt"), folder / "best.pt")
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
         worst = -math.inf if self.mode == "max" else math.inf

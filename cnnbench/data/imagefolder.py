@@ -10,8 +10,9 @@ size, each at most a fifth of ``train/`` and at least one image (the test set: a
 ``val_size`` is 0).
 
 Images are fitted to the model's input (``images.py``: channels, Pillow's bilinear resize) and
-kept in memory as uint8. A folder of ``CACHE_FROM`` images or more is cached once decoded
-(``cache.py``), keyed by every file's name, size and modification time and by the target size,
+kept in memory as uint8, or, with ``data_mode: stream`` (``auto``: data over
+``data_budget_gb``), read batch by batch in DataLoader workers (``stream.py``). In memory, a
+folder of ``CACHE_FROM`` images or more is cached once decoded (``cache.py``), keyed by every file's name, size and modification time and by the target size,
 channels and ``skip_bad_images``.
 """
 
@@ -23,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from cnnbench.data import cache, images
+from cnnbench.data import cache, images, stream
 from cnnbench.data.splits import DataBundle, Split, head, holdout
 from cnnbench.errors import CnnbenchError
 
@@ -134,6 +135,9 @@ def load_bundle(path: str | os.PathLike, config: dict,
             held.append(split)
     chosen = {s: head(p, limit) for s, p in (("train", train), ("val", parts["val"]),
                                              ("test", parts["test"]))}
+    count = sum(len(p) for p in chosen.values())
+    if stream.choose_mode(config, count, size, channels, say) == "stream":
+        return _streamed(path, files, chosen, size, channels, config, held, class_names, say)
 
     rows, pixels, ok = _decode(files, Path(path).expanduser(),
                                chosen if limit is not None else None, size, channels, skip, say)
@@ -146,6 +150,19 @@ def load_bundle(path: str | os.PathLike, config: dict,
     return DataBundle(fitted["train"], fitted["val"], fitted["test"], list(class_names),
                       info={"source": f"imagefolder:{path}", "channels": pixels.shape[1],
                             "held_out": held})
+
+
+def _streamed(path, files: list[tuple], chosen: dict[str, Split], size: tuple[int, int],
+              channels: int | None, config: dict, held: list[str], class_names: list[str],
+              say: Callable[[str], None]) -> DataBundle:
+    """The splits as ``stream.FileSplit``s: nothing decoded until a batch is read."""
+    paths = {s: [files[i][0] for i in p.images.tolist()] for s, p in chosen.items()}
+    channels = stream.data_channels([p for s in paths.values() for p in s], channels)
+    split = {s: stream.file_split(paths[s], p.targets, size, channels, config,
+                                  train=s == "train", say=say) for s, p in chosen.items()}
+    return DataBundle(split["train"], split["val"], split["test"], list(class_names),
+                      info={"source": f"imagefolder:{path}", "channels": channels,
+                            "held_out": held, "data_mode": "stream"})
 
 
 def _decode(files: list[tuple], root: Path, chosen: dict[str, Split] | None,

@@ -34,6 +34,7 @@ KEYS = declare(
 class Source:
     load: Callable[..., DataBundle]  # (argument or None, config, task class) -> DataBundle
     description: str
+    streams: bool = False  # reads image files one by one: data_mode stream (stream.py)
 
 
 def _fashion_mnist(folder: str | None, config: dict, task) -> DataBundle:
@@ -98,7 +99,8 @@ SOURCES: dict[str, Source] = {
                               "labels (scenes:FOLDER of the IDX files)"),
     "voc": Source(_voc, "Pascal VOC 2007 from a local VOCdevkit (voc:PATH)"),
     "imagefolder": Source(_imagefolder, "your pictures, a folder per class, torchvision's "
-                                        "ImageFolder layout (imagefolder:PATH)"),
+                                        "ImageFolder layout (imagefolder:PATH)",
+                          streams=True),
     "cifar10": Source(_cifar10, "CIFAR-10's python batches (cifar10:PATH)"),
 }
 
@@ -136,6 +138,10 @@ def load_data(config: dict, task) -> DataBundle:
     if name not in task.sources:
         raise CnnbenchError(f"the {task.name} task cannot train on {name} data; it takes "
                             f"{', '.join(task.sources)}")
+    if config.get("data_mode") == "stream" and not SOURCES[name].streams:
+        raise CnnbenchError(f"data_mode stream reads image files one by one: "
+                            f"{', '.join(n for n, s in SOURCES.items() if s.streams)} data; "
+                            f"{name} is read into memory (data_mode memory or auto)")
     bundle = SOURCES[name].load(argument, config, task)
     channels, size = bundle.info.get("channels"), config.get("input_size")
     if channels and size and channels != size[0]:  # the data decided: the model is built so

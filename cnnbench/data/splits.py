@@ -1,5 +1,7 @@
 """In-memory splits: ``Split`` and ``DataBundle``, the validation hold-out and ``--limit``.
 
+(A split read from its files batch by batch, ``data_mode: stream``, is ``stream.FileSplit``.)
+
 Data stay in memory as tensors (images uint8 ``[N, C, H, W]``) and are batched by indexing.
 Targets are a tensor or any pytree of tensors (a dict of boxes, labels, masks...) indexed along
 dim 0 like the images.
@@ -41,6 +43,12 @@ class Split:
 
     def to(self, device) -> "Split":
         return Split(self.images.to(device), targets_to(self.targets, device))
+
+    def batches(self, order: torch.Tensor | None, starts, size: int):
+        """Batch ``k`` is ``order[starts[k]:starts[k] + size]`` (``order`` None: the split's
+        own order); ``stream.FileSplit`` answers the same from files."""
+        for s in starts:
+            yield self.take(slice(s, s + size) if order is None else order[s:s + size])
 
 
 @dataclass

@@ -40,7 +40,8 @@ from cnnbench.training.schedules import build_schedule
 # Keys that may change when a run is resumed; the rest would not fit the checkpoint.
 RESUMABLE_KEYS = {"epochs", "device", "amp", "compile", "log_graph", "log_images", "data",
                   "eval_batch_size", "log_every_steps", "log_histograms",
-                  "sync_batchnorm", "patience", "min_delta"}
+                  "sync_batchnorm", "patience", "min_delta",
+                  "data_mode", "data_budget_gb", "workers", "prefetch"}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The autocast types each device runs: CPU autocast runs bf16; fp16 on the CPU has no fast
 # kernels and torch's GradScaler is made for CUDA, so it is refused rather than emulated.

@@ -44,9 +44,9 @@ class Split:
     def to(self, device) -> "Split":
         return Split(self.images.to(device), targets_to(self.targets, device))
 
-    def batches(self, order: torch.Tensor | None, starts, size: int):
+    def batches(self, order: torch.Tensor | None, starts, size: int, seed=None):
         """Batch ``k`` is ``order[starts[k]:starts[k] + size]`` (``order`` None: the split's
-        own order); ``stream.FileSplit`` answers the same from files."""
+        own order); ``stream.FileSplit`` answers the same from files (and uses ``seed``)."""
         for s in starts:
             yield self.take(slice(s, s + size) if order is None else order[s:s + size])
 

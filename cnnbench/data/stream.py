@@ -22,6 +22,7 @@ both modes (on the CPU) and resumes mid-epoch from the checkpoint's position, as
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -31,7 +32,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cnnbench.data import images
+from cnnbench.data import augment, images
 from cnnbench.data.splits import Targets, index_targets, targets_to
 from cnnbench.errors import CnnbenchError
 from cnnbench.keys import Key, declare
@@ -93,30 +94,67 @@ def data_channels(paths: Sequence[str], channels: int | None) -> int:
 
 
 class FileDataset(Dataset):
-    """Files by index; ``__getitems__`` reads a whole batch in one worker call."""
+    """Files by index; ``__getitems__`` reads a whole batch in one worker call.
 
-    def __init__(self, files: Sequence[str], size: tuple[int, int], channels: int):
+    Without a ``transform`` each file is fitted to ``size`` as the in-memory path fits it
+    (``images.read_image``); with one, it is decoded whole (``images.decode``) and the
+    transform (``augment.stream_transform``) brings it to ``size``, seeded per image."""
+
+    def __init__(self, files: Sequence[str], size: tuple[int, int], channels: int,
+                 transform=None):
         self.files, self.size, self.channels = list(files), tuple(size), channels
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitems__(self, indices: list[int]):
-        """``(uint8 [n, C, H, W], ok bool [n], indices, problems)``: a file that cannot be
-        decoded keeps a zero row, ``ok`` False and its message in ``problems``."""
+    def __getitems__(self, items: list):
+        """``(uint8 [n, C, H, W], ok bool [n], indices, problems)`` for ``items``: indices, or
+        ``(index, seed)`` pairs for a random transform. A file that cannot be decoded keeps a
+        zero row, ``ok`` False and its message in ``problems``."""
         problems: list[str] = []
-        ok = torch.ones(len(indices), dtype=torch.bool)
+        ok = torch.ones(len(items), dtype=torch.bool)
+        indices = [item[0] if isinstance(item, tuple) else item for item in items]
 
         def read():
-            for k, i in enumerate(indices):
+            for k, item in enumerate(items):
                 try:
-                    yield k, images.read_image(self.files[i], self.size, self.channels)
+                    yield k, self._one(item)
                 except images.BadImage as exc:
                     ok[k] = False
                     problems.append(str(exc))
 
-        batch = images.stack(read(), len(indices), self.size, self.channels)
+        if self.transform is None:
+            batch = images.stack(read(), len(items), self.size, self.channels)
+        else:
+            batch = torch.zeros((len(items), self.channels, *self.size), dtype=torch.uint8)
+            with _own_rng():
+                for k, image in read():
+                    batch[k] = image
         return batch, ok, torch.as_tensor(indices, dtype=torch.int64), problems
+
+    def _one(self, item):
+        if self.transform is None:
+            return images.read_image(self.files[item], self.size, self.channels)
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = images.decode(self.files[index], self.channels)
+        if seed is not None:
+            torch.manual_seed(seed)
+        return self.transform(image)
+
+
+def _own_rng():
+    """In a worker, nothing; in the trainer's process (``workers: 0``), the random state is
+    put back afterwards, so that per-image seeds leave dropout's draws alone."""
+    if torch.utils.data.get_worker_info() is not None:
+        return contextlib.nullcontext()
+    return torch.random.fork_rng(devices=[])
+
+
+def item_seed(seed, position: int) -> int:
+    """The seed of the image at ``position`` in a pass seeded ``seed`` (the run's seed and the
+    epoch): the same whichever worker reads it, and after a resume."""
+    return hash((*seed, position)) & (2 ** 63 - 1)  # an int tuple hashes the same everywhere
 
 
 def _as_is(batch):
@@ -168,10 +206,11 @@ class FileSplit:
     persistent: bool = False  # keep the workers between passes (the training split)
     skip_bad: bool = False
     say: Callable[[str], None] | None = None
+    transform: Callable | None = None  # augment.stream_transform's, run in the workers
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self):
-        self.dataset = FileDataset(self.files, self.size, self.channels)
+        self.dataset = FileDataset(self.files, self.size, self.channels, self.transform)
         self._sampler = _Lists()
         self._loader: DataLoader | None = None
 
@@ -191,12 +230,15 @@ class FileSplit:
         rows = rows.reshape(-1).cpu().tolist()
         return self._deliver(self.dataset.__getitems__(rows))
 
-    def batches(self, order: torch.Tensor | None, starts: Sequence[int],
-                size: int) -> Iterator[tuple[torch.Tensor, Targets]]:
+    def batches(self, order: torch.Tensor | None, starts: Sequence[int], size: int,
+                seed: tuple | None = None) -> Iterator[tuple[torch.Tensor, Targets]]:
         """Batch ``k`` is ``order[starts[k]:starts[k] + size]`` (``order`` None: the split's
-        own order), read ahead in the workers; each comes on the device."""
-        positions = list(range(len(self))) if order is None else order.cpu().tolist()
-        self._sampler.lists = [positions[s:s + size] for s in starts]
+        own order), read ahead in the workers; each comes on the device. ``seed`` (the run's
+        and the epoch) seeds a random transform, image by image (:func:`item_seed`)."""
+        rows = list(range(len(self))) if order is None else order.cpu().tolist()
+        if seed is not None and self.transform is not None:
+            rows = [(row, item_seed(seed, p)) for p, row in enumerate(rows)]
+        self._sampler.lists = [rows[s:s + size] for s in starts]
         if not self._sampler.lists:
             return
         loader = self._loader or self._make_loader()
@@ -257,9 +299,10 @@ def default_workers() -> int:
 
 def file_split(files: Sequence[str], targets: Targets, size: tuple[int, int], channels: int,
                config: dict, train: bool, say: Callable[[str], None] | None = None) -> FileSplit:
-    """A :class:`FileSplit` with the configuration's workers and prefetch."""
+    """A :class:`FileSplit` with the configuration's workers, prefetch and augmentation."""
     workers = config.get("workers")
     return FileSplit(list(files), targets, tuple(size), channels,
                      workers=default_workers() if workers is None else int(workers),
                      prefetch=int(config.get("prefetch") or 2), persistent=train,
-                     skip_bad=bool(config.get("skip_bad_images", False)), say=say)
+                     skip_bad=bool(config.get("skip_bad_images", False)), say=say,
+                     transform=augment.stream_transform(config, size, train))

@@ -69,6 +69,9 @@ class Task(ABC):
     # Task-specific configuration keys; the trainer accepts these in YAML and on the command
     # line besides its own keys (e.g. Key("dice_weight", 0.0, float, bounds="[0, inf)")).
     options: ClassVar[tuple[Key, ...]] = ()
+    # The data stream from their files (data_mode stream): per-image transforms ran in the
+    # DataLoader workers, so ``prepare`` skips them (build.py sets it).
+    streamed: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -96,6 +96,7 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     check_classes(context, c["model_args"])
     check_labels((data.train, data.val, data.test), context.num_classes)
     task = task_cls(c, context)
+    task.streamed = data.info.get("data_mode") == "stream"
     monitor = c["monitor"] or task_cls.monitor
     _check_monitor(monitor, task)
 

@@ -300,7 +300,7 @@ class Trainer:
         step_loss, step_images = None, 0  # over the running optimizer step's batches
         t0 = time.perf_counter()
         # A mid-epoch resume starts at an optimizer step's first batch.
-        batches = split.batches(perm, starts[start:], bs)
+        batches = split.batches(perm, starts[start:], bs, seed=(self.config["seed"], epoch))
         try:
             for i, (images, targets) in zip(range(start, len(starts)), batches):
                 lr = self.lr

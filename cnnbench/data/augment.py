@@ -1,0 +1,106 @@
+"""Augmentation at real sizes for classification, from ``torchvision.transforms.v2``.
+
+The keys (classification options) name torchvision's and timm's transforms:
+
+- ``rrc_scale: [0.08, 1.0]`` and ``rrc_ratio``: ``RandomResizedCrop`` to the input size (off
+  while ``rrc_scale`` is unset: the image is fitted whole, as before);
+- ``color_jitter: 0.4``: ``ColorJitter`` of brightness, contrast and saturation by that much
+  (timm's ``--color-jitter``);
+- ``auto_augment``: ``TrivialAugmentWide``, ``RandAugment`` (2 ops, magnitude 9) or
+  ``AutoAugment`` with its ImageNet policy;
+- ``crop_pct: 0.875``: evaluation resizes the shorter side to ``size / crop_pct`` and takes the
+  centre ``size`` crop (timm's name; unset: the image is fitted whole).
+
+``hflip``, ``random_erasing``, ``crop_padding`` and MixUp/CutMix stay batched on the device
+(``transforms.py``), in either data mode. The transforms here take one uint8 ``[C, H, W]``
+image each: with ``data_mode: stream`` they run in the DataLoader workers on the decoded file
+at its own size (``stream.py``, each image seeded from the run's seed, the epoch and its
+place in it); with the data in memory they run on the device, image by image (each draws its
+own crop) on the batch the trainer took (``apply``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.keys import Key
+
+AUTO_AUGMENT = ("none", "trivialaugment", "randaugment", "autoaugment")
+
+KEYS = (
+    Key("rrc_scale", None, list, bounds="(0, 1]",
+        help="RandomResizedCrop's area range, e.g. [0.08, 1.0] (unset: no random crop)"),
+    Key("rrc_ratio", [0.75, 4 / 3], list, bounds="(0, inf)",
+        help="RandomResizedCrop's aspect-ratio range"),
+    Key("color_jitter", 0.0, float, bounds="[0, inf)",
+        help="ColorJitter brightness, contrast and saturation (timm's --color-jitter)"),
+    Key("auto_augment", "none", str, AUTO_AUGMENT,
+        help="TrivialAugmentWide, RandAugment (2 ops, magnitude 9) or AutoAugment (ImageNet)"),
+    Key("crop_pct", None, float, bounds="(0, 1]",
+        help="eval: resize to size / crop_pct, centre crop (unset: fit the whole image)"),
+)
+
+
+def _pair(config: dict, key: str) -> tuple[float, float]:
+    value = config[key]
+    if len(value) != 2 or value[0] > value[1]:
+        raise CnnbenchError(f"{key} takes [low, high] with low <= high, not {value}")
+    return float(value[0]), float(value[1])
+
+
+def train_transform(config: dict, size: tuple[int, int]):
+    """The per-image training transform (None when no key asks for one)."""
+    from torchvision.transforms import v2
+
+    steps = []
+    if config.get("rrc_scale") is not None:
+        steps.append(v2.RandomResizedCrop(size, scale=_pair(config, "rrc_scale"),
+                                          ratio=_pair(config, "rrc_ratio"), antialias=True))
+    jitter = float(config.get("color_jitter") or 0.0)
+    if jitter:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    policy = config.get("auto_augment") or "none"
+    if policy == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide())
+    elif policy == "randaugment":
+        steps.append(v2.RandAugment(num_ops=2, magnitude=9))
+    elif policy == "autoaugment":
+        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
+    return v2.Compose(steps) if steps else None
+
+
+def eval_transform(config: dict, size: tuple[int, int]):
+    """Resize + centre crop with ``crop_pct`` (None when unset)."""
+    from torchvision.transforms import v2
+
+    crop_pct = config.get("crop_pct")
+    if crop_pct is None:
+        return None
+    shorter = int(min(size) / float(crop_pct))  # timm: scale_size = floor(img_size / crop_pct)
+    return v2.Compose([v2.Resize(shorter, antialias=True), v2.CenterCrop(size)])
+
+
+def stream_transform(config: dict, size: tuple[int, int], train: bool):
+    """A whole decoded file (any size) -> uint8 ``[C, *size]`` in a stream's workers, or None
+    when no key asks for one (then the file is fitted as in memory, through Pillow)."""
+    from torchvision.transforms import v2
+
+    crop = eval_transform(config, size)
+    random = train_transform(config, size) if train else None
+    if random is None:
+        return crop
+    if config.get("rrc_scale") is not None:
+        return random  # the random crop brings any size to ``size``
+    return v2.Compose([crop or v2.Resize(size, antialias=True), random])
+
+
+def apply(transform, images: torch.Tensor, each: bool) -> torch.Tensor:
+    """``transform`` on a uint8 batch: image by image (``each``: a random transform draws for
+    every image) or once for the batch (a deterministic one); the output size is the
+    transform's."""
+    if transform is None:
+        return images
+    if not each:
+        return transform(images)
+    return torch.stack([transform(image) for image in images])

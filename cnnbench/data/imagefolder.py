@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from cnnbench.data import cache, images, stream
-from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError
 
 LAYOUT = ("expected PATH/train/<class>/*.png (optional PATH/val/ and PATH/test/ alike) or "
@@ -133,7 +133,7 @@ def load_bundle(path: str | os.PathLike, config: dict,
         if split not in parts:
             train, parts[split] = holdout(train, n_held[split])
             held.append(split)
-    chosen = {s: head(p, limit) for s, p in (("train", train), ("val", parts["val"]),
+    chosen = {s: sample(p, limit) for s, p in (("train", train), ("val", parts["val"]),
                                              ("test", parts["test"]))}
     count = sum(len(p) for p in chosen.values())
     if stream.choose_mode(config, count, size, channels, say) == "stream":
@@ -146,7 +146,8 @@ def load_bundle(path: str | os.PathLike, config: dict,
         # The file indices' rows in pixels.
         at = part.images if len(rows) == len(files) else torch.searchsorted(rows, part.images)
         keep = ok[at]
-        fitted[split] = Split(pixels[at[keep]], part.targets[keep])
+        fitted[split] = Split(pixels[at[keep]], part.targets[keep],
+                              [files[i][0] for i in part.images[keep].tolist()])
     return DataBundle(fitted["train"], fitted["val"], fitted["test"], list(class_names),
                       info={"source": f"imagefolder:{path}", "channels": pixels.shape[1],
                             "held_out": held})

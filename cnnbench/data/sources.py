@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cnnbench.data import cifar10, fashion_mnist, imagefolder, scenes, voc
 from cnnbench.data.dense_transforms import multi_hot
-from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.keys import Key, declare
 
@@ -56,7 +56,7 @@ def _scenes(folder: str | None, config: dict, task) -> DataBundle:
         targets = {k: drawn[k] for k in ("boxes", "labels", "masks", "multi_hot")}
         splits[split] = Split(drawn["images"], targets)
     train, val = holdout(splits["train"], val_size)
-    return DataBundle(head(train, limit), head(val, limit), head(splits["test"], limit),
+    return DataBundle(sample(train, limit), sample(val, limit), sample(splits["test"], limit),
                       list(scenes.CLASS_NAMES),
                       info={"source": "fashion-mnist scenes", "scene_size": size})
 
@@ -74,7 +74,7 @@ def _voc(path: str | None, config: dict, task) -> DataBundle:
     for split in (train, test):
         split.targets["multi_hot"] = multi_hot(split.targets, len(voc.VOC_CLASSES))
     train, val = holdout(train, val_size)
-    return DataBundle(head(train, limit), head(val, limit), head(test, limit),
+    return DataBundle(sample(train, limit), sample(val, limit), sample(test, limit),
                       list(voc.VOC_CLASSES), info={"source": f"voc:{path}"})
 
 

@@ -22,7 +22,7 @@ from cnnbench.data.sources import load_data
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.keys import Key, declare
-from cnnbench.registry import get_model_info
+from cnnbench.registry import USER_SOURCE, get_model_info
 from cnnbench.tasks.base import get_task, stored_context
 from cnnbench.training import distributed, transfer
 from cnnbench.training.compiling import drop_last
@@ -80,6 +80,8 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
         torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
     if c.get("init_from") and checkpoint is None:
         transfer.weights_file(c["init_from"])  # a wrong path fails before the data load
+    if get_model_info(c["model"]).source == USER_SOURCE:  # module:callable: the user's code
+        build(c["model"], c["model_args"], device="meta")  # fails before the data load
     seed_everything(c["seed"])
     shuffle = torch.Generator().manual_seed(c["seed"])
 

@@ -114,9 +114,9 @@ def test_a_killed_worker_stops_cleanly_and_resume_continues_bitwise(tree, tmp_pa
 
     with pytest.raises(CnnbenchError) as stop:
         train("lenet", None, config, run_dir=tmp_path / "run", callbacks=[KillAWorker()])
-    assert re.fullmatch(r"a data-loading worker stopped \(DataLoader worker \(pid\(s\) \d+\) "
-                        r"exited unexpectedly\): checkpoint written in epoch 1 after step \d of "
-                        r"9; continue with: cnnbench train --resume " + re.escape(
+    # (the worker's death is seen while waiting for its batch, or while taking one it sent)
+    assert re.fullmatch(r"a data-loading worker stopped \(.+\): checkpoint written in epoch 1 "
+                        r"after step \d of 9; continue with: cnnbench train --resume " + re.escape(
                             str(tmp_path / "run")), str(stop.value)), str(stop.value)
     assert 1 <= torch.load(tmp_path / "run" / "checkpoints" / "last.pt",
                            weights_only=True)["position"]["batch"] < 9

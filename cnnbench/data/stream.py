@@ -246,10 +246,14 @@ class FileSplit:
             for batch in _checked_iter(loader):
                 yield self._deliver(batch)
         except RuntimeError as exc:
-            if "DataLoader worker" in str(exc):  # killed, or exited unexpectedly
-                self._loader = None
-                raise WorkerDied(str(exc).splitlines()[0]) from None
-            raise
+            if "DataLoader worker" not in str(exc):  # not: killed, or exited unexpectedly
+                raise
+            self._loader = None
+            raise WorkerDied(str(exc).splitlines()[0]) from None
+        except (ConnectionError, EOFError) as exc:  # a batch whose sender died as it was taken
+            self._loader = None
+            raise WorkerDied(f"a batch from a worker that stopped could not be read: "
+                             f"{type(exc).__name__}") from None
 
     def _make_loader(self) -> DataLoader:
         workers = self.workers

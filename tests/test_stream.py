@@ -1,13 +1,18 @@
 """``data_mode``: an image folder decoded into memory or streamed from its files in workers."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
 import re
 import signal
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
 
 from cnnbench import config as cfg
 from cnnbench.data import stream
@@ -144,3 +149,46 @@ def test_stream_is_refused_for_a_source_read_into_memory(fmnist_dir, capsys):
     assert capsys.readouterr().err == (
         "error: data_mode stream reads image files one by one: imagefolder data; "
         "fashion-mnist is read into memory (data_mode memory or auto)\n")
+
+
+def test_worker_augmentation_is_seeded_per_image_whatever_the_workers(tree):
+    """RandomResizedCrop + TrivialAugment in the workers: the same pixels with 0 or 2 workers
+    (each image seeded by the run's seed, the epoch and its place), others the next epoch."""
+    config = overrides(tree, "stream", rrc_scale=[0.2, 1.0], auto_augment="trivialaugment")
+    data = load_data(cfg.resolve("lenet", None, config), Classification)
+    order = torch.arange(len(data.train))
+    drawn = {}
+    for workers, epoch in ((0, 1), (2, 1), (2, 2)):
+        split = dataclasses.replace(data.train, workers=workers)
+        drawn[workers, epoch] = torch.cat([b[0] for b in split.batches(
+            order, range(0, 16, 8), 8, seed=(0, epoch))])
+    assert drawn[0, 1].shape == (16, 3, 28, 28)
+    assert torch.equal(drawn[0, 1], drawn[2, 1])
+    assert not torch.equal(drawn[2, 1], drawn[2, 2])
+    plain = data.train.take(order[:16])[0]  # fitted whole, no crop
+    assert not torch.equal(drawn[0, 1], plain)
+
+
+def test_crop_pct_evaluates_on_the_centre_crop_of_the_resized_file(tmp_path):
+    """28 px with crop_pct 0.875: the shorter side to 32 (timm: 28 / 0.875), the centre 28."""
+    write_tree(tmp_path / "tree", splits=(("train", 2), ("test", 1)), shape=(32, 32, 3))
+    config = overrides(f"imagefolder:{tmp_path / 'tree'}", "stream", crop_pct=0.875)
+    data = load_data(cfg.resolve("lenet", None, config), Classification)
+    files = data.test.files
+    expected = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1)[
+        :, 2:30, 2:30] for f in files])
+    assert torch.equal(data.test.take(slice(None))[0], expected)
+
+
+def test_the_imagenet_recipe_trains_a_torchvision_model_from_a_stream(tree, tmp_path):
+    recipe = Path(__file__).parents[1] / "experiments" / "resnet18-imagenet.yaml"
+    assert cli(["train", "torchvision:resnet18", "--config", recipe, "--data", tree,
+                "--input-size", "3x32x32", "--epochs", "1", "--batch-size", "8", "--limit", "16",
+                "--set", "data_mode=stream", "--set", "workers=1", "--set", "amp=none",
+                "--run-dir", tmp_path / "run", "-q"]) == 0
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (config["model"], config["rrc_scale"], config["auto_augment"], config["crop_pct"],
+            config["mixup"], config["data_mode"]) == ("torchvision:resnet18", [0.08, 1.0],
+                                                      "trivialaugment", 0.875, 0.2, "stream")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["epochs"] == 1 and results["test_loss"] > 0

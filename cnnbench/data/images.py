@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -95,8 +96,10 @@ def decode(path: str | Path, channels: int) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_image, read_file
 
         try:
-            image = decode_image(read_file(str(path)),
-                                 mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+            with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec (README)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB
+                                     if channels == 3 else ImageReadMode.GRAY)
             if image.dtype == torch.uint8:
                 return image
         except (RuntimeError, ValueError):

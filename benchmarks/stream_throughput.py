@@ -7,16 +7,17 @@ runs, interleaved, in this order:
 (a) torchvision: ``ImageFolder(train/, Compose([RandomResizedCrop(224), RandomHorizontalFlip(),
     PILToTensor()]))`` through ``DataLoader(batch_size=64, num_workers=W)``: Pillow decodes and
     crops;
-(b) cnnbench: ``stream.FileSplit`` with ``rrc_scale: [0.08, 1]`` (``augment.stream_transform``:
-    ``decode_image`` + v2 ``RandomResizedCrop`` on the uint8 tensor in the workers, seeded per
-    image), then the batch flip the trainer does (``transforms.random_hflip``);
+(b) cnnbench: ``stream.FileSplit`` with ``rrc_scale: [0.08, 1]`` and ``hflip``
+    (``augment.stream_transform``: ``decode_image`` + v2 ``RandomResizedCrop`` and
+    ``RandomHorizontalFlip`` on the uint8 tensor in the workers, seeded per image);
 (c) the same as (b) with Pillow decoding every file (``images.TORCHVISION_DECODES`` emptied):
     the share of the gain that is decode_image's.
 
 Each reads ``--images`` images (after two warm-up batches, whose time, with the worker start,
 is left out); a fresh loader per round. Then a profile in this process, one image at a time:
-the seconds per image of reading the file, decoding it (decode_image and Pillow), the random
-crop (tensor, and Pillow's), and stacking a batch, which says what limits the loader.
+the CPU milliseconds per image of reading the file, decoding it (decode_image and Pillow), the
+random crop (tensor, and Pillow's), the flip, the per-image seed and stacking a batch: what
+limits the loader.
 
     .venv/bin/python benchmarks/stream_throughput.py /tmp/stream10k --workers 2 --rounds 3
 """
@@ -60,57 +61,59 @@ def torchvision_loader(train: Path, workers: int):
 
 def ours(root: Path, workers: int, pillow: bool = False):
     from cnnbench.data import images, imagefolder, stream
-    from cnnbench.data import transforms as T
 
     images.TORCHVISION_DECODES = () if pillow else (".jpg", ".jpeg", ".png")
-    config = {"rrc_scale": [0.08, 1.0], "rrc_ratio": [0.75, 4 / 3], "workers": workers,
-              "prefetch": 2}
+    config = {"rrc_scale": [0.08, 1.0], "rrc_ratio": [0.75, 4 / 3], "hflip": True,
+              "workers": workers, "prefetch": 2}
     classes, files, labels = imagefolder.scan(root / "train")
     split = stream.file_split([f[0] for f in files], labels, (224, 224), 3, config, train=True)
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
     for images_, targets in split.batches(order, range(0, len(split), BATCH), BATCH,
                                           seed=(0, 1)):
-        yield T.random_hflip(images_)[0], targets
+        yield images_, targets
 
 
 def profile(root: Path, n: int = 200) -> dict:
-    """Seconds per image of each stage, one image at a time in this process."""
-    import numpy as np
+    """CPU milliseconds per image of each stage, one image at a time in this process."""
     from PIL import Image
     from torchvision import transforms
     from torchvision.io import ImageReadMode, decode_image, read_file
     from torchvision.transforms import v2
 
-    from cnnbench.data import transforms as T
-
     paths = sorted((root / "train").rglob("*.jpg"))[:n]
-    rrc = v2.RandomResizedCrop(224, antialias=True)
+    rrc, flip = v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()
     pil_rrc = transforms.RandomResizedCrop(224)
-    times = {k: 0.0 for k in ("read file", "decode_image", "Pillow decode",
-                              "v2 RandomResizedCrop (tensor)", "RandomResizedCrop (Pillow)",
-                              "stack + flip a batch (per image)")}
+    stages = ("read file", "decode_image", "Pillow decode (+ RGB)", "v2 RandomResizedCrop (tensor)",
+              "RandomResizedCrop (Pillow)", "v2 RandomHorizontalFlip", "seed (CPU generator)",
+              "PILToTensor")
+    times = dict.fromkeys(stages, 0.0)
     crops = []
-    for p in paths:
-        t0 = time.perf_counter()
+    for i, p in enumerate(paths):
+        t = [time.process_time()]
         data = read_file(str(p))
-        t1 = time.perf_counter()
+        t.append(time.process_time())
         image = decode_image(data, mode=ImageReadMode.RGB)
-        t2 = time.perf_counter()
+        t.append(time.process_time())
         with Image.open(p) as im:
             pil = im.convert("RGB")
-        t3 = time.perf_counter()
+        t.append(time.process_time())
         crop = rrc(image)
-        t4 = time.perf_counter()
-        np.asarray(pil_rrc(pil))
-        t5 = time.perf_counter()
-        crops.append(crop)
-        for key, dt in zip(list(times)[:5], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-            times[key] += dt
-    t0 = time.perf_counter()
+        t.append(time.process_time())
+        pil_crop = pil_rrc(pil)
+        t.append(time.process_time())
+        crops.append(flip(crop))
+        t.append(time.process_time())
+        torch.default_generator.manual_seed(i)
+        t.append(time.process_time())
+        transforms.functional.pil_to_tensor(pil_crop)
+        t.append(time.process_time())
+        for key, a, b in zip(stages, t, t[1:]):
+            times[key] += b - a
+    t0 = time.process_time()
     for s in range(0, len(crops), BATCH):
-        T.random_hflip(torch.stack(crops[s:s + BATCH]))
-    times["stack + flip a batch (per image)"] = time.perf_counter() - t0
-    return {k: round(v / len(paths) * 1e3, 3) for k, v in times.items()}  # ms per image
+        torch.stack(crops[s:s + BATCH])
+    times["stack a batch (per image)"] = time.process_time() - t0
+    return {k: round(v / len(paths) * 1e3, 3) for k, v in times.items()}
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from cnnbench.training.profiles import apply_profile
 # The modules that declare the trainer's keys (``keys.declare``), in the order a resolved
 # configuration lists them; each task declares its own in its class (``Task.options``).
 KEY_MODULES = ("cnnbench.training.build", "cnnbench.data.sources", "cnnbench.data.stream",
-               "cnnbench.training.loop",
+               "cnnbench.data.csv_labels", "cnnbench.training.loop",
                "cnnbench.training.optimizers", "cnnbench.training.schedules",
                "cnnbench.training.compiling", "cnnbench.training.weight_init",
                "cnnbench.training.profiles", "cnnbench.training.callbacks",

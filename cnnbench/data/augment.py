@@ -11,8 +11,8 @@ The keys (classification options) name torchvision's and timm's transforms:
 - ``crop_pct: 0.875``: evaluation resizes the shorter side to ``size / crop_pct`` and takes the
   centre ``size`` crop (timm's name; unset: the image is fitted whole).
 
-``hflip``, ``random_erasing``, ``crop_padding`` and MixUp/CutMix stay batched on the device
-(``transforms.py``), in either data mode. The transforms here take one uint8 ``[C, H, W]``
+``random_erasing``, ``crop_padding`` and MixUp/CutMix stay batched on the device
+(``transforms.py``) in either data mode, and so does ``hflip`` in memory. The transforms here take one uint8 ``[C, H, W]``
 image each: with ``data_mode: stream`` they run in the DataLoader workers on the decoded file
 at its own size (``stream.py``, each image seeded from the run's seed, the epoch and its
 place in it); with the data in memory they run on the device, image by image (each draws its
@@ -49,8 +49,7 @@ def _pair(config: dict, key: str) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
-def train_transform(config: dict, size: tuple[int, int]):
-    """The per-image training transform (None when no key asks for one)."""
+def _random_steps(config: dict, size: tuple[int, int]) -> list:
     from torchvision.transforms import v2
 
     steps = []
@@ -67,6 +66,15 @@ def train_transform(config: dict, size: tuple[int, int]):
         steps.append(v2.RandAugment(num_ops=2, magnitude=9))
     elif policy == "autoaugment":
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
+    return steps
+
+
+def train_transform(config: dict, size: tuple[int, int]):
+    """The per-image random training transform on images already at ``size`` (None when no
+    key asks for one)."""
+    from torchvision.transforms import v2
+
+    steps = _random_steps(config, size)
     return v2.Compose(steps) if steps else None
 
 
@@ -83,16 +91,21 @@ def eval_transform(config: dict, size: tuple[int, int]):
 
 def stream_transform(config: dict, size: tuple[int, int], train: bool):
     """A whole decoded file (any size) -> uint8 ``[C, *size]`` in a stream's workers, or None
-    when no key asks for one (then the file is fitted as in memory, through Pillow)."""
+    when no key asks for one (then the file is fitted as in memory, through Pillow). Training:
+    the random crop (or the fit), ``hflip`` (here, not on the device: a batch flip in the
+    trainer's process would take a core from the workers), then the colour transforms."""
     from torchvision.transforms import v2
 
     crop = eval_transform(config, size)
-    random = train_transform(config, size) if train else None
-    if random is None:
+    steps = _random_steps(config, size) if train else []
+    flip = train and bool(config.get("hflip"))
+    if not steps and not flip:
         return crop
-    if config.get("rrc_scale") is not None:
-        return random  # the random crop brings any size to ``size``
-    return v2.Compose([crop or v2.Resize(size, antialias=True), random])
+    if config.get("rrc_scale") is None:
+        steps.insert(0, crop or v2.Resize(size, antialias=True))
+    if flip:
+        steps.insert(1, v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
 
 
 def apply(transform, images: torch.Tensor, each: bool) -> torch.Tensor:

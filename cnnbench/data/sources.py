@@ -16,7 +16,7 @@ from typing import Callable
 
 from pathlib import Path
 
-from cnnbench.data import cifar10, fashion_mnist, imagefolder, scenes, voc
+from cnnbench.data import cifar10, csv_labels, fashion_mnist, imagefolder, scenes, voc
 from cnnbench.data.dense_transforms import multi_hot
 from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError, did_you_mean
@@ -87,6 +87,12 @@ def _imagefolder(path: str | None, config: dict, task) -> DataBundle:
     return imagefolder.load_bundle(path, config, say)
 
 
+def _csv(argument: str | None, config: dict, task) -> DataBundle:
+    from cnnbench.training.interrupt import say  # a warning per skipped file, on stderr
+
+    return csv_labels.load_bundle(argument, config, task.name == "multi-label", say)
+
+
 def _cifar10(path: str | None, config: dict, task) -> DataBundle:
     if not path:
         raise CnnbenchError(f"--data cifar10 needs the folder: cifar10:PATH ({cifar10.HINT})")
@@ -101,6 +107,8 @@ SOURCES: dict[str, Source] = {
     "imagefolder": Source(_imagefolder, "your pictures, a folder per class, torchvision's "
                                         "ImageFolder layout (imagefolder:PATH)",
                           streams=True),
+    "csv": Source(_csv, "your pictures and a CSV of file names and labels, fast.ai's from_csv "
+                        "layout (csv:LABELS.csv[,IMAGES_DIR])", streams=True),
     "cifar10": Source(_cifar10, "CIFAR-10's python batches (cifar10:PATH)"),
 }
 

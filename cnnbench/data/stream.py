@@ -138,8 +138,8 @@ class FileDataset(Dataset):
             return images.read_image(self.files[item], self.size, self.channels)
         index, seed = item if isinstance(item, tuple) else (item, None)
         image = images.decode(self.files[index], self.channels)
-        if seed is not None:
-            torch.manual_seed(seed)
+        if seed is not None:  # the CPU generator alone: torch.manual_seed takes ~0.6 ms
+            torch.default_generator.manual_seed(seed)
         return self.transform(image)
 
 

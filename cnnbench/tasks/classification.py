@@ -28,7 +28,7 @@ class Classification(Task):
 
     name = "classification"
     monitor = "acc"
-    sources = ("fashion-mnist", "imagefolder", "cifar10")
+    sources = ("fashion-mnist", "imagefolder", "csv", "cifar10")
     options = (
         Key("label_smoothing", 0.0, float, bounds="[0, 1]",
             help="cross-entropy against (1 - e) one-hot + e / classes"),
@@ -70,7 +70,7 @@ class Classification(Task):
         if train:
             if c["crop_padding"]:
                 x, _ = T.random_crop(x, int(c["crop_padding"]))
-            if c["hflip"]:
+            if c["hflip"] and not self.streamed:  # a stream's workers flipped them
                 x, _ = T.random_hflip(x)
         if c["input_size"]:
             x = T.resize(x, tuple(c["input_size"][-2:]))

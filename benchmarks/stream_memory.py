@@ -69,7 +69,7 @@ class Sampler(threading.Thread):
 def child(root: str, steps: int, workers: int) -> dict:
     import torch
 
-    from cnnbench import config as cfg
+    from cnnbench import recipe as cfg
     from cnnbench.training.build import build_trainer
 
     sampler = Sampler()

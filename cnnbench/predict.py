@@ -145,7 +145,7 @@ PREDICTORS: dict[str, Predictor] = {
 def load_model(config: dict, state: dict, device: torch.device):
     """``(task, model in eval mode on device)`` from a run's configuration and checkpoint."""
     from cnnbench.building import build
-    from cnnbench.registry import get_model_info
+    from cnnbench.models import get_model_info
     from cnnbench.tasks.base import get_task, stored_context
 
     task_cls = get_task(config["task"])
@@ -170,7 +170,7 @@ def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: i
             out: str | Path | None = None, device: str | None = None) -> list[dict]:
     """Per file: the predictions (top ``top`` classes, the boxes or the mask's classes) and,
     with ``out``, the path of the picture with them drawn."""
-    from cnnbench import config as cfg
+    from cnnbench import recipe as cfg
     from cnnbench.devices import resolve_device
 
     run, config, state = open_run(run, checkpoint)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.data.sources import load_data
 from cnnbench.tasks.classification import Classification
 from cnnbench.tasks.multi_label import MultiLabel

@@ -14,13 +14,14 @@ import torch
 import yaml
 from PIL import Image
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.data import stream
 from cnnbench.data.sources import load_data
 from cnnbench.data.stream import FileSplit
 from cnnbench.tasks.classification import Classification
 from cnnbench.errors import CnnbenchError
-from cnnbench.training.build import build_trainer, train
+from cnnbench.train import train
+from cnnbench.training.build import build_trainer
 from cnnbench.training.interrupt import Interrupt, Interrupted
 from cnnbench.training.loop import Callback
 from cli_run import cli

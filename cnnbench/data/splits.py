@@ -45,6 +45,9 @@ class Split:
     def to(self, device) -> "Split":
         return Split(self.images.to(device), targets_to(self.targets, device), self.files)
 
+    def close(self) -> None:
+        """Nothing to let go (a ``stream.FileSplit`` stops its workers)."""
+
     def batches(self, order: torch.Tensor | None, starts, size: int, seed=None):
         """Batch ``k`` is ``order[starts[k]:starts[k] + size]`` (``order`` None: the split's
         own order); ``stream.FileSplit`` answers the same from files (and uses ``seed``)."""

@@ -255,6 +255,10 @@ class FileSplit:
             raise WorkerDied(f"a batch from a worker that stopped could not be read: "
                              f"{type(exc).__name__}") from None
 
+    def close(self) -> None:
+        """Let the persistent workers go (a later pass starts new ones)."""
+        self._loader = None  # its iterator, unreferenced, shuts the workers down
+
     def _make_loader(self) -> DataLoader:
         workers = self.workers
         loader = DataLoader(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import signal
-import sys
 import threading
 
 import torch
@@ -165,6 +164,3 @@ def _memory_advice(trainer: Trainer, what: str) -> str:
             f"or --input-size")
 
 
-def say(message: str) -> None:
-    """One line on stderr (the CLI's stdout may carry --json)."""
-    sys.stderr.write(message + "\n")

@@ -357,6 +357,7 @@ class Trainer:
         except CancelFitException:
             pass
         finally:
+            self.train_split.close()  # a stream's persistent workers
             self._event("after_fit")
         return self.results
 

@@ -190,6 +190,8 @@ class LazyImages:
         return len(self.split)
 
     def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, int):  # one image [C, H, W], as a tensor's row
+            return self.split.take([idx])[0][0]
         return self.split.take(idx)[0]
 
 

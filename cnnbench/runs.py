@@ -17,7 +17,8 @@ from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.keys import read_yaml
 from cnnbench.registry import TASKS
 from cnnbench.tasks.base import get_task
-from cnnbench.training.runs import LOCK, lock_holder, read_metrics, resolve_mode
+from cnnbench.training.runs import (LOCK, PROVENANCE, lock_holder, read_environment, read_metrics,
+                                    resolve_mode)
 
 
 def list_runs(root: str | os.PathLike = "runs", columns: list[str] | None = None) -> list[dict]:
@@ -98,28 +99,32 @@ def find_run(name: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
 
 
 def compare_runs(names: list[str], root: str | os.PathLike = "runs") -> dict:
-    """Runs side by side: the configuration keys whose values differ between them, each run's
-    metrics, and its learning curves (training loss and the monitored validation metric per
+    """Runs side by side: the configuration keys whose values differ between them, the fields
+    of their ``environment.json`` that differ (``PROVENANCE``), each run's metrics, and its
+    learning curves (training loss and the monitored validation metric per
     epoch, from ``metrics.jsonl``)."""
     if len(names) < 2:
         raise CnnbenchError("--compare takes two or more runs")
     folders = [find_run(n, root) for n in names]
-    defaults = recipe.defaults()  # keys added since a run
-    configs = [{**defaults, **read_yaml(f / "config.yaml")} for f in folders]
+    configs = [recipe.stored(read_yaml(f / "config.yaml")) for f in folders]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     differ = [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs)]
+    environments = [read_environment(f) for f in folders]
+    env_differ = [k for k in PROVENANCE
+                  if any(e.get(k) != environments[0].get(k) for e in environments)]
     runs = []
-    for folder, config in zip(folders, configs):
+    for folder, config, env in zip(folders, configs, environments):
         row = run_row(folder)
         metrics = read_metrics(folder)
         val = f"val_{row['monitor']}"
         row.update({
             "settings": {k: config.get(k) for k in differ},
+            "environment": {k: env.get(k) for k in env_differ},
             "curves": {"epoch": [r.get("epoch") for r in metrics],
                        "train_loss": [r.get("train_loss") for r in metrics],
                        val: [r.get(val) for r in metrics]}})
         runs.append(row)
-    return {"differ": differ, "runs": runs}
+    return {"differ": differ, "environment_differ": env_differ, "runs": runs}
 
 
 def _looks_like_run(folder: Path) -> bool:

@@ -124,8 +124,8 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
     if not (run / "config.yaml").is_file():
         raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    # Keys added since the run started take their defaults.
-    config = {**recipe.defaults(state["config"].get("task")), **state["config"]}
+    # Keys added since the run started take the value the run had (recipe.stored).
+    config = recipe.stored(state["config"])
     changed = {k: v for k, v in (overrides or {}).items()
                if v is not None and config.get(k) != v}
     fixed = sorted(set(changed) - RESUMABLE_KEYS)
@@ -140,9 +140,11 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
 
 
 def launch_train(nproc: int, argv: list[str], model: str | None, config_file: str | None,
-                 overrides: dict, run_dir: str | None = None, resume: str | None = None) -> int:
-    """``cnnbench train ... --nproc N``: check the options here (one line, no folder, no
-    process), then run the command without ``--nproc`` in N processes."""
+                 overrides: dict, run_dir: str | None = None, resume: str | None = None,
+                 nodes: distributed.Nodes | None = None) -> int:
+    """``cnnbench train ... --nproc N [--nnodes M --node-rank R --rdzv HOST:PORT]``: check
+    the options here (one line, no folder, no process), then run the command without them in
+    N processes on this node (``nodes``: one of M meeting at a rendezvous)."""
     if resume:
         saved = Path(resume) / "config.yaml"
         config = {**(read_yaml(saved) if saved.is_file() else {}), **overrides}
@@ -151,7 +153,9 @@ def launch_train(nproc: int, argv: list[str], model: str | None, config_file: st
         if run_dir:
             check_run_dir(run_dir)
     distributed.check_launch(nproc, config)
-    return distributed.launch(nproc, distributed.without_nproc(argv))
+    if nodes is not None:
+        nodes.wait_for_host()
+    return distributed.launch(nproc, distributed.without_nproc(argv), nodes=nodes)
 
 
 

@@ -4,6 +4,8 @@ A run folder holds::
 
     .lock                  the pid of the process training in it (one at a time)
     config.yaml            the resolved configuration
+    environment.json       where it came from: versions, git commit, host, command, times
+                           (``provenance``)
     metrics.jsonl          one JSON object per epoch, appended after that epoch's checkpoint
     tensorboard/           event files (scalars, hyper-parameters, graph, images)
     checkpoints/last.pt    written atomically every epoch (and mid-epoch when interrupted);
@@ -32,6 +34,11 @@ from cnnbench.strict_json import dumps
 
 
 LOCK = ".lock"
+ENVIRONMENT = "environment.json"
+# The fields of environment.json that say what made a run, set side by side by ``--compare``
+# (not the times, which always differ).
+PROVENANCE = ("cnnbench", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda",
+              "cudnn", "device", "device_name", "host", "command")
 
 
 def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
@@ -204,3 +211,12 @@ def resolve_mode(mode: str | None, monitor: str) -> str:
     if mode in ("max", "min"):
         return mode
     return "min" if "loss" in monitor or "error" in monitor else "max"
+
+
+def read_environment(run_dir: str | os.PathLike) -> dict:
+    """A run's ``environment.json``: {} for a run made before it was written, or unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / ENVIRONMENT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

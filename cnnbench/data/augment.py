@@ -50,6 +50,9 @@ def _pair(config: dict, key: str) -> tuple[float, float]:
 
 
 def _random_steps(config: dict, size: tuple[int, int]) -> list:
+    policy = config.get("auto_augment") or "none"
+    if config.get("rrc_scale") is None and not config.get("color_jitter") and policy == "none":
+        return []  # without importing torchvision (a Fashion-MNIST run does not need it)
     from torchvision.transforms import v2
 
     steps = []
@@ -59,7 +62,6 @@ def _random_steps(config: dict, size: tuple[int, int]) -> list:
     jitter = float(config.get("color_jitter") or 0.0)
     if jitter:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    policy = config.get("auto_augment") or "none"
     if policy == "trivialaugment":
         steps.append(v2.TrivialAugmentWide())
     elif policy == "randaugment":
@@ -72,19 +74,21 @@ def _random_steps(config: dict, size: tuple[int, int]) -> list:
 def train_transform(config: dict, size: tuple[int, int]):
     """The per-image random training transform on images already at ``size`` (None when no
     key asks for one)."""
+    steps = _random_steps(config, size)
+    if not steps:
+        return None
     from torchvision.transforms import v2
 
-    steps = _random_steps(config, size)
-    return v2.Compose(steps) if steps else None
+    return v2.Compose(steps)
 
 
 def eval_transform(config: dict, size: tuple[int, int]):
     """Resize + centre crop with ``crop_pct`` (None when unset)."""
-    from torchvision.transforms import v2
-
     crop_pct = config.get("crop_pct")
     if crop_pct is None:
         return None
+    from torchvision.transforms import v2
+
     shorter = int(min(size) / float(crop_pct))  # timm: scale_size = floor(img_size / crop_pct)
     return v2.Compose([v2.Resize(shorter, antialias=True), v2.CenterCrop(size)])
 
@@ -94,13 +98,13 @@ def stream_transform(config: dict, size: tuple[int, int], train: bool):
     when no key asks for one (then the file is fitted as in memory, through Pillow). Training:
     the random crop (or the fit), ``hflip`` (here, not on the device: a batch flip in the
     trainer's process would take a core from the workers), then the colour transforms."""
-    from torchvision.transforms import v2
-
     crop = eval_transform(config, size)
     steps = _random_steps(config, size) if train else []
     flip = train and bool(config.get("hflip"))
     if not steps and not flip:
         return crop
+    from torchvision.transforms import v2
+
     if config.get("rrc_scale") is None:
         steps.insert(0, crop or v2.Resize(size, antialias=True))
     if flip:

@@ -31,7 +31,7 @@ SCENES = ["-s", "scene_size=32", "-i", "1x32x32"]  # 32-pixel scenes
 SMALL = {  # recipe family: what keeps it tiny (widths, input sizes)
     "alexnet": ["-i", "200"], "vgg11": ["-i", "224"], "nin": ["-i", "68"],  # their smallest
     "googlenet": ["-i", "32"], "resnet18": ["-i", "32"], "densenet": ["-i", "32"],
-    "body-classifier": ["-i", "32"],
+    "body-classifier": ["-i", "32"], "resnet18-imagenet": ["-i", "3x32x32"],
     "unet": [*SCENES, "-m", "width=4"],
     "fpn-seg": [*SCENES, "-m", "channels=16", "-m", "out_channels=16"],
     "fpn": [*SCENES, "-m", "out_channels=16"],

@@ -26,6 +26,7 @@ from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.keys import Key, declare
 from cnnbench.models import get_model_info
+from cnnbench.registry import USER_SOURCE
 from cnnbench.tasks.base import Context, Task, get_task, stored_context
 from cnnbench.training import distributed, transfer
 from cnnbench.training.compiling import drop_last
@@ -79,6 +80,8 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
         torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
     if c.get("init_from") and checkpoint is None:
         weights_file(c["init_from"])  # a wrong path fails before the data load
+    if get_model_info(c["model"]).source == USER_SOURCE:  # module:callable: the user's code
+        build(c["model"], c["model_args"], device="meta")  # fails before the data load
     seed_everything(c["seed"])
     shuffle = torch.Generator().manual_seed(c["seed"])
 
@@ -95,6 +98,7 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     check_classes(context, c["model_args"])
     check_labels((data.train, data.val, data.test), context.num_classes)
     task = task_cls(c, context)
+    task.streamed = data.info.get("data_mode") == "stream"
     monitor = check_monitor(c, task)
 
     model = distributed.prepare_model(build_model(c, context, device), c, device)
@@ -184,6 +188,7 @@ def build_evaluator(c: dict, task: Task, model: nn.Module, device: torch.device)
     data = load_data(c, type(task))
     check_same_classes(task.context, data.class_names)
     check_labels((data.train, data.val, data.test), task.context.num_classes)
+    task.streamed = data.info.get("data_mode") == "stream"
     splits = tuple(s.to(device) for s in (data.train, data.val, data.test))
     return Trainer(c, task, splits, model, None, None, device=device, amp_dtype=amp)
 

@@ -42,7 +42,7 @@ SMALL = {  # recipe family: what keeps it tiny (widths, input sizes)
     "ssd": ["-s", "scene_size=64"],  # 3x352x352: its smallest
 }
 # The slowest (their smallest inputs are 200-352 px; fpn is retinanet's detector again): in
-# CI, the other 19 took 99 s in all on the shared 2-core machine (load average 15).
+# CI, the other 20 took 49 s in all on the shared 2-core machine (load average 3.7).
 SLOW = {"ssd", "alexnet", "alexnet-d2l", "vgg11", "vgg11-d2l", "fpn"}
 
 

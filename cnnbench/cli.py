@@ -454,6 +454,37 @@ def predict(
     rows = predict_files(run, images, checkpoint, top=top, out=out, device=device)
     render.print_json(rows) if as_json else render.predictions_lines(rows)
 
+# --- export (issue 26) ---
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="A run folder (runs/MODEL-TIME)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (onnxruntime, any ONNX "
+                            "runtime) or torchscript (torch.jit.load)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="The file to write (default: "
+                                      "RUN/export/best.onnx or RUN/export/best.torchscript.pt)."),
+    input_dtype: str = typer.Option("uint8", "--input-dtype", help="What the file takes: uint8 "
+                                    "pixels 0-255, or float32 in [0, 1]."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Export a run's checkpoint to ONNX or TorchScript, normalisation inside, and check it.
+
+    The file takes images `[N, C, H, W]` at the run's input size (any batch size N), scales and
+    normalises them as training did, and returns the task's output (detection: the boxes decoded
+    for every anchor and the class scores, no NMS). Class names, input and outputs are in its
+    metadata. It is then loaded back (onnxruntime's CPU provider, torch.jit) and compared with
+    the eager model on the run's own test images: the largest difference is printed.
+    Examples: `cnnbench export runs/lenet-20260101-120000`,
+    `cnnbench export RUN --format torchscript --checkpoint last --out lenet.pt`.
+    """
+    from cnnbench import render
+    from cnnbench.export import export as export_run
+
+    result = export_run(run, fmt, checkpoint, out=out, input_dtype=input_dtype)
+    render.print_json(result) if as_json else render.export_lines(result)
+
+
 # --- bench (issue 4) ---
 
 @app.command()

@@ -395,6 +395,21 @@ def predictions_lines(rows: list[dict]) -> None:
         if r.get("picture"):
             out.print(f"  drawn: {r['picture']}", soft_wrap=True)
 
+def export_lines(result: dict) -> None:
+    """`cnnbench export`: the file, what it takes and returns, and the check."""
+    out.print(f"{result['file']}: {result['format']}, {result['bytes'] / 2**20:.1f} MiB, "
+              f"{result['model']} ({result['task']}) {result['checkpoint']}.pt of epoch "
+              f"{result['epoch']}", soft_wrap=True)
+    out.print(f"  input   {result['input']['text']}", soft_wrap=True)
+    out.print(f"  output  {result['outputs']['text']}", soft_wrap=True)
+    names = result["class_names"]
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
+    out.print(f"  classes {shown} (in the file's metadata)", soft_wrap=True)
+    out.print(f"  check   max abs difference from the eager model {result['max_abs_diff']:.3g} "
+              f"on {result['checked_images']} test images (one batch, then one image)",
+              soft_wrap=True)
+
+
 # --- bench (issue 4) ---
 
 def _ms(value, spread=None) -> str:

@@ -348,13 +348,15 @@ def eager_outputs(loaded: RunModel, images: torch.Tensor) -> list[torch.Tensor]:
     return [t.float() for t in tree_leaves(output)]
 
 
-def max_difference(exported: ExportedFile, loaded: RunModel, images: torch.Tensor) -> float:
+def max_difference(exported: ExportedFile, loaded: RunModel,
+                   images: torch.Tensor) -> tuple[float, float]:
     """The largest absolute difference between the file's outputs and the eager model's, on
-    uint8 ``images`` as one batch and on the first image alone (another batch size); a file
+    uint8 ``images`` as one batch and on the first image alone (another batch size), and the
+    largest absolute eager output (the scale that difference is to be read against). A file
     taking floats gets the same pixels / 255."""
     from cnnbench.data import transforms as T
 
-    worst = 0.0
+    worst = scale = 0.0
     for batch in (images, images[:1]):
         feed = batch if exported.meta["input"]["dtype"] == "uint8" else T.to_float(batch)
         got = exported(feed.contiguous())
@@ -368,7 +370,8 @@ def max_difference(exported: ExportedFile, loaded: RunModel, images: torch.Tenso
                 raise CnnbenchError(f"{exported.path}: output shape {list(g.shape)}, the "
                                     f"model's {list(w.shape)}")
             worst = max(worst, float((g - w).abs().max()))
-    return worst
+            scale = max(scale, float(w.abs().max()))
+    return worst, scale
 
 
 # -- export --
@@ -400,9 +403,10 @@ def export(run: str | Path, fmt: str = "onnx", checkpoint: str = "best",
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
     try:
         WRITERS[fmt](module, example, meta, tmp)
-        difference = max_difference(open_exported(tmp), loaded, images)
+        difference, scale = max_difference(open_exported(tmp), loaded, images)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return {"file": str(path), "bytes": path.stat().st_size, **meta,
-            "checked_images": len(images), "max_abs_diff": difference}
+            "checked_images": len(images), "max_abs_diff": difference,
+            "max_abs_output": scale}

@@ -406,7 +406,8 @@ def export_lines(result: dict) -> None:
     shown = ", ".join(names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
     out.print(f"  classes {shown} (in the file's metadata)", soft_wrap=True)
     out.print(f"  check   max abs difference from the eager model {result['max_abs_diff']:.3g} "
-              f"on {result['checked_images']} test images (one batch, then one image)",
+              f"on {result['checked_images']} test images (one batch, then one image; "
+              f"largest output {result['max_abs_output']:.3g})",
               soft_wrap=True)
 
 

@@ -492,7 +492,8 @@ def bench(
     models: List[str] = typer.Argument(..., metavar="MODEL", help=(
         MODEL_HELP + " One or more; shell wildcards match several (quote them): 'lenet*', "
         "'torchvision:resnet1*'. Or `deformconv` alone for the deformable convolution "
-        "implementations side by side.")),
+        "implementations side by side. Or one FILE.onnx / FILE.pt that `cnnbench export` "
+        "wrote.")),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", "-b",
                                     help="Batch sizes, comma-separated."),
     input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
@@ -526,6 +527,10 @@ def bench(
 ) -> None:
     """Speed figures: inference and training step per batch size, memory, FLOP/s.
 
+    An exported file (`cnnbench export`: FILE.onnx, FILE.pt) is timed in its runtime
+    (onnxruntime's CPU provider, torch.jit) beside the run's model in eager PyTorch (and
+    torch.compile with `--compile`), with each one's speed relative to eager.
+
     Medians and IQRs from torch.utils.benchmark; `--json`/`--csv` use timm's column names
     (infer_samples_per_sec, infer_step_time, train_samples_per_sec, param_count, gmacs, ...).
     `deformconv` compares ours, torchvision's, the notes' deformable convolution and a plain
@@ -540,7 +545,8 @@ def bench(
     `cnnbench bench torchvision:resnet50 --device cuda --precision bf16 --channels-last`,
     `cnnbench bench vgg11 --sweep size --plot vgg.png`, `cnnbench bench lenet --csv lenet.csv`,
     `cnnbench bench deformconv`, `cnnbench bench deformconv --shape 4,32,28,28 --json`,
-    `cnnbench bench deformconv --sweep shape --plot dcn.png`.
+    `cnnbench bench deformconv --sweep shape --plot dcn.png`,
+    `cnnbench bench runs/lenet-20260101-120000/export/best.onnx -b 1,64 --compile`.
     """
     import os
 
@@ -561,7 +567,18 @@ def bench(
     op = next((m for m in models if m in benchmarks.OP_BENCHES), None)
     if op is not None and len(models) > 1:
         raise CnnbenchError(f"{op} runs alone: `cnnbench bench {op}`")
-    if op is not None:
+    exported = next((m for m in models if benchmarks.is_exported_file(m)), None)
+    if exported is not None:
+        if len(models) > 1:
+            raise CnnbenchError(f"an exported file is timed alone: `cnnbench bench {exported}`")
+        if sweep or plot or device not in ("auto", "cpu") or precision != "fp32":
+            raise CnnbenchError("an exported file is timed on the CPU in fp32 per --batch-sizes "
+                                "(no --sweep, --plot, --device or --precision)")
+        result = benchmarks.bench_exported(
+            exported, batch_sizes=benchmarks.parse_int_list(batch_sizes, "--batch-sizes"),
+            min_run_time=min_run_time, threads=threads, compile=compile_)
+        show, rows = render.exported_bench_table, result["rows"]
+    elif op is not None:
         op_bench = benchmarks.OP_BENCHES[op]
         result = op_bench.run(benchmarks.parse_shape(shape), device=device, precision=precision,
                               min_run_time=min_run_time, sweep=sweep)

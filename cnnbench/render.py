@@ -477,6 +477,24 @@ def bench_table(result: dict | list[dict]) -> None:
         out.print(f"Note  {note}")
 
 
+def exported_bench_table(result: dict) -> None:
+    """`cnnbench bench FILE`: each runtime per batch size, and its speed against eager."""
+    table = Table(title=f"{result['file']} ({result['model']}) on {result['device_name']}, "
+                        f"threads: {result['threads_source']}", title_justify="left")
+    for col in ("batch", "runtime", "infer ms/step", "infer samples/s", "speed vs eager"):
+        table.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
+    for r in result["rows"]:
+        ratio = r["speed_vs_eager"]
+        table.add_row(str(r["infer_batch_size"]), r["runtime"],
+                      _ms(r["infer_step_time"], r["infer_step_time_iqr"]),
+                      f"{r['infer_samples_per_sec']:,.1f}",
+                      "--" if ratio is None else f"{ratio:.2f}x")
+    out.print(table)
+    out.print(f"input {result['input']}; ms/step is the median ± half the IQR")
+    for note in result["notes"]:
+        out.print(f"Note  {note}")
+
+
 def _batch(row: dict) -> str:
     """The batch asked for, and the one measured after out-of-memory retries (32→16)."""
     failed = row.get("infer_oom_batch_sizes")

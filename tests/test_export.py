@@ -174,3 +174,29 @@ def test_bad_export_request_is_one_line_exit_2_and_writes_nothing(case, lenet_ru
     assert code == 2, err
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert listing(tmp_path) == before and listing(lenet_run) == in_run
+
+
+def test_bench_times_the_file_beside_eager_pytorch(lenet_run, tmp_path, capsys):
+    export(lenet_run, "onnx", out=tmp_path / "lenet.onnx")
+    assert cli(["bench", tmp_path / "lenet.onnx", "-b", "1,3", "--min-run-time", "0.01",
+                "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["runtime"], r["infer_batch_size"]) for r in result["rows"]] == [
+        ("onnxruntime (CPU provider)", 1), ("eager", 1),
+        ("onnxruntime (CPU provider)", 3), ("eager", 3)]
+    for r in result["rows"]:
+        assert r["infer_input_size"] == [1, 28, 28] and r["infer_step_time"] > 0
+        expected = 1.0 if r["runtime"] == "eager" else None
+        assert r["speed_vs_eager"] == expected or (expected is None and r["speed_vs_eager"] > 0)
+
+
+def test_bench_of_a_file_whose_run_is_gone_times_the_file_alone(lenet_run, tmp_path):
+    from cnnbench.bench import bench_exported
+
+    run = tmp_path / "run"
+    shutil.copytree(lenet_run, run, ignore=shutil.ignore_patterns("export"))
+    export(run, "torchscript", out=tmp_path / "lenet.pt")
+    shutil.rmtree(run)
+    result = bench_exported(tmp_path / "lenet.pt", batch_sizes=[2], min_run_time=0.01)
+    assert [r["runtime"] for r in result["rows"]] == ["torch.jit (TorchScript)"]
+    assert any("is not here" in note for note in result["notes"])

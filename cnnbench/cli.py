@@ -433,9 +433,15 @@ def eval_(
 @app.command()
 def predict(
     run: str = typer.Argument(..., help="A run folder (runs/MODEL-TIME)."),
-    images: List[str] = typer.Argument(..., metavar="IMAGE...", help="PNG or JPEG files."),
+    images: List[str] = typer.Argument(..., metavar="FOLDER|FILE...", help=(
+        "Image files (PNG, JPEG, anything Pillow reads) or folders of them (recursively).")),
     checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP),
-    top: int = typer.Option(3, "--top", min=1, help="Classes shown per image."),
+    top: int = typer.Option(3, "--top", min=1, help="Classes (or boxes) kept per image."),
+    csv: Optional[str] = typer.Option(None, "--csv", help=(
+        "Write one row per file to FILE.csv (path, size, top classes and scores, boxes or mask "
+        "shares) as the batches go, and print a summary instead of every file.")),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1,
+                                   help="Files read and predicted at a time."),
     out: Optional[str] = typer.Option(None, "--out", help="Write each image with its "
                                       "prediction drawn to this folder."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps "
@@ -445,14 +451,24 @@ def predict(
     """Class and score (or boxes, or mask shares) per image file, from a run's checkpoint.
 
     Each file is read as the training data were (grey or colour, the model's input size, the
-    task's normalisation). Examples: `cnnbench predict runs/lenet-20260101-120000 shoe.png`,
-    `cnnbench predict RUN a.png b.jpg --top 5 --out drawn/`.
+    task's normalisation), `--batch-size` files at a time. Examples:
+    `cnnbench predict runs/lenet-20260101-120000 shoe.png`,
+    `cnnbench predict RUN a.png b.jpg --top 5 --out drawn/`,
+    `cnnbench predict RUN photos/ --csv predictions.csv --batch-size 256`.
     """
     from cnnbench import render
-    from cnnbench.predict import predict as predict_files
+    from cnnbench.predict import predict_csv, predict_stream
 
-    rows = predict_files(run, images, checkpoint, top=top, out=out, device=device)
-    render.print_json(rows) if as_json else render.predictions_lines(rows)
+    if csv is None:
+        about, rows = predict_stream(run, images, checkpoint, top=top, out=out, device=device,
+                                     batch_size=batch_size)
+        render.print_json(list(rows)) if as_json else render.predictions_lines(rows)
+        return
+    with render.progress_bar("predict", quiet=as_json) as progress:
+        result = predict_csv(run, images, csv, checkpoint, top=top, out=out, device=device,
+                             batch_size=batch_size, progress=progress)
+    render.print_json(result) if as_json else render.predict_csv_line(result)
+
 
 # --- export (issue 26) ---
 

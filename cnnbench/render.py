@@ -6,6 +6,7 @@ Rich turns colour off by itself when ``NO_COLOR`` is set or the output is not a 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 import yaml
 from rich.console import Console
@@ -409,6 +410,41 @@ def export_lines(result: dict) -> None:
               f"on {result['checked_images']} test images (one batch, then one image; "
               f"largest output {result['max_abs_output']:.3g})",
               soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(what: str, quiet: bool = False):
+    """A bar on stderr for long work: yields ``update(done, total)``; the bar starts at the
+    first update (an error before it prints its one line alone); nothing when ``quiet``."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    bar = None
+
+    def update(done: int, total: int | None = None) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                           transient=True)
+            bar.add_task(what, total=total)
+            bar.start()
+        bar.update(bar.task_ids[0], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def predict_csv_line(result: dict) -> None:
+    """`cnnbench predict --csv`: one line."""
+    out.print(f"{result['files']:,} files -> {result['csv']} ({result['model']}, "
+              f"{result['task']}, top {result['top']}, {result['checkpoint']}.pt) in "
+              f"{result['seconds']:.1f} s", soft_wrap=True)
 
 
 # --- bench (issue 4) ---

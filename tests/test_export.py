@@ -14,26 +14,14 @@ from cnnbench.checkpoints import load_checkpoint, save_checkpoint
 from cnnbench.data import fashion_mnist as fm
 from cnnbench.errors import CnnbenchError
 from cnnbench.export import check_images, eager_outputs, export, open_exported, _load_run
+from cnnbench.tasks.classification import FMNIST_MEAN, FMNIST_STD
 from cnnbench.training.build import train
 from cli_run import cli
 
-TINY = dict(limit=256, val_size=64, batch_size=32, epochs=1, log_graph=False, log_images=False)
 
-
-@pytest.fixture(scope="module")
-def fashion(fmnist_dir):
-    """The installed Fashion-MNIST when present (else the tests' small IDX files)."""
-    real = fm.DEBIAN_DIR / "t10k-images-idx3-ubyte.gz"
-    return str(fm.DEBIAN_DIR if real.is_file() else fmnist_dir)
-
-
-@pytest.fixture(scope="module")
-def lenet_run(tmp_path_factory, fashion):
-    root = tmp_path_factory.mktemp("export")
-    (root / "none.yaml").write_text("")
-    train("lenet", config_file=root / "none.yaml", overrides={**TINY, "data": fashion},
-          run_dir=root / "run")
-    return root / "run"
+@pytest.fixture
+def lenet_run(lenet_256):
+    return lenet_256
 
 
 def listing(root):
@@ -60,18 +48,8 @@ def test_onnx_export_computes_the_eager_models_logits_at_any_batch_size(lenet_ru
     assert json.loads(meta["class_names"]) == list(fm.CLASS_NAMES)
     info = json.loads(meta["cnnbench"])
     assert info["input"]["dtype"] == "uint8" and info["checkpoint"] == "best"
-    assert info["normalisation"] == {"mean": [pytest.approx(fm_mean())],
-                                     "std": [pytest.approx(fm_std())], "scale": "pixel / 255"}
-
-
-def fm_mean():
-    from cnnbench.tasks.classification import FMNIST_MEAN
-    return FMNIST_MEAN
-
-
-def fm_std():
-    from cnnbench.tasks.classification import FMNIST_STD
-    return FMNIST_STD
+    assert info["normalisation"] == {"mean": [pytest.approx(FMNIST_MEAN)],
+                                     "std": [pytest.approx(FMNIST_STD)], "scale": "pixel / 255"}
 
 
 def test_torchscript_export_takes_floats_when_told_and_keeps_its_metadata(lenet_run):

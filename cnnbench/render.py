@@ -223,6 +223,9 @@ def lr_find_lines(result: dict) -> None:
     out.print(f"smoothed loss: lowest {result['min_loss']:.4f} at lr "
               f"{result['min_loss_lr']:.2e}; minimum / 10: {result['minimum_div10_lr']:.2e}")
     out.print(f"suggested lr: {result['suggested_lr']:.2e} ({result['rule']})")
+    if result.get("steepest_lr") is not None:
+        out.print(f"steepest descent: {result['steepest_lr']:.2e} (fastai's steep, Lightning's "
+                  "suggestion; often too high)")
     if result.get("plot"):
         out.print(f"Plot written to {result['plot']}")
 

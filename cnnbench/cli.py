@@ -133,7 +133,8 @@ def train(
         None, "--config", "-c", help="YAML recipe (default: experiments/MODEL.yaml if present)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e",
                                          help="Epochs in total (also when resuming)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=(
+        "Images per optimizer step (per process with --nproc; default: the recipe's).")),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
     optimizer: Optional[str] = typer.Option(None, help="; ".join(
         f"{name}: {o.description}" for name, o in OPTIMIZERS.items()) + "."),
@@ -143,7 +144,9 @@ def train(
     amp: Optional[str] = typer.Option(None, help="none, bf16 (CUDA, CPU) or fp16 (CUDA)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                             help="torch.compile the model."),
-    seed: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help=(
+        "Random seed of the weights, the shuffling and the augmentation (default: the "
+        "recipe's, else 0); the validation split never changes with it.")),
     limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Folder with the IDX files, or SOURCE[:PATH]: fashion-mnist, "
@@ -169,7 +172,10 @@ def train(
                               "accepts (with MODEL: its task's too and the recipe's values), "
                               "with default, type and help; JSON with --json."),
 ) -> None:
-    """Train a model on Fashion-MNIST: metrics, TensorBoard, checkpoints in a run folder.
+    """Train a model (classification, segmentation, detection...) on its task's data: metrics, TensorBoard, checkpoints in a run folder.
+
+    The data are Fashion-MNIST by default (scenes drawn from it for the dense tasks), or
+    `--data` (a class-per-folder tree, CIFAR-10, Pascal VOC).
 
     The recipe is `experiments/MODEL.yaml` when it exists (or `--config FILE`); options on the
     command line beat it. A run lives in `runs/MODEL-YYYYmmdd-HHMMSS/`. Examples:
@@ -237,11 +243,12 @@ def lr_find(
     model: Optional[str] = typer.Argument(None, help=MODEL_HELP + " May come from --config."),
     config: Optional[str] = typer.Option(
         None, "--config", "-c", help="YAML recipe (default: experiments/MODEL.yaml if present)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=(
+        "Images per optimizer step (default: the recipe's).")),
     optimizer: Optional[str] = typer.Option(None, help=", ".join(OPTIMIZERS) + "."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
     amp: Optional[str] = typer.Option(None, help="none, bf16 (CUDA, CPU) or fp16 (CUDA)."),
-    seed: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: the recipe's)."),
     limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
     data: Optional[str] = typer.Option(None, "--data", help="As `cnnbench train --data`."),
     input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
@@ -257,7 +264,8 @@ def lr_find(
     """Learning-rate finder: an exponential lr sweep over real training steps of the recipe.
 
     The smoothed loss (beta 0.98) is followed until it exceeds 4x its best; the suggestion is
-    where it falls fastest (and the minimum / 10). Nothing is written to runs/; the trained
+    fastai's valley (halfway down the longest descent), with the steepest descent and the
+    minimum / 10 beside it. Nothing is written to runs/; the trained
     weights are thrown away. Examples:
 
     * `cnnbench lr-find lenet --limit 5000 --plot lr.png`
@@ -342,8 +350,10 @@ def sweep(
         "A sweep YAML: model, config, grid, seeds; any other key is fixed for every run.")),
     config: Optional[str] = typer.Option(None, "--config", "-c", help=(
         "YAML recipe the runs start from (default: experiments/MODEL.yaml if present).")),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e",
+                                         help="Epochs of every run (default: the recipe's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=(
+        "Images per optimizer step of every run (default: the recipe's).")),
     limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
     data: Optional[str] = typer.Option(None, "--data", help="As `cnnbench train --data`."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),

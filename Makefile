@@ -33,6 +33,7 @@ demo: setup
 	$(BIN)/cnnbench train lenet --epochs 5 --quiet
 
 test: setup
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 bench: setup

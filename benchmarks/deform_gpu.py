@@ -254,7 +254,7 @@ def _shape_name(row):
 
 def train_step(batch=32, timer=None, label="train"):
     """resnet18-dcn: forward, backward and an SGD step with each deformable op."""
-    from cnnbench.registry import get_model, get_model_info
+    from cnnbench.models import get_model, get_model_info
 
     size = get_model_info("resnet18-dcn").input_size
     with TF32Off():

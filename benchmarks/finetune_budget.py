@@ -36,10 +36,12 @@ from pathlib import Path
 
 import torch
 
-from cnnbench import config as cfg
-from cnnbench.config import default_recipe
+from cnnbench import recipe as cfg
+from cnnbench.keys import parse_set
+from cnnbench.recipe import default_recipe
 from cnnbench.data.splits import head
-from cnnbench.training.build import build_trainer, train
+from cnnbench.training.build import build_trainer
+from cnnbench.train import train
 
 METRICS = {"single-object": ("test_acc", "test_box_iou"), "multi-label": ("test_f1",)}
 TARGETS = {"test_acc": 0.80, "test_box_iou": 0.72, "test_f1": 0.88}
@@ -116,7 +118,7 @@ def main() -> None:
     for task in args.tasks:
         fine_file = recipe(task)
         fine = {**common, "init_from": str(root / "body-classifier"),
-                **cfg.parse_set(args.finetune)}
+                **parse_set(args.finetune)}
         fine["epochs"] = fit_epochs(fine_file, fine, budget * (1 - args.pretrain_share))
         plans[f"{task}-finetune"] = (fine_file, fine)
         scratch_file = recipe(task)

@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from cnnbench import config as cfg
+    from cnnbench import recipe as cfg
 
     config = cfg.resolve("lenet", None, {})
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from cnnbench.building import build
-    from cnnbench.config import parse_set
+    from cnnbench.keys import parse_set
     from cnnbench.training.weight_init import init_weights
 
     model_args = parse_set(args.model_arg)

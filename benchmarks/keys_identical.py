@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESOLVE = """
 import json, sys
 from pathlib import Path
-from cnnbench.config import resolve
+from cnnbench.recipe import resolve
 out = {}
 for path in sorted(Path(sys.argv[1]).glob("*.yaml")):
     for device in ("cpu", "cuda"):

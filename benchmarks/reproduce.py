@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from cnnbench.config import read_yaml
+from cnnbench.keys import read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 

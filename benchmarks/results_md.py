@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from cnnbench.config import defaults
+from cnnbench.recipe import defaults
 
 SAME_RESULTS = {"seed", "threads", "data", "device", "eval_batch_size", "log_graph", "log_images",
                 "log_every_steps", "log_histograms"}

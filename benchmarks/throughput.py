@@ -125,7 +125,7 @@ def profile_steps(trainer, starts: list[int], steps: int, folder, name: str) -> 
 
 def throughput(model: str, device: str, steps: int, warmup: int, scenes: int,
                overrides: dict, profile_dir=None, profiled_steps: int = 10) -> dict:
-    from cnnbench import config as cfg
+    from cnnbench import recipe as cfg
     from cnnbench.devices import device_name
     from cnnbench.training.build import build_trainer
     from cnnbench.training.loop import batch_starts
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--profile", metavar="DIR", help="then profile: a table and a trace")
     parser.add_argument("--profile-steps", type=int, default=10)
     args = parser.parse_args()
-    from cnnbench.config import parse_set
+    from cnnbench.keys import parse_set
 
     overrides = parse_set(args.set)
     if args.limit:

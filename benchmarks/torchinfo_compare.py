@@ -40,7 +40,7 @@ import torch
 import torchinfo
 from torch import nn
 
-from cnnbench.registry import get_model, get_model_info, list_models
+from cnnbench.models import get_model, get_model_info, list_models
 from cnnbench.summary import summarize
 
 # ``--torchvision`` default: every classification model torchvision has.

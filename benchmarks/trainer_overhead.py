@@ -63,7 +63,7 @@ def sync(device: torch.device) -> None:
 
 def fresh(trainer, lr: float, device=torch.device("cpu")):
     """The model with its first weights (``init:`` as the recipe says), on ``device``."""
-    from cnnbench.registry import get_model
+    from cnnbench.models import get_model
     from cnnbench.training.weight_init import init_weights
 
     torch.manual_seed(0)
@@ -171,7 +171,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from cnnbench import config as cfg
+    from cnnbench import recipe as cfg
     from cnnbench.bench.timing import device_name
     from cnnbench.training.build import build_trainer
 

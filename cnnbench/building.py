@@ -14,7 +14,8 @@ import torch
 from torch.utils import _pytree as pytree
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.registry import ModelInfo, check_options, get_model, get_model_info
+from cnnbench.models import get_model, get_model_info
+from cnnbench.registry import ModelInfo, check_options
 
 
 def build(name: str, model_args: dict | None = None, *, in_channels: int | None = None,

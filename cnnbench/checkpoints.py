@@ -1,14 +1,19 @@
 """Weight files: read safely (``weights_only=True``, one clear error for a bad file), written
-atomically."""
+atomically, and loaded into a model by name and shape (``init_from``, torchvision's weights from
+the hub cache: never the network)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, say
+
+PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel's, torch.compile's
 
 
 def read_checkpoint(path: str | os.PathLike):
@@ -65,3 +70,138 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= set(state):
         raise CnnbenchError(f"{path} is not a cnnbench checkpoint")
     return state
+
+
+# -- weights into a model: by name and shape (init_from, torchvision weights) --
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The file ``path`` names: itself, or a run folder's ``best.pt`` (else ``last.pt``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CnnbenchError(f"init_from: {path} is a folder without checkpoints/best.pt or "
+                            "last.pt (give a cnnbench run folder or a weights file)")
+    if not path.is_file():
+        raise CnnbenchError(f"init_from: no file or run folder at {path}")
+    return path
+
+
+def state_dict_of(saved, path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded file: a cnnbench checkpoint's ``model``, a ``state_dict`` (Lightning
+    and others) or ``model_state_dict`` entry, or the file itself; prefixes stripped."""
+    if isinstance(saved, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(saved.get(key), dict):
+                saved = saved[key]
+                break
+    tensors = {k: v for k, v in saved.items() if isinstance(v, torch.Tensor)} \
+        if isinstance(saved, dict) else {}
+    if not tensors:
+        raise CnnbenchError(f"{path} holds no tensors by name (not a state dict or checkpoint)")
+    return {_strip(k): v for k, v in tensors.items()}
+
+
+def _strip(name: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_matching` did: names loaded, and the skipped ones by reason."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    shape_mismatch: dict[str, str] = field(default_factory=dict)  # name: "file [..] model [..]"
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+
+    def line(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors from {self.source}"]
+        if self.shape_mismatch:
+            name, shapes = next(iter(self.shape_mismatch.items()))
+            parts.append(f"skipped {len(self.shape_mismatch)} of another shape (e.g. {name}: "
+                         f"{shapes})")
+        if self.missing:
+            parts.append(f"{len(self.missing)} of the model not in the file "
+                         f"(e.g. {self.missing[0]}) keep their first values")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} in the file not in the model "
+                         f"(e.g. {self.unexpected[0]}) unused")
+        return "; ".join(parts)
+
+    def summary(self) -> dict:
+        return {"from": self.source, "loaded": len(self.loaded),
+                "shape_mismatch": len(self.shape_mismatch), "missing": len(self.missing),
+                "unexpected": len(self.unexpected)}
+
+
+def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Copy into ``model`` every tensor of ``tensors`` whose name and shape match (parameters and
+    buffers); a one-line error when none does."""
+    own = model.state_dict()
+    report = LoadReport(source)
+    matched = {}
+    for name, value in tensors.items():
+        if name not in own:
+            report.unexpected.append(name)
+        elif value.shape != own[name].shape:
+            report.shape_mismatch[name] = (f"file {list(value.shape)}, model "
+                                           f"{list(own[name].shape)}")
+        else:
+            matched[name] = value
+            report.loaded.append(name)
+    report.missing = [name for name in own if name not in tensors]
+    if not matched:
+        example = next(iter(tensors))
+        raise CnnbenchError(f"mismatched weights: no tensor of {source} fits the model by name "
+                            f"and shape (the file has e.g. {example!r}, the model "
+                            f"{next(iter(own), 'none')!r})")
+    model.load_state_dict(matched, strict=False)
+    return report
+
+
+def init_from(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Load the matching tensors of ``path`` (see :func:`weights_file`) into ``model``."""
+    file = weights_file(path)
+    return load_matching(model, state_dict_of(read_checkpoint(file), file), str(file))
+
+
+def torchvision_weights(tv_name: str, weights: str):
+    """The ``Weights`` entry ``weights`` (``DEFAULT``, ``IMAGENET1K_V1``...) of a torchvision
+    model, and the path its file would have in the torch hub cache."""
+    import torchvision.models as tvm
+
+    try:
+        enum = tvm.get_model_weights(tv_name)
+    except (ValueError, KeyError):
+        raise CnnbenchError(f"torchvision has no weights for {tv_name}") from None
+    names = ["DEFAULT", *enum.__members__]
+    if weights not in names:
+        raise CnnbenchError(f"weights={weights} is not one of {tv_name}'s: {', '.join(names)}")
+    entry = enum[weights]  # DEFAULT is an alias of one of them
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return entry, folder / os.path.basename(entry.url)
+
+
+def load_torchvision_weights(model: nn.Module, tv_name: str,
+                             weights: str) -> LoadReport | None:
+    """Load ``weights`` of ``tv_name`` from the hub cache (never the network), by name and
+    shape, so a head for another number of classes keeps its first values. A model on the
+    ``meta`` device (shapes only: ``summary``) has nothing to copy into: None."""
+    entry, file = torchvision_weights(tv_name, weights)
+    if not file.is_file():
+        raise CnnbenchError(f"weights={weights} needs {file.name} in {file.parent} (cnnbench "
+                            f"downloads nothing: fetch {entry.url} there yourself)")
+    if any(p.is_meta for p in model.parameters()):
+        return None
+    report = load_matching(model, state_dict_of(read_checkpoint(file), file), str(file))
+    say(f"weights={weights}: {report.line()}")
+    return report

@@ -64,7 +64,7 @@ def models(task: Optional[str] = typer.Option(None, help="Only models of this ta
     * `cnnbench models --task detection --json`
     """
     from cnnbench import render
-    from cnnbench.registry import model_rows
+    from cnnbench.models import model_rows
 
     rows = model_rows(task)
     render.print_json(rows) if as_json else render.models_table(rows)
@@ -109,7 +109,7 @@ def summary(
     from cnnbench import render
     from cnnbench.building import check_memory
     from cnnbench.inputs import parse_input_size, parse_model_args
-    from cnnbench.registry import get_model_info
+    from cnnbench.models import get_model_info
     from cnnbench.summary import parse_columns, summarize
 
     options = parse_model_args(model_arg)
@@ -197,7 +197,7 @@ def train(
     Watch a run with `tensorboard --logdir runs`; list runs with `cnnbench runs`.
     """
     from cnnbench import render
-    from cnnbench.training import build as trainer
+    from cnnbench import train as trainer
     from cnnbench.training.distributed import is_main
 
     overrides = _overrides(set_, model_arg, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -205,17 +205,15 @@ def train(
                            compile=compile_, seed=seed, limit=limit, data=data,
                            input_size=input_size)
     if keys:
-        from cnnbench.config import key_rows
+        from cnnbench.recipe import key_rows
 
         rows = key_rows(model, config)
         render.print_json(rows) if as_json else render.keys_table(rows)
         return
     trainer.check_request(model, config, run_dir, resume, dry_run)
     if nproc is not None and not dry_run:
-        from cnnbench.training import distributed
-
-        raise typer.Exit(distributed.launch_train(nproc, sys.argv[1:], model, config, overrides,
-                                                  run_dir=run_dir, resume=resume))
+        raise typer.Exit(trainer.launch_train(nproc, sys.argv[1:], model, config, overrides,
+                                              run_dir=run_dir, resume=resume))
     reporter = render.TrainReporter(quiet=quiet or as_json,
                                     console=render.err if as_json else None)
     result = trainer.run(model, config, overrides, run_dir=run_dir, resume_dir=resume,
@@ -228,8 +226,8 @@ def train(
 
 def _overrides(set_: list[str] | None, model_arg: list[str] | None, **options) -> dict:
     """``--set``, ``--model-arg`` and the named options (those given) as configuration keys."""
-    from cnnbench.config import parse_set
     from cnnbench.inputs import parse_model_args
+    from cnnbench.keys import parse_set
 
     overrides = parse_set(set_)
     overrides.update({k: v for k, v in options.items() if v is not None})
@@ -274,7 +272,7 @@ def lr_find(
     """
     from cnnbench import render
     from cnnbench.bench.output import check_writable
-    from cnnbench.training.lr_find import lr_find as find
+    from cnnbench.train import lr_find as find
 
     check_writable(plot, "--plot")
     overrides = _overrides(set_, model_arg, batch_size=batch_size, optimizer=optimizer,
@@ -310,7 +308,7 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
     `cnnbench runs --sweep runs/sweep-lenet-20260101-120000`.
     """
     from cnnbench import render
-    from cnnbench.training import runs as folders
+    from cnnbench import runs as folders
 
     if more and not compare:
         raise CnnbenchError(f"runs takes no RUN argument without --compare (got {more[0]!r})")
@@ -666,7 +664,7 @@ def receptive_field(
     from cnnbench import render
     from cnnbench import plots, rf
     from cnnbench.inputs import parse_input_size, parse_model_args
-    from cnnbench.registry import get_model_info
+    from cnnbench.models import get_model_info
 
     options = parse_model_args(model_arg)
     size = parse_input_size(input_size, get_model_info(model), options)

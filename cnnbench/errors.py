@@ -31,6 +31,11 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
+def say(message: str) -> None:
+    """One line on stderr (the CLI's stdout may carry --json)."""
+    sys.stderr.write(message + "\n")
+
+
 def report(message: str) -> None:
     """The one line of an error: on stderr; under ``--nproc``, left for the launcher to print
     (one line for all processes, also when a process other than rank 0 fails alone); under a

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils._pytree import tree_leaves
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.checkpoints import load_checkpoint
 from cnnbench.errors import CnnbenchError
 from cnnbench.tasks.metrics import confusion_matrix, f1_per_class

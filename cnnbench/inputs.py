@@ -1,18 +1,15 @@
-"""Parsing what a user types: ``--input-size``, ``--model-arg``, ``--set`` and their values.
+"""Parsing what a user types about a model: ``--input-size`` and ``--model-arg``.
 
 Shared by every command, so that `summary`, `bench`, `train`, `sweep` and `receptive-field` parse
 them the same way. The input's channels follow the model's ``in_channels`` option when it is given.
-A value is YAML (``0.1``, ``true``, ``[0.9, 0.99]``, ``{ratio: 4}``), read by :class:`YamlLoader`.
+A value is YAML (``0.1``, ``true``, ``[0.9, 0.99]``, ``{ratio: 4}``), read by ``keys.parse_value``.
 """
 
 from __future__ import annotations
 
-import re
-
-import yaml
-
 from cnnbench.building import check_memory
 from cnnbench.errors import CnnbenchError
+from cnnbench.keys import parse_assignments
 from cnnbench.registry import ModelInfo, check_options
 
 
@@ -60,44 +57,6 @@ def parse_input_size(text: str | None, info: ModelInfo,
         raise CnnbenchError(f"bad --input-size {text!r}: use CxHxW, HxW or one number "
                             "(e.g. 1x96x96 or 96x96)")
     return model_input_size(info, model_args, tuple(dims))
-
-
-class YamlLoader(yaml.SafeLoader):
-    """YAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does (PyYAML follows YAML 1.1,
-    where a float needs a dot: ``1e-3`` would be the string '1e-3')."""
-
-
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"), list("-+.0123456789"))
-
-
-def parse_value(text: str):
-    """One value as typed: YAML (``1e-3`` a float, ``true`` a bool); a string if not YAML;
-    nothing (``KEY=``) is None."""
-    if not text.strip():
-        return None
-    try:
-        return yaml.load(text, Loader=YamlLoader)
-    except yaml.YAMLError:
-        return text.strip()
-
-
-def parse_assignments(items: list[str] | None, option: str, example: str,
-                      read=None, form: str = "KEY=VALUE") -> dict:
-    """``KEY=VALUE`` strings -> a dict of :func:`parse_value` values (or ``read(text)``; ``-``
-    in a key reads ``_``); a key given twice is a one-line error, as the last would silently
-    win."""
-    result = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key.isidentifier():
-            raise CnnbenchError(f"bad {option} {item!r}: use {form}, e.g. {example}")
-        if key in result:
-            raise CnnbenchError(f"{option} gives {key} twice: give each key once")
-        result[key] = (read or parse_value)(value)
-    return result
 
 
 def parse_model_args(items: list[str] | None) -> dict:

@@ -6,14 +6,21 @@ A module that reads keys declares them in a list next to its code, e.g. ``traini
 
 :func:`declare` adds them to the trainer's table (a name declared twice is an error at import);
 a task declares its own keys in its class (``Task.options``, a tuple of :class:`Key`).
-``config.resolve`` gathers both, fills in the defaults and checks every value against its key,
+``recipe.resolve`` gathers both, fills in the defaults and checks every value against its key,
 so readers use ``config["lr"]`` and never repeat a default. To add a key: one ``Key(...)`` entry.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from cnnbench.errors import CnnbenchError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -52,3 +59,142 @@ def declare(*keys: Key) -> tuple[Key, ...]:
             raise ValueError(f"configuration key {name!r} is declared twice")
     TRAINER_KEYS.update(table(keys))
     return keys
+
+
+# -- values: YAML as typed (recipes, --set, --model-arg) and checked against their key --
+
+class YamlLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does (PyYAML follows YAML 1.1,
+    where a float needs a dot: ``1e-3`` would be the string '1e-3')."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"), list("-+.0123456789"))
+
+
+def parse_value(text: str):
+    """One value as typed: YAML (``1e-3`` a float, ``true`` a bool); a string if not YAML;
+    nothing (``KEY=``) is None."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.load(text, Loader=YamlLoader)
+    except yaml.YAMLError:
+        return text.strip()
+
+
+def parse_assignments(items: list[str] | None, option: str, example: str,
+                      read=None, form: str = "KEY=VALUE") -> dict:
+    """``KEY=VALUE`` strings -> a dict of :func:`parse_value` values (or ``read(text)``; ``-``
+    in a key reads ``_``); a key given twice is a one-line error, as the last would silently
+    win."""
+    result = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise CnnbenchError(f"bad {option} {item!r}: use {form}, e.g. {example}")
+        if key in result:
+            raise CnnbenchError(f"{option} gives {key} twice: give each key once")
+        result[key] = (read or parse_value)(value)
+    return result
+
+
+class UniqueKeyLoader(YamlLoader):
+    """YAML's safe loader (``1e-3`` a float), but a key given twice in one mapping is an error
+    (PyYAML keeps the last one silently, so a recipe could say ``lr`` twice and mean either)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+    except OSError as exc:
+        raise CnnbenchError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or ""
+        if problem.startswith("duplicate key"):
+            raise CnnbenchError(f"{path} gives {problem[10:]} twice{where}") from None
+        raise CnnbenchError(f"{path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CnnbenchError(f"{path} must hold a mapping of keys to values")
+    return data
+
+
+def check(key: str, value, keys: dict[str, Key], source: str = "config"):
+    """``value`` for ``key`` (one of ``keys``) converted to the key's type; a one-line error
+    otherwise."""
+    if key not in keys:
+        raise CnnbenchError(f"unknown key {key!r} in {source}{did_you_mean(key, keys)}")
+    spec = keys[key]
+    kind, choices = spec.type, spec.choices
+    if value is None or kind is None:
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+    elif kind is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    elif kind is list and isinstance(value, tuple):
+        value = list(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CnnbenchError(f"{key} must be {kind.__name__}, not {value!r} (in {source})")
+    if choices and value not in choices:
+        raise CnnbenchError(f"{key} must be one of {', '.join(choices)}, not {value!r}"
+                            f"{did_you_mean(str(value), choices)}")
+    if spec.bounds:
+        _check_bounds(key, value, spec.default, spec.bounds, source)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise CnnbenchError(f"{key} must be a finite number, not {value} (in {source})")
+    return value
+
+
+def parse_interval(text: str) -> tuple[float, float, bool, bool]:
+    """``"[0, 1)"`` -> (0.0, 1.0, low included, high included)."""
+    lo, hi = (float(v) for v in text[1:-1].split(","))
+    return lo, hi, text[0] == "[", text[-1] == "]"
+
+
+def _check_bounds(key: str, value, default, interval: str, source: str) -> None:
+    items = value if isinstance(value, list) else [value]
+    if isinstance(default, list) and len(value) != len(default):
+        raise CnnbenchError(f"{key} must hold {len(default)} numbers, not {value!r} (in {source})")
+    lo, hi, lo_in, hi_in = parse_interval(interval)
+    for item in items:
+        ok = (isinstance(item, (int, float)) and not isinstance(item, bool)
+              and math.isfinite(item) and (lo <= item if lo_in else lo < item)
+              and (item <= hi if hi_in else item < hi))
+        if not ok:
+            lo_text = f"{lo:g}"
+            rule = (f"{'>=' if lo_in else '>'} {lo_text}" if math.isinf(hi)
+                    else f"in {interval}")
+            each = " (each)" if isinstance(value, list) else ""
+            raise CnnbenchError(f"{key} must be {rule}{each}, not {value!r} (in {source})")
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` strings -> a dict (values are YAML: 0.1, 1e-3, true, [0.9, 0.99])."""
+    return parse_assignments(items, "--set", "label_smoothing=0.1")
+
+
+def dump(config: dict, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -150,7 +150,7 @@ PREDICTORS: dict[str, Predictor] = {
 def load_model(config: dict, state: dict, device: torch.device):
     """``(task, model in eval mode on device)`` from a run's configuration and checkpoint."""
     from cnnbench.building import build
-    from cnnbench.registry import get_model_info
+    from cnnbench.models import get_model_info
     from cnnbench.tasks.base import get_task, stored_context
 
     task_cls = get_task(config["task"])
@@ -224,7 +224,7 @@ def predict_stream(run: str | Path, images: list[str], checkpoint: str = "best",
     """``(what is predicted, the rows one file at a time)``: everything is checked here (the
     run, the options, every file's header) before the first row; the files are then read and
     predicted ``batch_size`` at a time, so memory does not grow with their number."""
-    from cnnbench import config as cfg
+    from cnnbench import recipe as cfg
     from cnnbench.devices import resolve_device
 
     run, config, state = open_run(run, checkpoint)

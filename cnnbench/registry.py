@@ -4,26 +4,38 @@ In the style of torchvision's ``register_model``/``get_model`` with timm-like de
 with the name, so ``summary``, ``bench``, ``train`` and ``receptive-field`` need no per-model code.
 A builder's own keyword defaults are the single source of its ``in_channels`` and ``num_classes``.
 ``torchvision:<name>`` builds a torchvision model with random weights, or with ``weights=NAME``
-(``DEFAULT``, ``IMAGENET1K_V1``...) loaded from the torch hub cache (``training/transfer.py``).
+(``DEFAULT``, ``IMAGENET1K_V1``...) loaded from the torch hub cache (``checkpoints.py``).
+
+The families register themselves when ``cnnbench.models`` is imported; that package is where
+callers look models up (``from cnnbench.models import get_model_info``), so that this table
+stays below every model, task and command.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
-import pkgutil
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-import cnnbench.models  # the package only: its modules register themselves when loaded
+from cnnbench.checkpoints import load_torchvision_weights, torchvision_weights
 from cnnbench.errors import CnnbenchError, did_you_mean
-from cnnbench.tasks import TASKS as TASK_TABLE
 
-TASKS = tuple(TASK_TABLE)  # the one task list: cnnbench/tasks/__init__.py
+# The one task list: a task name (the ``task`` each model carries) -> the class that trains it,
+# as ``module:Class``, imported only when a run needs it (``tasks.base.get_task``: a
+# classification run does not pay for the detection code). ``feature-extraction`` models have no
+# trainer task. To add a task: a module in ``cnnbench/tasks/`` and one line here.
+TASKS: dict[str, str | None] = {
+    "classification": "cnnbench.tasks.classification:Classification",
+    "segmentation": "cnnbench.tasks.segmentation:Segmentation",
+    "detection": "cnnbench.tasks.detection:Detection",
+    "single-object": "cnnbench.tasks.single_object:SingleObject",
+    "multi-label": "cnnbench.tasks.multi_label:MultiLabel",
+    "feature-extraction": None,
+}
 
 # Options that would fetch weights from the internet (torchvision's, and its older spelling).
 WEIGHTS_OPTIONS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
@@ -46,7 +58,6 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
-_loaded = False
 
 
 def register_model(name: str, *, task: str, image_size: tuple[int, int], source: str,
@@ -78,18 +89,14 @@ def register_model(name: str, *, task: str, image_size: tuple[int, int], source:
     return wrap
 
 
-def _load_families() -> None:
-    """Import every module of ``cnnbench.models``: each registers its family on import."""
-    global _loaded
-    if not _loaded:
-        for module in pkgutil.iter_modules(cnnbench.models.__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"cnnbench.models.{module.name}")
-        _loaded = True
+def _loaded() -> None:
+    if not _REGISTRY:
+        raise RuntimeError("no model is registered: import cnnbench.models, whose families "
+                           "register themselves, and look models up there")
 
 
 def list_models(task: str | None = None) -> list[str]:
-    _load_families()
+    _loaded()
     return [n for n, info in _REGISTRY.items() if task is None or info.task == task]
 
 
@@ -100,7 +107,7 @@ def get_model_info(name: str) -> ModelInfo:
     """Metadata for a registered name or ``torchvision:<name>``."""
     if name.startswith(TORCHVISION_PREFIX):
         return _torchvision_info(name[len(TORCHVISION_PREFIX):])
-    _load_families()
+    _loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -212,16 +219,12 @@ def _torchvision_info(tv_name: str) -> ModelInfo:
         # Nothing may be downloaded, not even a backbone's: weights=NAME comes from the cache.
         weights = options.pop("weights", None)
         if weights:
-            from cnnbench.training.transfer import torchvision_weights
-
             torchvision_weights(tv_name, weights)  # a wrong name: one line, before building
         options["weights"] = None
         if "weights_backbone" in accepts:
             options.setdefault("weights_backbone", None)
         model = tvm.get_model(tv_name, **options)
         if weights:
-            from cnnbench.training.transfer import load_torchvision_weights
-
             load_torchvision_weights(model, tv_name, weights)
         return model
 
@@ -235,7 +238,7 @@ def model_rows(task: str | None = None) -> list[dict]:
     if task is not None and task not in TASKS:
         raise CnnbenchError(f"unknown task {task!r}{did_you_mean(task, TASKS)}")
     rows = []
-    for name in sorted(list_models(task), key=lambda n: (TASKS.index(_REGISTRY[n].task), n)):
+    for name in sorted(list_models(task), key=lambda n: (list(TASKS).index(_REGISTRY[n].task), n)):
         info = _REGISTRY[name]
         with torch.device("meta"):
             params = sum(p.numel() for p in info.builder().parameters())

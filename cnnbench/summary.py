@@ -387,7 +387,7 @@ def summarize(name: str, input_size=None, *, batch_size: int = 1, depth: int = 3
     Layers get the keys of ``columns`` beyond the default ones (``input_shape``, ``kernel_size``,
     ``params_percent``, ``receptive_field`` and ``stride``), and ``weights`` with ``verbose``.
     """
-    from cnnbench.registry import get_model_info
+    from cnnbench.models import get_model_info
 
     sizes = _sizes(input_size or get_model_info(name).input_size)
     columns = parse_columns(",".join(columns)) if not isinstance(columns, str) else \

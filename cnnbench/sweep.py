@@ -36,10 +36,12 @@ from pathlib import Path
 
 import yaml
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
+from cnnbench import train
 from cnnbench.errors import CnnbenchError
-from cnnbench.inputs import parse_assignments, parse_value
-from cnnbench.training.runs import (claim_run_dir, list_runs, lock_holder, lock_run,
+from cnnbench.keys import parse_assignments, parse_value
+from cnnbench.runs import list_runs
+from cnnbench.training.runs import (claim_run_dir, lock_holder, lock_run,
                                     new_run_dir, release_run, resolve_mode, write_atomic)
 
 PLAN = "sweep.yaml"
@@ -181,7 +183,8 @@ def make_plan(s: dict) -> tuple[dict, list[dict]]:
 
 
 def _check_model_args(config: dict) -> None:
-    from cnnbench.registry import check_options, get_model_info
+    from cnnbench.models import get_model_info
+    from cnnbench.registry import check_options
 
     check_options(get_model_info(config["model"]), config["model_args"])
 
@@ -342,12 +345,10 @@ def train_one(plan: dict, entry: dict, run_dir: Path, state: str, reporter=None,
               callbacks=(), extra: dict | None = None) -> dict | None:
     """One run of the sweep through the library: resumed from its checkpoint, or trained
     afresh in its folder (``extra``: settings of this execution, e.g. ``threads``)."""
-    from cnnbench.training import build
-
     if state == "resume":
-        return build.resume(run_dir, None, reporter, callbacks)
+        return train.resume(run_dir, None, reporter, callbacks)
     _clear_failed_start(run_dir)
-    return build.train(plan["model"], plan["config"],
+    return train.train(plan["model"], plan["config"],
                        {**plan["fixed"], **entry["overrides"], **(extra or {})},
                        run_dir=run_dir, reporter=reporter, callbacks=callbacks)
 

@@ -49,7 +49,7 @@ def fashion_dir(fmnist_dir):
 @pytest.fixture(scope="session")
 def lenet_256(tmp_path_factory, fashion_dir):
     """A one-epoch LeNet run on 256 Fashion-MNIST images (export, predict)."""
-    from cnnbench.training.build import train
+    from cnnbench.train import train
 
     root = tmp_path_factory.mktemp("lenet256")
     (root / "none.yaml").write_text("")

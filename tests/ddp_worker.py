@@ -30,7 +30,7 @@ import torch
 
 from cnnbench import cli
 from cnnbench.training import distributed
-from cnnbench.training.build import resume_trainer
+from cnnbench.train import resume_trainer
 from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback
 

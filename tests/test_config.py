@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
+from cnnbench import keys
+from cnnbench.keys import parse_set
 from cnnbench.errors import CnnbenchError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -65,7 +67,7 @@ def test_values_of_the_wrong_type_or_choice_are_rejected(tmp_path):
 
 
 def test_set_values_are_read_as_yaml_scalars():
-    assert cfg.parse_set(["lr=0.1", "hflip=true", "betas=[0.9, 0.99]", "data=/x"]) == {
+    assert parse_set(["lr=0.1", "hflip=true", "betas=[0.9, 0.99]", "data=/x"]) == {
         "lr": 0.1, "hflip": True, "betas": [0.9, 0.99], "data": "/x"}
 
 
@@ -93,13 +95,13 @@ def test_our_recipe_keeps_the_architecture_and_ten_epochs(model):
 def test_set_and_model_arg_read_values_with_one_yaml_parser():
     from cnnbench.inputs import parse_model_args
 
-    assert cfg.parse_set(["x=1e-3", "y=-2E+2", "z=1e3x", "w="]) == {
+    assert parse_set(["x=1e-3", "y=-2E+2", "z=1e3x", "w="]) == {
         "x": 0.001, "y": -200.0, "z": "1e3x", "w": None}  # PyYAML alone reads '1e-3', a string
     assert parse_model_args(["flag=true", "ratio=4", "name=abc", "sizes=[1, 2]",
                              "rate=5e-2"]) == {"flag": True, "ratio": 4, "name": "abc",
                                                "sizes": [1, 2], "rate": 0.05}
     with pytest.raises(CnnbenchError, match="--set gives lr twice"):
-        cfg.parse_set(["lr=0.1", "lr=0.2"])
+        parse_set(["lr=0.1", "lr=0.2"])
     with pytest.raises(CnnbenchError, match="bad --model-arg 'ratio'"):
         parse_model_args(["ratio"])
 
@@ -138,30 +140,30 @@ def test_repeatable_options_and_values_that_look_like_options_are_not_repeats():
 
 
 def test_the_train_request_rules_live_in_the_library(tmp_path):
-    from cnnbench.training import build
+    from cnnbench import train
 
-    config = build.run("lenet", None, {"lr": 1e-3}, dry_run=True)
+    config = train.run("lenet", None, {"lr": 1e-3}, dry_run=True)
     assert config["lr"] == 0.001 and config["model"] == "lenet"
     for kwargs, message in [(dict(dry_run=True, resume_dir="r"), "does not take --resume"),
                             (dict(model="lenet", resume_dir="r"), "takes the model and config"),
                             (dict(resume_dir="r", run_dir="d"), "does not take --run-dir")]:
         with pytest.raises(CnnbenchError, match=message):
-            build.run(**kwargs)
+            train.run(**kwargs)
     assert not list(tmp_path.iterdir())
 
 
 # --- the key declarations (keys.Key beside the code that reads them) ---
 
 def test_every_key_has_help_and_a_default_of_its_type():
-    from cnnbench.tasks import TASKS
+    from cnnbench.registry import TASKS
     from cnnbench.tasks.base import get_task
-    keys = [*cfg.trainer_keys().values()]
-    keys += [k for name, path in TASKS.items() if path for k in get_task(name).options]
-    assert len(keys) > 60
-    for key in keys:
+    declared = [*cfg.trainer_keys().values()]
+    declared += [k for name, path in TASKS.items() if path for k in get_task(name).options]
+    assert len(declared) > 60
+    for key in declared:
         assert key.help, key.name
         if key.default is not None and key.type is not None:
-            assert cfg.check(key.name, key.default, {key.name: key}) == key.default, key.name
+            assert keys.check(key.name, key.default, {key.name: key}) == key.default, key.name
 
 
 def test_declaring_a_key_twice_is_an_error_at_import():

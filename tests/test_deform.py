@@ -138,7 +138,7 @@ def test_zero_initialised_deformconv2d_is_a_plain_convolution():
 
 
 def test_deformconv2d_and_resnet18_dcn_run_on_our_op(monkeypatch):
-    from cnnbench.registry import get_model
+    from cnnbench.models import get_model
 
     def refuse(*args, **kwargs):
         raise AssertionError("torchvision's op was called")
@@ -150,7 +150,7 @@ def test_deformconv2d_and_resnet18_dcn_run_on_our_op(monkeypatch):
 
 
 def test_offset_branch_group_gets_lr_times_offset_lr_mult():
-    from cnnbench.registry import get_model
+    from cnnbench.models import get_model
 
     from cnnbench.training.optimizers import param_groups
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.errors import CnnbenchError
 from cnnbench.training.build import build_trainer
 

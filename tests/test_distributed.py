@@ -17,7 +17,8 @@ from cnnbench import cli
 from cnnbench.checkpoints import load_checkpoint
 from cnnbench.errors import CnnbenchError
 from cnnbench.training import distributed
-from cnnbench.training.build import build_trainer, resume, train
+from cnnbench.training.build import build_trainer
+from cnnbench.train import resume, train
 from cnnbench.training.runs import LOCK, read_metrics
 
 TESTS = Path(__file__).parent

@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.checkpoints import load_checkpoint
 from cnnbench.data.fashion_mnist import CLASS_NAMES
 from cnnbench.evaluate import FlipTTA, class_scores, evaluate
 from cnnbench.predict import predict
-from cnnbench.training.build import build_trainer, resume_trainer, train
+from cnnbench.training.build import build_trainer
+from cnnbench.train import resume_trainer, train
 from cnnbench.training.loop import CancelFitException, Callback
 from cli_run import cli
 

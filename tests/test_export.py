@@ -15,7 +15,7 @@ from cnnbench.data import fashion_mnist as fm
 from cnnbench.errors import CnnbenchError
 from cnnbench.export import check_images, eager_outputs, export, open_exported, _load_run
 from cnnbench.tasks.classification import FMNIST_MEAN, FMNIST_STD
-from cnnbench.training.build import train
+from cnnbench.train import train
 from cli_run import cli
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.cli import app
 from cnnbench.errors import CnnbenchError
 from cnnbench.training import compiling, profiles, weight_init

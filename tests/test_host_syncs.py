@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.tasks.metrics import Meter
 from cnnbench.training.build import build_trainer
 from cnnbench.training.callbacks import EMA

@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.data import cifar10, imagefolder, images
 from cnnbench.data.sources import load_data, parse_data
 from cnnbench.errors import CnnbenchError
@@ -72,7 +72,7 @@ def test_a_tree_loads_exact_pixels_with_sorted_class_names(tmp_path):
 
 
 def test_own_images_are_normalised_with_their_own_channel_statistics(tmp_path, fmnist_dir):
-    from cnnbench.registry import get_model_info
+    from cnnbench.models import get_model_info
 
     write_tree(tmp_path / "tree")
     config = resolved(f"imagefolder:{tmp_path / 'tree'}")

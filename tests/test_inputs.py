@@ -14,7 +14,7 @@ from cnnbench import building, cli, registry
 from cnnbench.building import build, check_memory, largest_activation
 from cnnbench.errors import CnnbenchError
 from cnnbench.inputs import model_input_size, parse_input_size
-from cnnbench.registry import get_model_info
+from cnnbench.models import get_model_info
 
 GB = 10**9
 

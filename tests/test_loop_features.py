@@ -10,15 +10,17 @@ import pytest
 import torch
 import yaml
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.data import transforms as T
 from cnnbench.errors import CnnbenchError
-from cnnbench.training.build import build_trainer, resume, train
+from cnnbench.training.build import build_trainer
+from cnnbench.train import resume, train
 from cnnbench.training.interrupt import Interrupted
 from cnnbench.training.callbacks import EMA, EarlyStopping
 from cnnbench.training.loop import WHOLE, Callback, Micro, accumulation_plan
-from cnnbench.training.lr_find import lr_find, suggest
-from cnnbench.training.runs import list_runs
+from cnnbench.train import lr_find
+from cnnbench.training.lr_find import suggest
+from cnnbench.runs import list_runs
 
 from test_bad_inputs import cli, listing
 from test_runs import SignalAt, run

@@ -14,7 +14,8 @@ from torch import nn
 from cnnbench import registry
 from cnnbench.models.lenet import BatchNorm
 from cnnbench.models.resnet import resnet18_body
-from cnnbench.registry import get_model, get_model_info, list_models, register_model
+from cnnbench.models import get_model, get_model_info, list_models
+from cnnbench.registry import register_model
 
 
 def conv(cin, cout, k, bias=True):

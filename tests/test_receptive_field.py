@@ -13,7 +13,7 @@ from cnnbench.building import build
 from cnnbench.errors import CnnbenchError
 from cnnbench.rf.rules import RULES, identity, rule
 from cnnbench.rf.verify import Linearised
-from cnnbench.registry import get_model_info, list_models
+from cnnbench.models import get_model_info, list_models
 
 
 def by_name(result):

@@ -11,11 +11,12 @@ import torch
 
 from cnnbench import checkpoints, strict_json
 from cnnbench.errors import CnnbenchError
-from cnnbench.training.build import resume, train
+from cnnbench.train import resume, train
 from cnnbench.training.callbacks import NaNGuard
 from cnnbench.training.interrupt import Interrupted
 from cnnbench.training.loop import Callback
-from cnnbench.training.runs import claim_run_dir, list_runs, read_metrics, release_run
+from cnnbench.runs import list_runs
+from cnnbench.training.runs import claim_run_dir, read_metrics, release_run
 
 TIMING = {"epoch_seconds", "images_per_second"}
 
@@ -225,7 +226,7 @@ def test_release_leaves_others_locks_alone(tmp_path):
 
 def test_compare_shows_the_keys_that_differ_and_draws_the_curves(tmp_path, fmnist_dir):
     from cnnbench.plots import save_curves_png
-    from cnnbench.training.runs import compare_runs
+    from cnnbench.runs import compare_runs
 
     run(tmp_path, fmnist_dir, "slow", lr=0.01)
     run(tmp_path, fmnist_dir, "fast", lr=0.05, label_smoothing=0.0)
@@ -266,7 +267,7 @@ def test_runs_columns_add_configuration_keys(tmp_path, fmnist_dir, capsys):
 
 
 def test_a_sweep_folder_is_not_listed_as_a_run(tmp_path):
-    from cnnbench.training.runs import sweep_dirs
+    from cnnbench.runs import sweep_dirs
 
     (tmp_path / "sweep-lenet-1").mkdir()
     (tmp_path / "sweep-lenet-1" / "sweep.yaml").write_text("runs: []\n")

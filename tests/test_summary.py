@@ -10,7 +10,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cnnbench.cli import app
-from cnnbench.registry import get_model, get_model_info, list_models
+from cnnbench.models import get_model, get_model_info, list_models
 from cnnbench.errors import CnnbenchError
 from cnnbench.summary import parse_columns, summarize, summarize_module
 

@@ -14,7 +14,7 @@ import yaml
 
 from cnnbench import sweep
 from cnnbench.errors import CnnbenchError
-from cnnbench.training import build
+from cnnbench import train
 from cnnbench.training.interrupt import Interrupted
 from cnnbench.training.loop import Callback
 from cnnbench.training.runs import read_metrics
@@ -119,7 +119,7 @@ def test_a_rerun_skips_finished_runs_untouched_and_resumes_an_interrupted_one(
     sweep.release_run(folder)
     second = plan["runs"][1]
     with pytest.raises(Interrupted):  # the second run stopped mid-epoch, resumable
-        build.train("lenet", plan["config"], {**plan["fixed"], **second["overrides"]},
+        train.train("lenet", plan["config"], {**plan["fixed"], **second["overrides"]},
                     run_dir=folder / second["name"], callbacks=[SignalAt(3)])
     assert sweep.run_state(folder / second["name"]) == "resume"
 

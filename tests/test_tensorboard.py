@@ -8,10 +8,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.tasks.base import Context
 from cnnbench.tasks.classification import Classification, labelled_grid
-from cnnbench.training.build import build_trainer, resume_trainer, train
+from cnnbench.training.build import build_trainer
+from cnnbench.train import resume_trainer, train
 from cnnbench.training.callbacks import JSONLog, RunFolder, TensorBoard
 from cnnbench.training.loop import Callback, CancelFitException
 from cnnbench.training.runs import read_metrics

@@ -5,16 +5,18 @@ import pytest
 import torch
 import yaml
 
-from cnnbench import config as cfg
+from cnnbench import recipe as cfg
 from cnnbench.checkpoints import save_checkpoint
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError
-from cnnbench.registry import get_model_info, list_models
-from cnnbench.training.build import build_trainer, resume, resume_trainer, train
+from cnnbench.models import get_model_info, list_models
+from cnnbench.training.build import build_trainer
+from cnnbench.train import resume, resume_trainer, train
 from cnnbench.training.callbacks import Checkpoint
 from cnnbench.training.loop import Callback, CancelEpochException, CancelFitException
 from cnnbench.training.optimizers import OPTIMIZERS, build_optimizer, param_groups
-from cnnbench.training.runs import list_runs, new_run_dir, read_metrics, resolve_mode
+from cnnbench.runs import list_runs
+from cnnbench.training.runs import new_run_dir, read_metrics, resolve_mode
 from cnnbench.training.schedules import SCHEDULES, build_schedule, jump_to
 
 SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "lr"}

@@ -6,16 +6,16 @@ import json
 import pytest
 import torch
 
-from cnnbench import config as cfg
-from cnnbench.checkpoints import load_checkpoint
+from cnnbench import recipe as cfg
+from cnnbench.checkpoints import init_from, load_checkpoint, load_matching
 from cnnbench.errors import CnnbenchError
-from cnnbench.registry import get_model
-from cnnbench.training.build import build_trainer, resume, train
+from cnnbench.models import get_model
+from cnnbench.training.build import build_trainer
+from cnnbench.train import resume, train
 from cnnbench.training.loop import Callback
 from cnnbench.training.optimizers import build_optimizer, param_groups
 from cnnbench.training.schedules import SCHEDULES, build_schedule
-from cnnbench.training.transfer import (check_freeze, head_name, init_from, layer_groups,
-                                         load_matching, prepare)
+from cnnbench.training.transfer import check_freeze, head_name, layer_groups, prepare
 
 from test_bad_inputs import cli
 

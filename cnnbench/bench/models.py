@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cnnbench import config
+from cnnbench import recipe as config
 from cnnbench.bench.timing import (
     autocast, device_name, num_threads, available_cores, choose_threads, parse_precision,
     peak_memory_mb, time_call, time_phases)
@@ -23,7 +23,8 @@ from cnnbench.building import build, eval_mode
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError
 from cnnbench.inputs import parse_input_size
-from cnnbench.registry import TORCHVISION_PREFIX, get_model_info, list_models
+from cnnbench.models import get_model_info, list_models
+from cnnbench.registry import TORCHVISION_PREFIX
 from cnnbench.summary import summarize
 from cnnbench.training.optimizers import OPTIMIZERS, build_optimizer
 

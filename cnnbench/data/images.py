@@ -34,7 +34,7 @@ THREADS_FROM_BYTES = 64 * 1024  # mean file size from which decoding runs in thr
 
 def channel_request(config: dict) -> int | None:
     """The channels the images must have, or None when the data decide (1 if all are grey)."""
-    from cnnbench.registry import get_model_info
+    from cnnbench.models import get_model_info
 
     info = get_model_info(config["model"])
     wanted = (config.get("model_args") or {}).get("in_channels")
@@ -52,7 +52,7 @@ def channel_request(config: dict) -> int | None:
 
 
 def target_size(config: dict) -> tuple[int, int]:
-    from cnnbench.registry import get_model_info
+    from cnnbench.models import get_model_info
 
     size = config.get("input_size") or get_model_info(config["model"]).input_size
     return int(size[-2]), int(size[-1])
@@ -172,8 +172,9 @@ def progress(items: Iterable, total: int, label: str) -> Iterable:
 
 def _start_bar(total: int, label: str):
     """A started rich bar on stderr, or None when stderr is not a terminal."""
-    from cnnbench.render import err
+    from rich.console import Console
 
+    err = Console(stderr=True)
     if not err.is_terminal:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \

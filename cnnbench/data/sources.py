@@ -19,7 +19,7 @@ from pathlib import Path
 from cnnbench.data import cifar10, fashion_mnist, imagefolder, scenes, voc
 from cnnbench.data.dense_transforms import multi_hot
 from cnnbench.data.splits import DataBundle, Split, head, holdout
-from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.errors import CnnbenchError, did_you_mean, say
 from cnnbench.keys import Key, declare
 
 KEYS = declare(
@@ -81,8 +81,6 @@ def _imagefolder(path: str | None, config: dict, task) -> DataBundle:
     if not path:
         raise CnnbenchError(f"--data imagefolder needs the folder: imagefolder:PATH "
                             f"({imagefolder.LAYOUT})")
-    from cnnbench.training.interrupt import say  # a warning per skipped file, on stderr
-
     return imagefolder.load_bundle(path, config, say)
 
 

@@ -44,6 +44,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
+from cnnbench.ops.geometry import Geometry
+
 # Bytes of im2col columns per chunk: small enough to stay in a CPU's cache, big enough that
 # Python's per-chunk overhead stays negligible. On CUDA one chunk covers everything. The
 # backward recomputes the columns rather than keeping them from the forward: at batch 8, 64
@@ -71,7 +73,7 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     # reads; the scripted body is this one line, the rest is never compiled.
     if torch.jit.is_scripting():
         return _from_script(input, offset, weight, bias, stride, padding, dilation, mask)
-    geometry = _Geometry.of(input, offset, weight, stride, padding, dilation, mask)
+    geometry = Geometry.of(input, offset, weight, stride, padding, dilation, mask)
     # Tools that interpret a model op by op through a TorchFunctionMode (the receptive-field
     # tracer) see torchvision's single op; the numbers are the same. (On the meta device ours
     # runs, so FlopCounterMode counts the matrix product: a plain conv's FLOPs.)
@@ -105,44 +107,6 @@ def torchvision_deform_conv2d(input, offset, weight, bias=None, stride=1, paddin
 
     return tv_deform_conv2d(input, offset, weight, bias, stride=_pair(stride),
                             padding=_pair(padding), dilation=_pair(dilation), mask=mask)
-
-
-class _Geometry:
-    """Shapes and hyper-parameters of one call, checked once: a tensor of the wrong rank is a
-    ValueError, sizes that do not fit a RuntimeError (the exception types of torchvision's
-    op, so that code catching those keeps working)."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-    @classmethod
-    def of(cls, x, offset, weight, stride, padding, dilation, mask):
-        if x.dim() != 4 or offset.dim() != 4 or weight.dim() != 4:
-            raise ValueError("deform_conv2d expects 4-d input, offset and weight")
-        (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
-        b, c, h, w = x.shape
-        c_out, c_per_group, kh, kw = weight.shape
-        taps = kh * kw
-        if c % c_per_group or c_out % (c // c_per_group):
-            raise RuntimeError(f"weight {tuple(weight.shape)} does not fit {c} input channels")
-        if offset.shape[1] % (2 * taps) or offset.shape[1] == 0:
-            raise RuntimeError(f"offset has {offset.shape[1]} channels; expected a multiple of "
-                               f"2 * {kh} * {kw}")
-        offset_groups = offset.shape[1] // (2 * taps)
-        if c % offset_groups:
-            raise RuntimeError(f"{c} input channels do not split into {offset_groups} "
-                               "offset groups")
-        h_out = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-        w_out = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-        if tuple(offset.shape) != (b, 2 * offset_groups * taps, h_out, w_out):
-            raise RuntimeError(f"offset shape {tuple(offset.shape)} does not match the output "
-                               f"{h_out}x{w_out} of batch {b}")
-        if mask is not None and tuple(mask.shape) != (b, offset_groups * taps, h_out, w_out):
-            raise RuntimeError(f"mask shape {tuple(mask.shape)} does not match the offsets")
-        return cls(batch=b, channels=c, height=h, width=w, c_out=c_out, kh=kh, kw=kw,
-                   taps=taps, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw),
-                   offset_groups=offset_groups, weight_groups=c // c_per_group,
-                   h_out=h_out, w_out=w_out)
 
 
 # --- ours -------------------------------------------------------------------------------------

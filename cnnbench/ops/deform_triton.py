@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch.nn.modules.utils import _pair
 
-from cnnbench.ops.deform import _Geometry
+from cnnbench.ops.geometry import Geometry
 
 # Indices are int32 inside the kernels.
 MAX_ELEMENTS = 2**31 - 1
@@ -633,7 +633,7 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     validates the shapes (:func:`cnnbench.ops.deform.deform_conv2d` has done it already).
     """
     if check:
-        _Geometry.of(input, offset, weight, stride, padding, dilation, mask)
+        Geometry.of(input, offset, weight, stride, padding, dilation, mask)
     dtype = input.dtype
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"the Triton deform_conv2d takes float32, bfloat16 or float16, "

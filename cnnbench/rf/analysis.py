@@ -11,7 +11,7 @@ from torch import nn
 from cnnbench.building import eval_mode
 from cnnbench.capture import on_first_device, tensors
 from cnnbench.errors import CnnbenchError, did_you_mean
-from cnnbench.registry import get_model_info
+from cnnbench.models import get_model_info
 from cnnbench.rf.field import Field, clip
 from cnnbench.rf.rules import DEFORMABLE_NOTE
 from cnnbench.rf.trace import Row, Tracer

@@ -20,7 +20,7 @@ import torch
 from cnnbench.data.splits import DataBundle, Targets
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.keys import Key, table
-from cnnbench.tasks import TASKS
+from cnnbench.registry import TASKS
 from cnnbench.tasks.metrics import Metric
 
 

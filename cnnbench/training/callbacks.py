@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from cnnbench import config as cfg
+from cnnbench.keys import dump
 from cnnbench.building import eval_mode
 from cnnbench.checkpoints import load_checkpoint, save_checkpoint
 from cnnbench.errors import CnnbenchError
@@ -60,7 +60,7 @@ class RunFolder(Callback):
 
     def before_fit(self, trainer: Trainer) -> None:
         run_dir(trainer).mkdir(parents=True, exist_ok=True)
-        cfg.dump(trainer.config, trainer.run_dir / "config.yaml")
+        dump(trainer.config, trainer.run_dir / "config.yaml")
 
     def after_fit(self, trainer: Trainer) -> None:
         if trainer.results is not None:

@@ -38,7 +38,6 @@ import logging
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -46,7 +45,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils._pytree import tree_map_only
 
-from cnnbench import config as cfg
 from cnnbench.data.splits import Split
 from cnnbench.errors import LAUNCHER_ERRORS, CnnbenchError, reported
 from cnnbench.keys import Key, declare
@@ -56,7 +54,6 @@ from cnnbench.training.callbacks import EMA, EarlyStopping, NaNGuard
 from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, EpochStats, Trainer, batch_starts
 from cnnbench.training.rng import rng_states, set_rng_states
-from cnnbench.training.runs import check_run_dir
 from cnnbench.training.schedules import jump_to
 
 # No buffer broadcast inside forward: a forward then needs no other process, so rank 0 alone can
@@ -353,21 +350,6 @@ def without_nproc(argv: list[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             rest.append(arg)
     return rest
-
-
-def launch_train(nproc: int, argv: list[str], model: str | None, config_file: str | None,
-                 overrides: dict, run_dir: str | None = None, resume: str | None = None) -> int:
-    """``cnnbench train ... --nproc N``: check the options here (one line, no folder, no
-    process), then run the command without ``--nproc`` in N processes."""
-    if resume:
-        saved = Path(resume) / "config.yaml"
-        config = {**(cfg.read_yaml(saved) if saved.is_file() else {}), **overrides}
-    else:
-        config = cfg.resolve(model, config_file, overrides)
-        if run_dir:
-            check_run_dir(run_dir)
-    check_launch(nproc, config)
-    return launch(nproc, without_nproc(argv))
 
 
 def launch(nproc: int, argv: list[str], target: tuple[str, ...] = ("-m", "cnnbench")) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import signal
-import sys
 import threading
 
 import torch
@@ -141,6 +140,3 @@ def _memory_advice(trainer: Trainer, what: str) -> str:
             f"or --input-size")
 
 
-def say(message: str) -> None:
-    """One line on stderr (the CLI's stdout may carry --json)."""
-    sys.stderr.write(message + "\n")

@@ -23,13 +23,12 @@ is 0.0123, the steepest descent 0.138.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import torch
 
-from cnnbench import config as cfg
 from cnnbench.errors import CnnbenchError
+from cnnbench.training.build import build_trainer
 from cnnbench.training.loop import Trainer, accumulation_plan
 
 BETA = 0.98  # smoothing of the step losses
@@ -38,19 +37,21 @@ SKIP = 0.1  # the first part of the sweep not searched for the steepest descent 
 VALLEY_TAIL = 5  # the last steps valley leaves out, as fastai's lr_find does
 
 
-def lr_find(model: str | None = None, config_file: str | os.PathLike | None = None,
-            overrides: dict | None = None, start: float = 1e-7, end: float = 10.0,
-            steps: int = 100) -> dict:
-    """Sweep the learning rate over real training steps; the curve and the suggestion."""
-    from cnnbench.training.build import build_trainer
+# The sweep is the schedule: a constant one underneath, so nothing else moves the lr.
+UNDERNEATH = {"schedule": "constant", "warmup_epochs": 0.0}
 
+
+def check_range(start: float, end: float, steps: int) -> None:
     if not (0 < start < end and math.isfinite(end)):
         raise CnnbenchError(f"lr-find needs 0 < --start < --end, not {start:g} and {end:g}")
     if steps < 5:
         raise CnnbenchError(f"lr-find needs --steps >= 5, not {steps}")
-    # The sweep is the schedule: a constant one underneath, so nothing else moves the lr.
-    config = cfg.resolve(model, config_file, {**(overrides or {}), "schedule": "constant",
-                                              "warmup_epochs": 0.0})
+
+
+def lr_find(config: dict, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> dict:
+    """Sweep the learning rate over real training steps of the resolved ``config`` (with
+    :data:`UNDERNEATH`); the curve and the suggestion."""
+    check_range(start, end, steps)
     trainer = build_trainer(config, callbacks=[])
     growth = (end / start) ** (1 / (steps - 1))
     trainer.schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -167,9 +167,22 @@ def default_out(run: Path, checkpoint: str, fmt: str) -> Path:
     return run / "export" / f"{checkpoint}{suffix}"
 
 
+def need_onnx() -> None:
+    """ONNX files need the ``export`` extra: one line saying so when it is missing."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CnnbenchError(f"ONNX needs {', '.join(missing)}: pip install 'cnnbench[export]' "
+                            "(or use --format torchscript)")
+
+
 def _check_request(fmt: str, input_dtype: str, out: str | Path | None) -> None:
     if fmt not in FORMATS:
         raise CnnbenchError(f"--format must be {' or '.join(FORMATS)}, not {fmt!r}")
+    if fmt == "onnx":
+        need_onnx()
     if input_dtype not in INPUT_DTYPES:
         raise CnnbenchError(f"--input-dtype must be {' or '.join(INPUT_DTYPES)}, "
                             f"not {input_dtype!r}")
@@ -266,6 +279,7 @@ def open_exported(path: str | Path, threads: int | None = None) -> ExportedFile:
     if not path.is_file():
         raise CnnbenchError(f"no exported model file {path}")
     if path.suffix == ".onnx":
+        need_onnx()
         return _open_onnx(path, threads)
     if path.suffix == ".pt":
         return _open_torchscript(path)

@@ -156,12 +156,13 @@ def test_bad_export_request_is_one_line_exit_2_and_writes_nothing(case, lenet_ru
 
 def test_bench_times_the_file_beside_eager_pytorch(lenet_run, tmp_path, capsys):
     export(lenet_run, "onnx", out=tmp_path / "lenet.onnx")
-    assert cli(["bench", tmp_path / "lenet.onnx", "-b", "1,3", "--min-run-time", "0.01",
+    assert cli(["bench", tmp_path / "lenet.onnx", "-b", "1,3", "--min-run-time", "0.01", "--threads", "1",
                 "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [(r["runtime"], r["infer_batch_size"]) for r in result["rows"]] == [
         ("onnxruntime (CPU provider)", 1), ("eager", 1),
         ("onnxruntime (CPU provider)", 3), ("eager", 3)]
+    assert result["threads"] == 1 and "1 threads" in result["device_name"]  # every runtime
     for r in result["rows"]:
         assert r["infer_input_size"] == [1, 28, 28] and r["infer_step_time"] > 0
         expected = 1.0 if r["runtime"] == "eager" else None

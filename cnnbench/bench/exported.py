@@ -64,14 +64,14 @@ def bench_exported(path: str | os.PathLike, *, batch_sizes=(1, 8, 32), min_run_t
         raise CnnbenchError("--min-run-time must be positive")
     n_threads, threads_source = choose_threads(threads)
     notes: list[str] = []
+    exported = open_exported(path, threads=n_threads)
+    meta = exported.meta
+    if "input" not in meta:
+        raise CnnbenchError(f"{path} was not written by `cnnbench export` (no cnnbench "
+                            "metadata): its input is unknown")
+    # Loaded before the threads are set: opening a run sets its training's thread count.
+    runners = {RUNTIME_NAMES[exported.format]: exported, **_pytorch_runners(meta, compile, notes)}
     with num_threads(n_threads):
-        exported = open_exported(path, threads=n_threads)
-        meta = exported.meta
-        if "input" not in meta:
-            raise CnnbenchError(f"{path} was not written by `cnnbench export` (no cnnbench "
-                                "metadata): its input is unknown")
-        runners = {RUNTIME_NAMES[exported.format]: exported,
-                   **_pytorch_runners(meta, compile, notes)}
         rows = []
         for batch in batch_sizes:
             x = _example(meta, batch)

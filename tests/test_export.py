@@ -156,8 +156,8 @@ def test_bad_export_request_is_one_line_exit_2_and_writes_nothing(case, lenet_ru
 
 def test_bench_times_the_file_beside_eager_pytorch(lenet_run, tmp_path, capsys):
     export(lenet_run, "onnx", out=tmp_path / "lenet.onnx")
-    assert cli(["bench", tmp_path / "lenet.onnx", "-b", "1,3", "--min-run-time", "0.01", "--threads", "1",
-                "--json"]) == 0
+    assert cli(["bench", tmp_path / "lenet.onnx", "-b", "1,3", "--min-run-time", "0.01",
+                "--threads", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [(r["runtime"], r["infer_batch_size"]) for r in result["rows"]] == [
         ("onnxruntime (CPU provider)", 1), ("eager", 1),

@@ -262,7 +262,7 @@ def predict_stream(run: str | Path, images: list[str], checkpoint: str = "best",
     return about, rows
 
 
-def _rows(task, model, predictor, files, config, device, top, folder, batch_size):
+def _rows(task, model, predictor, files, config, device, top, folder, batch_size, about):
     channels, size = int(config["input_size"][0]), tuple(config["input_size"][-2:])
     taken: set = set()
     if folder is not None:

@@ -162,7 +162,7 @@ def test_bench_times_the_file_beside_eager_pytorch(lenet_run, tmp_path, capsys):
     assert [(r["runtime"], r["infer_batch_size"]) for r in result["rows"]] == [
         ("onnxruntime (CPU provider)", 1), ("eager", 1),
         ("onnxruntime (CPU provider)", 3), ("eager", 3)]
-    assert result["threads"] == 1 and "1 threads" in result["device_name"]  # every runtime
+    assert result["threads"] == 1 and "(1 thread" in result["device_name"]  # every runtime
     for r in result["rows"]:
         assert r["infer_input_size"] == [1, 28, 28] and r["infer_step_time"] > 0
         expected = 1.0 if r["runtime"] == "eager" else None

@@ -48,7 +48,7 @@ def open_run(run: str | Path, checkpoint: str = "best") -> tuple[Path, dict, dic
     if not (run / "config.yaml").is_file():
         raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
     stored = cfg.read_yaml(run / "config.yaml")
-    config = {**cfg.defaults(stored.get("task")), **stored}
+    config = cfg.stored(stored)
     state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")
     if not config["threads"] and state.get("threads"):
         torch.set_num_threads(state["threads"])  # as many as in training: the same sums, bitwise

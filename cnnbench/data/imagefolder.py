@@ -77,6 +77,10 @@ def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], lis
         if unknown:
             raise CnnbenchError(f"{folder} has class folder {unknown[0]!r}, which "
                                 f"{folder.parent / 'train'} lacks: the classes are train/'s")
+    odd = next((n for n in names if not n.isprintable()), None)  # a newline, undecodable bytes
+    if odd is not None:
+        raise CnnbenchError(f"class folder {odd!r} in {folder} is not a printable name (it would "
+                            f"label tables and pictures): rename it")
     classes = classes or names
     files, labels = [], []
     for name in names:
@@ -89,9 +93,18 @@ def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], lis
     return classes, files, torch.tensor(labels, dtype=torch.int64)
 
 
-def _image_files(folder: str) -> list[tuple[str, int, int]]:
+def _image_files(folder: str, seen: set | None = None) -> list[tuple[str, int, int]]:
     """``(path, size, mtime in ns)`` of the image files under ``folder``: its own files by name,
-    then each sub-folder's the same way, by name. Hidden files and folders are skipped."""
+    then each sub-folder's the same way, by name. Hidden files and folders are skipped, and so
+    is a folder already read (a link back up the tree would loop)."""
+    try:
+        st = os.stat(folder)
+    except OSError as exc:
+        raise CnnbenchError(f"cannot read {folder}: {exc.strerror}") from None
+    seen = set() if seen is None else seen
+    if (st.st_dev, st.st_ino) in seen:
+        return []
+    seen.add((st.st_dev, st.st_ino))
     files, folders = [], []
     with os.scandir(folder) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
@@ -103,7 +116,7 @@ def _image_files(folder: str) -> list[tuple[str, int, int]]:
                 st = entry.stat()  # the cache key notices an edited file by these
                 files.append((entry.path, st.st_size, st.st_mtime_ns))
     for sub in folders:
-        files += _image_files(sub)
+        files += _image_files(sub, seen)
     return files
 
 

@@ -184,6 +184,7 @@ class Trainer:
         self.callbacks: list[Callback] = []
         self.add_callbacks(*callbacks)
         self.epoch = 0  # epochs completed
+        self.row: dict | None = None  # the last completed epoch's metrics (metrics.jsonl's row)
         self.batch = 0  # steps done in the running epoch
         self.epoch_shuffle: torch.Tensor | None = None  # the shuffle's state when it began
         self.resume_position: dict | None = None  # from a mid-epoch checkpoint (position())
@@ -371,7 +372,7 @@ class Trainer:
         row.update({f"val_{k}": v for k, v in val_metrics.items()})
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_second"] = stats.images / stats.seconds if stats.seconds > 0 else 0.0
-        self.epoch = epoch
+        self.epoch, self.row = epoch, row  # callbacks add to the row before it is checkpointed
         self._event("after_epoch", row)
         return row
 
@@ -425,6 +426,7 @@ class Trainer:
             "schedule": {"step_count": self.schedule.last_epoch, "base_lrs": self.base_lrs},
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "row": self.row,  # a resume writes it back if the log lost it (runs.reconcile_metrics)
             "started": self.started,
             "rng": rng_states(self.device, self.shuffle),
             "threads": torch.get_num_threads(),  # a resume uses as many: bitwise the same sums
@@ -454,7 +456,7 @@ class Trainer:
         jump_to(self.schedule, int(state["schedule"]["step_count"]))
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
+        self.epoch, self.row = int(state["epoch"]), state.get("row")
         self.started = state.get("started", self.started)
         set_rng_states(state["rng"], self.device, self.shuffle)
         self.resume_position = state.get("position")

@@ -409,12 +409,14 @@ def eval_report(result: dict, top_losses: int = 8) -> None:
     worst = result.get("top_losses", [])[:top_losses]
     if worst:
         table = Table(title="Top losses", title_justify="left")
-        for col in ("image", "actual", "predicted", "loss", "p(actual)"):
+        named = "file" in worst[0]  # images read from files: the file, not only the index
+        for col in ("image", *(("file",) if named else ()), "actual", "predicted", "loss",
+                    "p(actual)"):
             table.add_column(col, justify="right" if col in ("image", "loss", "p(actual)")
-                             else "left", no_wrap=True)
+                             else "left", no_wrap=col != "file")
         for w in worst:
-            table.add_row(str(w["index"]), w["actual"], w["predicted"], f"{w['loss']:.3f}",
-                          f"{w['probability']:.3f}")
+            table.add_row(str(w["index"]), *((w["file"],) if named else ()), w["actual"],
+                          w["predicted"], f"{w['loss']:.3f}", f"{w['probability']:.3f}")
         out.print(table)
     for name, path in result["pictures"].items():
         out.print(f"{name.replace('_', ' ')}: {path}", soft_wrap=True)

@@ -28,7 +28,8 @@ from cnnbench.training.runs import (check_run_dir, check_writable, claim_run_dir
 # Keys that may change when a run is resumed; the rest would not fit the checkpoint.
 RESUMABLE_KEYS = {"epochs", "device", "amp", "compile", "log_graph", "log_images", "data",
                   "eval_batch_size", "log_every_steps", "log_histograms",
-                  "sync_batchnorm", "patience", "min_delta"}
+                  "sync_batchnorm", "patience", "min_delta",
+                  "data_mode", "data_budget_gb", "workers", "prefetch"}
 
 def check_request(model: str | None = None, config_file: str | os.PathLike | None = None,
                   run_dir: str | os.PathLike | None = None,

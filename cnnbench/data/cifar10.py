@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cnnbench.data import cache, images
-from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError, shown
 
 FOLDER = "cifar-10-batches-py"
@@ -134,7 +134,7 @@ def load_bundle(path: str | os.PathLike, config: dict) -> DataBundle:
     names = class_names(folder)
     train, val = holdout(Split(*read_split(folder, TRAIN_BATCHES)), val_size)
     test = Split(*read_split(folder, (TEST_BATCH,)))
-    splits = {"train": head(train, limit), "val": head(val, limit), "test": head(test, limit)}
+    splits = {s: sample(p, limit) for s, p in (("train", train), ("val", val), ("test", test))}
     if channels != 3 or size != (SIDE, SIDE):
         entry = entry_path = None
         if limit is None:  # the whole set takes seconds to fit: cached

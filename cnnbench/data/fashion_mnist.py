@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -115,10 +115,12 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None,
 def load_bundle(data_dir: str | os.PathLike | None = None, val_size: int = 5000,
                 limit: int | None = None) -> DataBundle:
     """Train/val/test splits: val is a fixed hold-out of the training set, test the official
-    10,000; ``limit`` keeps at most that many images of each split (for quick runs and tests)."""
+    10,000; ``limit`` keeps a stratified sample of at most that many images of each split (for quick
+    runs and tests)."""
     folder = find_dir(data_dir)
     full = Split(*load_split("train", folder, strict_count=limit is None))
     test = Split(*load_split("test", folder, strict_count=limit is None))
     train, val = holdout(full, val_size)
-    return DataBundle(head(train, limit), head(val, limit), head(test, limit), list(CLASS_NAMES),
+    return DataBundle(sample(train, limit), sample(val, limit), sample(test, limit),
+                      list(CLASS_NAMES),
                       info={"source": str(folder), "val_size": len(val)})

@@ -8,8 +8,9 @@ continues it on stderr and raises :class:`Interrupted` (exit code 130 for SIGINT
 SIGTERM). ``--resume`` then continues the same epoch at the next step, bitwise as if it had not
 stopped (on the CPU). A second Ctrl-C stops at once (KeyboardInterrupt).
 
-:func:`resource_errors` turns out-of-memory and a full disk into one line naming what to reduce;
-checkpoints are written atomically and the log after them, so the folder stays resumable.
+:func:`resource_errors` turns out-of-memory and a full disk into one line naming what to reduce,
+and a DataLoader worker that died (``data_mode: stream``) into a clean stop that ``--resume``
+continues; checkpoints are written atomically and the log after them, so the folder stays resumable.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 import torch
 
 from cnnbench.checkpoints import save_checkpoint
+from cnnbench.data.stream import WorkerDied
 from cnnbench.errors import CnnbenchError
 from cnnbench.training.loop import Callback, Step, Trainer
 
@@ -117,6 +119,8 @@ def resource_errors(trainer: Trainer):
     reduce. Checkpoints are atomic and written before the log, so the folder stays usable."""
     try:
         yield
+    except WorkerDied as exc:
+        raise CnnbenchError(_worker_died(trainer, str(exc))) from None
     except torch.OutOfMemoryError:
         raise CnnbenchError(_memory_advice(trainer, f"out of memory on {trainer.device}")) \
             from None
@@ -132,6 +136,26 @@ def resource_errors(trainer: Trainer):
         raise CnnbenchError(f"no space left on the disk{where}: free some space, or give "
                             f"another --run-dir; the last checkpoint is kept, so --resume "
                             f"{trainer.run_dir} continues") from None
+
+
+def _worker_died(trainer: Trainer, reason: str) -> str:
+    """After a DataLoader worker died (``data_mode: stream``): a mid-epoch checkpoint at the
+    last whole optimizer step, as Ctrl-C writes, so that ``--resume`` continues there."""
+    where = "the last checkpoint is kept"
+    steps = trainer.batch // trainer.accumulate
+    in_epoch = trainer.meter is not None and trainer.epoch_shuffle is not None
+    if (trainer.run_dir is not None and in_epoch and trainer.batch % trainer.accumulate == 0
+            and 0 < steps < trainer.steps_per_epoch() and trainer.world == 1
+            and all(torch.isfinite(p).all() for p in trainer.model.parameters())):
+        state = trainer.state_dict()
+        state["position"] = trainer.position()
+        save_checkpoint(state, trainer.run_dir / "checkpoints" / "last.pt")
+        where = (f"checkpoint written in epoch {trainer.epoch + 1} after step {steps} of "
+                 f"{trainer.steps_per_epoch()}")
+    resume = f"; continue with: cnnbench train --resume {trainer.run_dir}" \
+        if trainer.run_dir is not None and (trainer.run_dir / "checkpoints" / "last.pt").is_file() \
+        else ""
+    return f"a data-loading worker stopped ({reason}): {where}{resume}"
 
 
 def _memory_advice(trainer: Trainer, what: str) -> str:

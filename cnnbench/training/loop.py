@@ -300,12 +300,11 @@ class Trainer:
         seen, lr = 0, self.lr
         step_loss, step_images = None, 0  # over the running optimizer step's batches
         t0 = time.perf_counter()
+        # A mid-epoch resume starts at an optimizer step's first batch.
+        batches = split.batches(perm, starts[start:], bs, seed=(self.config["seed"], epoch))
         try:
-            for i, s in enumerate(starts):
-                if i < start:  # a mid-epoch resume starts at an optimizer step's first batch
-                    continue
+            for i, (images, targets) in zip(range(start, len(starts)), batches):
                 lr = self.lr
-                images, targets = split.take(perm[s:s + bs])
                 micro = plan[i]
                 output, y, loss = self.train_step(images, targets, micro)
                 self.meter.update(output, y, loss, images.shape[0])
@@ -327,8 +326,8 @@ class Trainer:
         """Metrics of the model in eval mode on ``split``; with ``collect``, the outputs too."""
         meter, collected = Meter(self.task.metrics(), train=False), []
         with eval_mode(self.model):
-            for s in range(0, len(split), self.eval_batch_size):
-                images, targets = split.take(slice(s, s + self.eval_batch_size))
+            starts = range(0, len(split), self.eval_batch_size)
+            for images, targets in split.batches(None, starts, self.eval_batch_size):
                 # A CUDA graph is captured for one shape: the last, smaller batch runs eagerly.
                 eager = self.drop_last and images.shape[0] < self.eval_batch_size
                 output, y, loss = self.forward_loss(images, targets, train=False, eager=eager)
@@ -359,6 +358,7 @@ class Trainer:
         except CancelFitException:
             pass
         finally:
+            self.train_split.close()  # a stream's persistent workers
             self._event("after_fit")
         return self.results
 

@@ -90,17 +90,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 # -- weights into a model: by name and shape (init_from, torchvision weights) --
 
-def weights_file(path: str | os.PathLike) -> Path:
-    """The file ``path`` names: itself, or a run folder's ``best.pt`` (else ``last.pt``)."""
+CHECKPOINT_NAMES = ("best", "last")  # a run folder's checkpoints/NAME.pt
+
+
+def weights_file(path: str | os.PathLike, checkpoint: str | None = None,
+                 what: str = "init_from") -> Path:
+    """The file ``path`` names: itself, or a run folder's ``checkpoints/{checkpoint}.pt``
+    (``checkpoint`` None: ``best.pt``, else ``last.pt``). ``what`` starts the error lines."""
+    if checkpoint is not None and checkpoint not in CHECKPOINT_NAMES:
+        raise CnnbenchError(f"--checkpoint must be {' or '.join(CHECKPOINT_NAMES)}, not "
+                            f"{checkpoint!r}")
     path = Path(path).expanduser()
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise CnnbenchError(f"init_from: {path} is a folder without checkpoints/best.pt or "
+        names = [checkpoint] if checkpoint else CHECKPOINT_NAMES
+        for name in names:
+            if (path / "checkpoints" / f"{name}.pt").is_file():
+                return path / "checkpoints" / f"{name}.pt"
+        if checkpoint:
+            raise CnnbenchError(f"no checkpoint at {path / 'checkpoints' / f'{checkpoint}.pt'}")
+        raise CnnbenchError(f"{what}: {path} is a folder without checkpoints/best.pt or "
                             "last.pt (give a cnnbench run folder or a weights file)")
     if not path.is_file():
-        raise CnnbenchError(f"init_from: no file or run folder at {path}")
+        raise CnnbenchError(f"{what}: no file or run folder at {path}")
     return path
 
 

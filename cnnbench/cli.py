@@ -494,7 +494,7 @@ CHECKPOINT_HELP = "best (the monitor's choice) or last (the last epoch's)."
 
 @app.command("eval")
 def eval_(
-    run: str = typer.Argument(..., help="A run folder (runs/MODEL-TIME)."),
+    run: str = typer.Argument(..., help="A run folder (runs/MODEL-TIME) or a checkpoint file."),
     checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP),
     data: Optional[str] = typer.Option(None, "--data", help="Other data (as `train --data`); "
                                        "default: the run's."),
@@ -504,6 +504,8 @@ def eval_(
                                          "(default: the run's)."),
     tta: bool = typer.Option(False, "--tta", help="Average the class probabilities of each "
                              "image and its mirror image (classification, segmentation)."),
+    ema: bool = typer.Option(False, "--ema", help="The checkpoint's model EMA instead of the "
+                             "model (runs trained with ema)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for the pictures "
                                       "(default: RUN/eval)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -518,7 +520,8 @@ def eval_(
     from cnnbench import render
     from cnnbench.evaluate import evaluate
 
-    result = evaluate(run, checkpoint, data=data, limit=limit, device=device, tta=tta, out=out)
+    result = evaluate(run, checkpoint, data=data, limit=limit, device=device, tta=tta, out=out,
+                      ema=ema)
     render.print_json(result) if as_json else render.eval_report(result)
 
 

@@ -1,11 +1,12 @@
 """`cnnbench eval`: a run's checkpoint on its test split (or other data), with pictures.
 
-The trainer is rebuilt from the run's ``config.yaml`` and the checkpoint (``build_trainer`` with
-that checkpoint, as a resume does), and ``Trainer.evaluate`` measures the test split: the same
-data, batches, device and code as the test pass at the end of training, so on ``best.pt`` the
-figures equal ``results.json``'s. What each task adds is one entry of ``VIEWS``: its per-class
-table, its confusion matrix (if it has one) and its pictures, written to ``RUN/eval/`` (or
-``--out``). Nothing else in the run folder changes.
+The checkpoint's task and model come from the one inference loader (``inference.load``: no
+optimizer, no schedule, so ``--limit`` and ``--data`` may give data of any size), and the
+trainer's own evaluation (``inference.evaluator``) measures the test split: the same data,
+batches, device and code as the test pass at the end of training, so on ``best.pt`` the figures
+equal ``results.json``'s (``--ema``: its ``test_ema_*``). What each task adds is one entry of
+``VIEWS``: its per-class table, its confusion matrix (if it has one) and its pictures, written
+to ``RUN/eval/`` (or ``--out``). Nothing else in the run folder changes.
 
 ``--tta`` (test-time augmentation, classification and segmentation): every image is scored
 twice, as it is and mirrored left-right (the mirrored output flipped back for masks), and the
@@ -24,36 +25,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils._pytree import tree_leaves
 
-from cnnbench import recipe as cfg
-from cnnbench.checkpoints import load_checkpoint
+from cnnbench import inference
 from cnnbench.errors import CnnbenchError
 from cnnbench.tasks.metrics import confusion_matrix, f1_per_class
 
-CHECKPOINTS = ("best", "last")
 PICTURES = 8  # images drawn in a predictions grid
 TOP_LOSSES = 16  # images in the top-losses grid (fastai's plot_top_losses)
 
 
 # -- the run --
-
-def open_run(run: str | Path, checkpoint: str = "best") -> tuple[Path, dict, dict]:
-    """``(folder, config, checkpoint state)``: the configuration from ``config.yaml`` (keys added
-    since the run take their defaults) and ``checkpoints/{best,last}.pt``; every problem is a
-    one-line error."""
-    if checkpoint not in CHECKPOINTS:
-        raise CnnbenchError(f"--checkpoint must be {' or '.join(CHECKPOINTS)}, not {checkpoint!r}")
-    run = Path(run)
-    if not run.is_dir():
-        raise CnnbenchError(f"no run folder {run}")
-    if not (run / "config.yaml").is_file():
-        raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
-    stored = cfg.read_yaml(run / "config.yaml")
-    config = cfg.stored(stored)
-    state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")
-    if not config["threads"] and state.get("threads"):
-        torch.set_num_threads(state["threads"])  # as many as in training: the same sums, bitwise
-    return run, config, state
-
 
 def output_folder(run: Path, out: str | Path | None) -> Path:
     """``out`` or ``RUN/eval``, checked writable (nothing is made yet)."""
@@ -253,26 +233,25 @@ VIEWS: dict[str, View] = {
 
 def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
              limit: int | None = None, device: str | None = None, tta: bool = False,
-             out: str | Path | None = None) -> dict:
-    """The test metrics of a run's checkpoint, its per-class table and confusion matrix, and
-    pictures (confusion matrix, top losses, predictions against the truth) written to ``out``
-    (default ``RUN/eval``). ``data``/``limit``/``device`` replace the run's own."""
-    run, config, state = open_run(run, checkpoint)
-    view = VIEWS.get(config.get("task"))
+             out: str | Path | None = None, ema: bool = False) -> dict:
+    """The test metrics of a run's checkpoint (``ema``: of its model EMA), its per-class table
+    and confusion matrix, and pictures (confusion matrix, top losses, predictions against the
+    truth) written to ``out`` (default ``RUN/eval``). ``data``/``limit``/``device`` replace the
+    run's own."""
+    weights = "ema" if ema else "model"
+    overrides = inference.check_overrides({"data": data, "limit": limit, "device": device})
+    opened = inference.open_checkpoint(run, checkpoint)
+    task_name = opened.config.get("task")
+    view = VIEWS.get(task_name)
     if view is None:
-        raise CnnbenchError(f"{run} trained a {config.get('task')} task: eval knows "
-                            f"{', '.join(VIEWS)}")
+        raise CnnbenchError(f"{run} trained a {task_name} task: eval knows {', '.join(VIEWS)}")
     if tta and view.unflip is None:
         raise CnnbenchError(f"--tta is for {', '.join(k for k, v in VIEWS.items() if v.unflip)} "
-                            f"runs, not {config['task']}")
-    for key, value in (("data", data), ("limit", limit), ("device", device)):
-        if value is not None:
-            config[key] = cfg.check(key, value, source="command line")
+                            f"runs, not {task_name}")
+    run = opened.run or opened.file.parent
     folder = output_folder(run, out)
-
-    from cnnbench.training.build import build_trainer
-
-    trainer = build_trainer(config, callbacks=[], checkpoint=state)
+    loaded = inference.restore(opened, weights, overrides)
+    trainer = inference.evaluator(loaded)
     split = trainer.test_split
     if not len(split):
         raise CnnbenchError("the test split is empty (check --limit and --data)")
@@ -286,9 +265,9 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
     axis = ["background", *names] if view.background else names
     rows = view.rows(task, report, confusion, axis)
     result = {
-        "run": str(run), "model": config["model"], "task": task.name,
-        "checkpoint": checkpoint, "epoch": int(state["epoch"]),
-        "data": config.get("data"), "images": len(split), "tta": tta,
+        "run": str(run), "model": loaded.config["model"], "task": task.name,
+        "checkpoint": checkpoint, "weights": weights, "epoch": loaded.epoch,
+        "data": loaded.config.get("data"), "images": len(split), "tta": tta,
         "metrics": metrics,
         "per_class": rows,
         "per_class_note": view.note(rows) if view.note else None,
@@ -319,5 +298,6 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
 
 def _title(result: dict, what: str) -> str:
     tta = ", TTA" if result["tta"] else ""
+    tta += ", EMA" if result["weights"] == "ema" else ""
     return (f"{Path(result['run']).name} ({result['model']}), {result['checkpoint']}.pt of "
             f"epoch {result['epoch']}{tta}: {what} ({result['images']:,} test images)")

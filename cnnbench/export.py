@@ -75,13 +75,13 @@ class RunModel:
 
 
 def _load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
-    """The model, its weights, class names and normalisation of a run's checkpoint."""
-    from cnnbench.evaluate import open_run
-    from cnnbench.predict import load_model
+    """The model, its weights, class names and normalisation of a run's checkpoint (the one
+    inference loader, on the CPU)."""
+    from cnnbench import inference
 
-    folder, config, state = open_run(run, checkpoint)
-    task, model = load_model(config, state, torch.device("cpu"))
-    return RunModel(folder, checkpoint, int(state["epoch"]), config, task, model)
+    loaded = inference.load(run, checkpoint, overrides={"device": "cpu"})
+    return RunModel(loaded.run or loaded.source.parent, checkpoint, loaded.epoch, loaded.config,
+                    loaded.task, loaded.model)
 
 
 # -- the exported module: pixels in, the task's output out --

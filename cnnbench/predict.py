@@ -2,9 +2,10 @@
 
 Each file is read with Pillow and made what the training images were: grey or colour as the
 model's input channels, resized (bilinear) to the run's input size, uint8; the task's
-``prepare`` then normalises it exactly as in training. The checkpoint holds the class names and
-the normalisation (``Context``), so no data set is loaded (a checkpoint older than that loads
-the run's data once to find them). What a task reports and draws is one entry of
+``prepare`` then normalises it exactly as in training. The task and the model come from the
+one inference loader (``inference``): the checkpoint holds the class names and the
+normalisation (``Context``), so no data set is loaded (a checkpoint older than that loads the
+run's data once to find them). What a task reports and draws is one entry of
 ``PREDICTORS``: the top classes, the boxes, or the share of the image each class covers.
 
 Folders give their image files (recursively, sorted). Every file's header is checked before any
@@ -22,8 +23,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from cnnbench import inference
 from cnnbench.errors import CnnbenchError
-from cnnbench.evaluate import open_run, output_folder
+from cnnbench.evaluate import output_folder
 
 
 def read_image(path: str | Path, channels: int,
@@ -156,30 +158,6 @@ PREDICTORS: dict[str, Predictor] = {
 }
 
 
-def load_model(config: dict, state: dict, device: torch.device):
-    """``(task, model in eval mode on device)`` from a run's configuration and checkpoint."""
-    from cnnbench.building import build
-    from cnnbench.models import get_model_info
-    from cnnbench.tasks.base import get_task, stored_context
-
-    task_cls = get_task(config["task"])
-    context = stored_context(state)
-    if context is None:  # a checkpoint from before checkpoints held their context
-        from cnnbench.data.sources import load_data
-
-        context = task_cls.setup(config, load_data(config, task_cls),
-                                 get_model_info(config["model"]))
-    model, _ = build(config["model"], {**context.model_args, **config["model_args"]},
-                     in_channels=config["input_size"][0])
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120]
-        raise CnnbenchError(f"the checkpoint does not fit {config['model']} ({reason})") \
-            from None
-    return task_cls(config, context), model.to(device).eval()
-
-
 BATCH_SIZE = 64  # files read and predicted at a time: memory stays flat in the number of files
 
 
@@ -233,10 +211,9 @@ def predict_stream(run: str | Path, images: list[str], checkpoint: str = "best",
     """``(what is predicted, the rows one file at a time)``: everything is checked here (the
     run, the options, every file's header) before the first row; the files are then read and
     predicted ``batch_size`` at a time, so memory does not grow with their number."""
-    from cnnbench import recipe as cfg
-    from cnnbench.devices import resolve_device
-
-    run, config, state = open_run(run, checkpoint)
+    overrides = inference.check_overrides({"device": device})
+    opened = inference.open_checkpoint(run, checkpoint)
+    run, config = opened.run or opened.file.parent, opened.config
     predictor = PREDICTORS.get(config.get("task"))
     if predictor is None:
         raise CnnbenchError(f"{run} trained a {config.get('task')} task: predict knows "
@@ -248,13 +225,11 @@ def predict_stream(run: str | Path, images: list[str], checkpoint: str = "best",
     if batch_size < 1:
         raise CnnbenchError(f"--batch-size must be at least 1, not {batch_size}")
     folder = output_folder(run, out) if out else None
-    if device is not None:
-        config["device"] = cfg.check("device", device, source="command line")
     files = image_files(images)
     for path in files:  # every file, before any work
         check_readable(path)
-    device = resolve_device(config["device"])
-    task, model = load_model(config, state, device)
+    loaded = inference.restore(opened, overrides=overrides)
+    task, model, device, config = loaded.task, loaded.model, loaded.device, loaded.config
     about = {"run": str(run), "model": config["model"], "task": config["task"],
              "checkpoint": checkpoint, "files": len(files), "top": top}
     rows = _rows(task, model, predictor, files, config, device, top, folder, batch_size,

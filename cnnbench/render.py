@@ -379,8 +379,9 @@ def _stat_cell(value) -> str:
 def eval_report(result: dict, top_losses: int = 8) -> None:
     """`cnnbench eval RUN`: metrics, per-class table, confusion matrix, top losses, pictures."""
     tta = ", flip TTA" if result["tta"] else ""
+    ema = " (its model EMA)" if result.get("weights") == "ema" else ""
     out.print(f"{result['run']} ({result['model']}, {result['task']}): "
-              f"{result['checkpoint']}.pt of epoch {result['epoch']} on {result['images']:,} "
+              f"{result['checkpoint']}.pt{ema} of epoch {result['epoch']} on {result['images']:,} "
               f"test images{tta}", soft_wrap=True)
     out.print("  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()))
     rows = result["per_class"]

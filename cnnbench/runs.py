@@ -17,8 +17,8 @@ from cnnbench.errors import CnnbenchError, did_you_mean, shown
 from cnnbench.keys import read_yaml
 from cnnbench.registry import TASKS
 from cnnbench.tasks.base import get_task
-from cnnbench.training.runs import (LOCK, PROVENANCE, lock_holder, read_environment, read_metrics,
-                                    resolve_mode)
+from cnnbench.training.runs import (LOCK, PROVENANCE, lock_holder, monitor_name,
+                                    read_environment, read_metrics, resolve_mode)
 
 
 def list_runs(root: str | os.PathLike = "runs", columns: list[str] | None = None) -> list[dict]:
@@ -51,7 +51,8 @@ def run_row(folder: Path, columns: list[str] = ()) -> dict:
     except CnnbenchError as exc:
         damage = str(exc).replace(str(folder) + "/", "")
     status = _status(folder, metrics, results, damage)
-    monitor = results.get("monitor") or config.get("monitor") or _monitor(config.get("task"))
+    monitor = monitor_name(results.get("monitor") or config.get("monitor")
+                           or _monitor(config.get("task")))
     best = min if resolve_mode(config.get("mode"), monitor) == "min" else max
     vals = [r[f"val_{monitor}"] for r in metrics if r.get(f"val_{monitor}") is not None]
     return {

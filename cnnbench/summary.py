@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from cnnbench.building import build
+from cnnbench.building import build, eval_mode
 from cnnbench.capture import hook_modules, on_first_device, tensors, type_name
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
@@ -573,7 +573,10 @@ def _tabulate(model: nn.Module, xs: list[torch.Tensor], trace: Trace, depth: int
     trainable = count(p for p in params if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     x = xs[0]
-    notes = model.summary_notes(x) if hasattr(model, "summary_notes") else []
+    notes = []
+    if hasattr(model, "summary_notes"):  # a pass of its own: in eval mode (a batch of 1 at a
+        with torch.no_grad(), eval_mode(model):  # 1x1 map breaks training-mode batch norm)
+            notes = model.summary_notes(x)
     notes += _pruning_note(model, counts)
     opaque = _inside_script(model)
     scripts = [n or "the model" for n in ["", *order]

@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from cnnbench.training.build import build_trainer
 from cnnbench.train import resume_trainer, train
 from cnnbench.training.loop import CancelFitException, Callback
 from cli_run import cli
+from idx_files import write_fashion_mnist
 from readable import assert_readable, words
 
 TINY = dict(limit=96, val_size=16, batch_size=16, epochs=3, optimizer="sgd", lr=0.05,
@@ -279,6 +281,8 @@ BAD = {  # id: (argv, a fragment of the one line)
     "corrupt checkpoint": (["eval", "{root}/truncated"], "truncated or damaged"),
     "checkpoint foo": (["eval", "{run}", "--checkpoint", "foo"], "best or last, not 'foo'"),
     "out under a file": (["eval", "{run}", "--out", "{root}/afile/x"], "is a file"),
+    "ema of a run without": (["eval", "{run}", "--ema", "--out", "{root}/e"],
+                             "holds no ema weights (it has model)"),
     "predict not an image": (["predict", "{run}", "{root}/words.png", "--out", "{root}/d"],
                              "not an image Pillow can read"),
     "predict no file": (["predict", "{run}", "{root}/missing.png"], "no image file"),
@@ -299,3 +303,40 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, bad_world, lenet_
     assert code == 2, err
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert listing(bad_world) == before and listing(run) == in_run
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SCHEDULES = sorted({cfg.resolve(config_file=path, overrides={"device": "cpu"})["schedule"]
+                    for path in EXPERIMENTS.glob("*.yaml")})
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_eval_limit_and_other_data_work_on_every_recipe_schedule(schedule, tmp_path, fmnist_dir,
+                                                                  capsys):
+    """The one-cycle bug: eval rebuilt the optimizer and schedule for the new data size and
+    restored the old schedule's state (``Tried to step 6 times``); inference builds neither."""
+    (tmp_path / "none.yaml").write_text("")
+    results = train("lenet", config_file=tmp_path / "none.yaml",
+                    overrides={**TINY, "epochs": 1, "schedule": schedule,
+                               "data": str(fmnist_dir)}, run_dir=tmp_path / "run")
+    capsys.readouterr()
+    assert cli(["eval", tmp_path / "run", "--limit", "8", "--json", "--out", tmp_path / "a"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 8
+    write_fashion_mnist(tmp_path / "other", n_train=40, n_test=12)  # other data, fewer steps
+    assert cli(["eval", tmp_path / "run", "--data", tmp_path / "other", "--json", "--out",
+                tmp_path / "b"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 12
+    whole = evaluate(tmp_path / "run", out=tmp_path / "c")  # and still the run's own figures
+    assert whole["metrics"]["loss"] == results["test_loss"]
+
+
+def test_the_erf_of_a_run_folder_is_that_of_its_checkpoints_weights(lenet_run, tmp_path):
+    from cnnbench import rf
+
+    run, _ = lenet_run
+    torch.save(load_checkpoint(run / "checkpoints" / "best.pt")["model"], tmp_path / "bare.pt")
+    kwargs = dict(samples=2, data="random")
+    loaded = rf.effective_field("lenet", checkpoint=str(run), **kwargs)
+    bare = rf.effective_field("lenet", checkpoint=str(tmp_path / "bare.pt"), **kwargs)
+    untrained = rf.effective_field("lenet", **kwargs)
+    assert loaded["heat"] == bare["heat"] != untrained["heat"]

@@ -343,3 +343,60 @@ def test_fp16_on_the_cpu_is_one_line_and_leaves_nothing(fmnist_dir, tmp_path, mo
     err = capsys.readouterr().err
     assert code == 2 and err == "error: amp fp16 does not run on cpu: use --amp bf16 or none\n"
     assert not list(tmp_path.iterdir())
+
+
+# -- the model EMA as a model like the others: best.pt may follow it, its test is best.pt's --
+
+class EpochTwoLooksBest(Callback):
+    """Makes the model's own validation accuracy best in epoch 2 and worst after (runs before
+    ``Checkpoint``), so that only an EMA monitor can pick another epoch."""
+
+    order = 35
+
+    def after_epoch(self, trainer, row):
+        row["val_acc"] = 1.0 if row["epoch"] == 2 else 0.0
+
+
+@pytest.mark.parametrize("monitor", ["val_ema_acc", "ema_loss"])
+def test_best_pt_can_follow_an_ema_metric(monitor, tmp_path, fmnist_dir):
+    results = train("lenet", os.devnull, overrides(fmnist_dir, ema=0.5, epochs=3,
+                                                    monitor=monitor),
+                    run_dir=tmp_path / "run", callbacks=[EpochTwoLooksBest()])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    name = monitor.removeprefix("val_")
+    scores = [r[f"val_{name}"] for r in rows]
+    best = (max if name.endswith("acc") else min)(scores)
+    assert results["monitor"] == name and results[f"best_val_{name}"] == best
+    assert results["best_epoch"] == scores.index(best) + 1 == results["test_epoch"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert state["epoch"] == results["best_epoch"] and state["best"] == best
+
+
+def test_an_ema_monitor_without_ema_is_one_line_before_any_folder(tmp_path, fmnist_dir):
+    with pytest.raises(CnnbenchError, match="follows the model EMA: set its decay"):
+        train("lenet", os.devnull, overrides(fmnist_dir, monitor="ema_acc"),
+              run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+class FirstEpochBest(Callback):
+    order = 35
+
+    def after_epoch(self, trainer, row):
+        row["val_acc"] = 1.0 if row["epoch"] == 1 else 0.0
+
+
+def test_the_ema_test_figures_are_those_of_the_checkpoint_tested(tmp_path, fmnist_dir):
+    from cnnbench.evaluate import evaluate
+
+    results = train("lenet", os.devnull, overrides(fmnist_dir, ema=0.5, epochs=3),
+                    run_dir=tmp_path / "run", callbacks=[FirstEpochBest()])
+    assert (results["test_checkpoint"], results["test_epoch"]) == ("best", 1)
+    best = evaluate(tmp_path / "run", "best", ema=True, out=tmp_path / "b")
+    last = evaluate(tmp_path / "run", "last", ema=True, out=tmp_path / "l")
+    tested = {k[9:]: v for k, v in results.items() if k.startswith("test_ema_")}
+    assert best["weights"] == "ema" and best["epoch"] == 1
+    assert best["metrics"] == tested  # bitwise: best.pt's EMA, not the last epoch's
+    assert last["metrics"]["loss"] != tested["loss"]
+    model = evaluate(tmp_path / "run", "best", out=tmp_path / "m")
+    assert model["metrics"]["loss"] == results["test_loss"] != tested["loss"]

@@ -4,14 +4,16 @@ network's centre unit, averaged over inputs, beside the theoretical field."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cnnbench import inference
 from cnnbench.building import build
 from cnnbench.capture import capture
-from cnnbench.checkpoints import read_checkpoint
+from cnnbench.checkpoints import read_checkpoint, state_dict_of
 from cnnbench.errors import CnnbenchError
 from cnnbench.rf.analysis import analyse, pick
 from cnnbench.rf.field import clip, num
@@ -20,17 +22,32 @@ MASS_FRACTIONS = (0.5, 0.9, 0.99)
 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
-    """Load a bare state dict or the trainer's ``{"model": state_dict, ...}``."""
-    state = read_checkpoint(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise CnnbenchError(f"{path} holds no state dict (a dict of tensors, or one under 'model')")
+    """Load a bare state dict or the trainer's ``{"model": state_dict, ...}`` into ``model``,
+    every tensor (a cnnbench run's checkpoint goes through :func:`trained_model` instead)."""
+    state = state_dict_of(read_checkpoint(path), path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CnnbenchError(f"{path} does not fit this model: {first}") from None
+
+
+def trained_model(name: str, path: str, model_args: dict | None):
+    """``(model, its options, its input size)`` of a cnnbench run folder or checkpoint, through
+    the inference loader (its own classes and options, on the CPU); None for another file."""
+    if not Path(path).is_dir():
+        saved = read_checkpoint(path)
+        if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict)):
+            return None  # a bare state dict
+    loaded = inference.load(path, overrides={"device": "cpu"})
+    if loaded.config["model"] != name:
+        raise CnnbenchError(f"{path} holds a {loaded.config['model']}, not a {name}")
+    options = {**loaded.task.context.model_args, **loaded.config["model_args"]}
+    differ = [k for k, v in (model_args or {}).items() if options.get(k, v) != v]
+    if differ:
+        raise CnnbenchError(f"{path} was trained with {differ[0]}={options[differ[0]]}, not "
+                            f"{model_args[differ[0]]}: leave -m {differ[0]} out")
+    return loaded.model, options, loaded.input_size
 
 
 def _erf_inputs(source: str, n: int, size, seed: int) -> tuple[torch.Tensor, str]:
@@ -72,6 +89,9 @@ def effective_field(name: str, input_size=None, *, model_args: dict | None = Non
     """
     if samples < 1:
         raise CnnbenchError("--samples must be >= 1")
+    trained = trained_model(name, checkpoint, model_args) if checkpoint else None
+    if trained is not None:  # the run's own options; its input size unless one is given
+        model_args, input_size = trained[1], input_size or trained[2]
     a = analyse(name, input_size, model_args)
     if layer is None:
         maps = [r for r in a.rows if r.field.dims is not None]
@@ -83,10 +103,13 @@ def effective_field(name: str, input_size=None, *, model_args: dict | None = Non
         row = pick(a, layer)[0]
     if row.field.dims is None:
         raise CnnbenchError(f"layer {row.name} is flattened: no centre unit (pick a map layer)")
-    torch.manual_seed(seed)  # the same untrained weights on every run
-    model, _ = build(name, model_args, in_channels=a.size[0], device="cpu")
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
+    if trained is not None:
+        model = trained[0]
+    else:
+        torch.manual_seed(seed)  # the same untrained weights on every run
+        model, _ = build(name, model_args, in_channels=a.size[0], device="cpu")
+        if checkpoint:
+            load_checkpoint(model, checkpoint)
     model.eval()
     x, described = _erf_inputs(data, samples, a.size, seed)
     x.requires_grad_(True)

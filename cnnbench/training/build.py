@@ -5,6 +5,10 @@ device), the task's context, the model (seeded again, so the first weights do no
 the data were made; ``init:`` redraws them, then ``init_from:`` loads the matching tensors of a
 trained model), the optimizer (``lr_mult``: one rate per layer group) and its schedule, AMP, the
 callbacks (``freeze_epochs``) and, when resuming, every state from the checkpoint.
+
+For inference (``cnnbench/inference.py``), ``restore_model`` builds a checkpoint's model with
+its weights and no optimizer or schedule, and ``build_evaluator`` wraps it in a trainer that
+only evaluates.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 import os
 
 import torch
+from torch import nn
 
 from cnnbench.building import build, ensure_input_fits
 from cnnbench.checkpoints import weights_file
@@ -22,7 +27,7 @@ from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.keys import Key, declare
 from cnnbench.models import get_model_info
 from cnnbench.registry import USER_SOURCE
-from cnnbench.tasks.base import get_task, stored_context
+from cnnbench.tasks.base import Context, Task, get_task, stored_context
 from cnnbench.training import distributed, transfer
 from cnnbench.training.compiling import drop_last
 from cnnbench.training.weight_init import init_weights
@@ -31,8 +36,12 @@ from cnnbench.training.checks import check_classes, check_labels, check_same_cla
 from cnnbench.training.loop import Callback, Trainer, batch_starts
 from cnnbench.training.optimizers import build_optimizer, param_groups
 from cnnbench.training.rng import seed_everything
+from cnnbench.training.runs import monitor_name
 from cnnbench.training.schedules import build_schedule
 
+WEIGHTS = ("model", "ema")  # the weights a checkpoint may hold: the model's, its EMA's
+# Model options that load weights when the model is built; a checkpoint's model needs none.
+WEIGHT_OPTIONS = ("weights", "backbone_weights")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The autocast types each device runs: CPU autocast runs bf16; fp16 on the CPU has no fast
 # kernels and torch's GradScaler is made for CUDA, so it is refused rather than emulated.
@@ -90,18 +99,9 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     check_labels((data.train, data.val, data.test), context.num_classes)
     task = task_cls(c, context)
     task.streamed = data.info.get("data_mode") == "stream"
-    monitor = c["monitor"] or task_cls.monitor
-    _check_monitor(monitor, task)
+    monitor = check_monitor(c, task)
 
-    torch.manual_seed(c["seed"])  # the first weights do not depend on how data were made
-    model_args = {**context.model_args, **c["model_args"]}
-    model, _ = build(c["model"], model_args, in_channels=c["input_size"][0])
-    init_weights(model, c["init"])
-    channels_last = device.type == "cuda" and c["channels_last"]
-    model = model.to(device, memory_format=(
-        torch.channels_last if channels_last else torch.preserve_format))
-    ensure_input_fits(model, c["model"], tuple(c["input_size"]), model_args, device)
-    model = distributed.prepare_model(model, c, device)
+    model = distributed.prepare_model(build_model(c, context, device), c, device)
     # init_from, lr_mult and freeze_epochs, over the model's layer groups (transfer.py)
     groups, transfer_callbacks = transfer.prepare(model, c, resuming=checkpoint is not None,
                                                   context=context)
@@ -127,10 +127,85 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     return trainer
 
 
-def _check_monitor(monitor: str, task) -> None:
+def build_model(c: dict, context: Context, device: torch.device,
+                trained: bool = False) -> nn.Module:
+    """The configuration's model for ``context`` on ``device``, its input size checked. New:
+    first weights seeded (so they do not depend on how the data were made) and ``init:``
+    applied. ``trained``: the weights will come from a checkpoint, so neither is done, and the
+    options that load weights at build time (``WEIGHT_OPTIONS``) are left out."""
+    model_args = {**context.model_args, **c["model_args"]}
+    if trained:
+        model_args = {k: v for k, v in model_args.items() if k not in WEIGHT_OPTIONS}
+    else:
+        torch.manual_seed(c["seed"])
+    model, _ = build(c["model"], model_args, in_channels=c["input_size"][0])
+    if not trained:
+        init_weights(model, c["init"])
+    channels_last = device.type == "cuda" and c["channels_last"]
+    model = model.to(device, memory_format=(
+        torch.channels_last if channels_last else torch.preserve_format))
+    ensure_input_fits(model, c["model"], tuple(c["input_size"]), model_args, device)
+    return model
+
+
+# -- inference: a checkpoint's model, no optimizer, no schedule --
+
+def restore_model(c: dict, state: dict, device: torch.device,
+                  weights: str = "model") -> tuple[Task, nn.Module]:
+    """The task and the model of a checkpoint (``state``, written with configuration ``c``),
+    with its ``weights`` (``model``, or ``ema``: the model EMA's), in eval mode on ``device``.
+    The checkpoint's context gives the classes and the normalisation, so no data are loaded
+    (unless the checkpoint is older than that)."""
+    task_cls = get_task(c["task"])
+    context = stored_context(state)
+    if context is None:  # written before checkpoints held their context: ask the data
+        context = task_cls.setup(c, load_data(c, task_cls), get_model_info(c["model"]))
+    check_classes(context, c["model_args"])
+    if weights not in WEIGHTS or state.get(weights) is None:
+        held = [w for w in WEIGHTS if state.get(w) is not None]
+        raise CnnbenchError(f"the checkpoint holds no {weights} weights (it has "
+                            f"{', '.join(held) or 'none'})" + (
+                                "; train with --set ema=0.999 for EMA weights"
+                                if weights == "ema" else ""))
+    model = build_model(c, context, device, trained=True)
+    try:
+        model.load_state_dict(state[weights])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120]
+        raise CnnbenchError(f"the checkpoint does not fit {c['model']} ({reason})") from None
+    return task_cls(c, context), model.eval()
+
+
+def build_evaluator(c: dict, task: Task, model: nn.Module, device: torch.device) -> Trainer:
+    """A trainer without optimizer or schedule over the configuration's data (``data``,
+    ``limit``): ``evaluate`` and ``predict`` only. The data, batches, forward and device are
+    those of the test pass at the end of training, so on the same checkpoint and data the
+    figures are bitwise the same."""
+    amp = amp_dtype(c["amp"], device)
+    if c["threads"]:
+        torch.set_num_threads(c["threads"])
+    seed_everything(c["seed"])
+    data = load_data(c, type(task))
+    check_same_classes(task.context, data.class_names)
+    check_labels((data.train, data.val, data.test), task.context.num_classes)
+    task.streamed = data.info.get("data_mode") == "stream"
+    splits = tuple(s.to(device) for s in (data.train, data.val, data.test))
+    return Trainer(c, task, splits, model, None, None, device=device, amp_dtype=amp)
+
+
+def check_monitor(c: dict, task: Task) -> str:
+    """The metric that picks best.pt: ``monitor`` (see ``monitor_name``) or the task's; an EMA
+    metric (``ema_acc``) with ``ema`` set. Anything else is a one-line error."""
+    monitor = monitor_name(c["monitor"] or task.monitor)
     names = ["loss"]
     for key, metric in task.metrics().items():
         names += list(metric.names or (key,))
+    if monitor.startswith("ema_") and monitor[4:] in names and not c.get("ema"):
+        raise CnnbenchError(f"monitor {monitor!r} follows the model EMA: set its decay too "
+                            f"(--set ema=0.999)")
+    if c.get("ema"):
+        names += [f"ema_{name}" for name in names]
     if monitor not in names:
         raise CnnbenchError(f"monitor {monitor!r} is not a metric of the {task.name} task "
                             f"({', '.join(names)}){did_you_mean(monitor, names)}")
+    return monitor

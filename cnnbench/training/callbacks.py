@@ -346,8 +346,7 @@ class Checkpoint(Callback):
 
     def before_test(self, trainer: Trainer) -> None:
         if self.best_epoch and self.best_epoch != trainer.epoch:  # else: they are in place
-            state = load_checkpoint(run_dir(trainer) / "checkpoints" / "best.pt")
-            trainer.model.load_state_dict(state["model"])
+            trainer.load_weights(load_checkpoint(run_dir(trainer) / "checkpoints" / "best.pt"))
 
     def after_test(self, trainer: Trainer, results: dict) -> None:
         results["best_epoch"] = self.best_epoch
@@ -445,9 +444,10 @@ class ModelEMA:
 class EMA(Callback):
     """The model EMA (``ema: DECAY``, :class:`ModelEMA`), updated after each optimizer step,
     evaluated on the validation split every epoch beside the model (timm's way): the row gains
-    ``val_ema_*``
-    and the results ``test_ema_*`` (the EMA at the end of training); kept in the checkpoints
-    (``ema``) and restored on resume. The model itself trains and is checkpointed as ever."""
+    ``val_ema_*`` (which ``monitor: ema_acc`` may follow) and the results ``test_ema_*``, the
+    EMA of the checkpoint tested (``best.pt``'s when it is put in place); kept in the
+    checkpoints (``ema``) and restored on resume. The model itself trains and is checkpointed
+    as ever."""
 
     order = 10  # before TensorBoard, the checkpoint and the log read the row
 
@@ -464,6 +464,10 @@ class EMA(Callback):
 
     def after_step(self, trainer: Trainer, step: Step) -> None:
         self.ema.update(trainer.model)
+
+    def load_weights(self, trainer: Trainer, state: dict) -> None:
+        if state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
 
     def evaluate(self, trainer: Trainer, split) -> dict:
         """The EMA's metrics on ``split``, through the trainer's own evaluation."""

@@ -114,6 +114,10 @@ class Callback:
 
     def before_test(self, trainer: "Trainer") -> None: ...
 
+    def load_weights(self, trainer: "Trainer", state: dict) -> None:
+        """A checkpoint's weights were put in place (``Trainer.load_weights``): a callback that
+        holds weights of its own (the EMA) takes that checkpoint's."""
+
     def after_test(self, trainer: "Trainer", results: dict) -> None: ...
 
     def after_fit(self, trainer: "Trainer") -> None: ...
@@ -152,7 +156,9 @@ class Trainer:
 
     ``fit()`` trains up to ``config["epochs"]`` (the total, also when resuming), tests and
     returns the results; ``train_step``, ``train_epoch`` and ``evaluate`` are public so that
-    tests and ``benchmarks/`` can time exactly the loop.
+    tests and ``benchmarks/`` can time exactly the loop. Without an optimizer and a schedule
+    (``build.build_evaluator``) it only evaluates and predicts: inference restores no training
+    state.
     """
 
     rank, world = 0, 1  # this process among ``world`` (distributed.py)
@@ -166,7 +172,8 @@ class Trainer:
         self.model = self.net = model  # net: what a step calls (distributed.py wraps it)
         self.optimizer, self.schedule = optimizer, schedule
         # Each group's peak lr (the schedule multiplies it): OneCycleLR's max_lr, LambdaLR's base.
-        self.base_lrs = [g.get("max_lr", g.get("initial_lr")) for g in optimizer.param_groups]
+        self.base_lrs = [g.get("max_lr", g.get("initial_lr"))
+                         for g in optimizer.param_groups] if optimizer is not None else []
         self.amp_dtype = amp_dtype
         self.scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
         # prepare + model + loss, compiled as one function when the recipe asks (compiling.py)
@@ -418,6 +425,12 @@ class Trainer:
         start (so the same order), the steps done and the metric sums so far."""
         return {"epoch": self.epoch + 1, "batch": self.batch, "shuffle": self.epoch_shuffle,
                 "meter": self.meter.state_dict()}
+
+    def load_weights(self, state: dict) -> None:
+        """Put a checkpoint's weights in place (the model's, and the callbacks' own: the EMA),
+        leaving the optimizer, the schedule and the counters as they are."""
+        self.model.load_state_dict(state["model"])
+        self._event("load_weights", state)
 
     def state_dict(self) -> dict:
         state = {

@@ -235,6 +235,12 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def monitor_name(monitor: str) -> str:
+    """The metric ``monitor`` names, without a ``val_`` prefix: best.pt follows the validation
+    figure anyway (``val_ema_acc`` and ``ema_acc`` are one)."""
+    return monitor.removeprefix("val_")
+
+
 def resolve_mode(mode: str | None, monitor: str) -> str:
     """``max`` or ``min``; ``auto`` minimises a loss or an error, as fastai's tracker does."""
     if mode in ("max", "min"):

@@ -27,9 +27,10 @@ from torch.utils._pytree import tree_leaves
 from cnnbench import recipe as cfg
 from cnnbench.checkpoints import load_checkpoint
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import RunLayout, check_folder
 from cnnbench.tasks.metrics import confusion_matrix, f1_per_class
 
-CHECKPOINTS = ("best", "last")
+CHECKPOINTS = RunLayout.CHECKPOINT_NAMES
 PICTURES = 8  # images drawn in a predictions grid
 TOP_LOSSES = 16  # images in the top-losses grid (fastai's plot_top_losses)
 
@@ -45,11 +46,11 @@ def open_run(run: str | Path, checkpoint: str = "best") -> tuple[Path, dict, dic
     run = Path(run)
     if not run.is_dir():
         raise CnnbenchError(f"no run folder {run}")
-    if not (run / "config.yaml").is_file():
-        raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
-    stored = cfg.read_yaml(run / "config.yaml")
+    if not RunLayout(run).config.is_file():
+        raise CnnbenchError(f"{run} is not a cnnbench run (no {RunLayout.CONFIG})")
+    stored = cfg.read_yaml(RunLayout(run).config)
     config = {**cfg.defaults(stored.get("task")), **stored}
-    state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")
+    state = load_checkpoint(RunLayout(run).checkpoint(checkpoint))
     if not config["threads"] and state.get("threads"):
         torch.set_num_threads(state["threads"])  # as many as in training: the same sums, bitwise
     return run, config, state
@@ -57,12 +58,10 @@ def open_run(run: str | Path, checkpoint: str = "best") -> tuple[Path, dict, dic
 
 def output_folder(run: Path, out: str | Path | None) -> Path:
     """``out`` or ``RUN/eval``, checked writable (nothing is made yet)."""
-    from cnnbench.training.runs import check_writable
-
-    folder = Path(out) if out else run / "eval"
+    folder = Path(out) if out else RunLayout(run).eval
     if folder.exists() and not folder.is_dir():
         raise CnnbenchError(f"cannot write pictures to {folder}: it is a file")
-    check_writable(folder)
+    check_folder(folder, "--out")
     return folder
 
 

@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import write_with
 
 # The 50/90/99 % squares, in colours that stand out on the heat map and on the legend's grey.
 MASS_COLOURS = {"50%": "white", "90%": "lime", "99%": "magenta"}
@@ -75,35 +76,12 @@ def save_erf_png(erf: dict, path: str) -> None:
     save_png(fig, path)
 
 
-def save_png(fig, path: str) -> None:
-    """``fig`` to ``path`` atomically (drawn aside, then renamed into place)."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def save_png(fig, path: str, dpi: int = 100) -> None:
+    """``fig`` to ``path`` as a PNG, whole or not at all (``files.write_with``)."""
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
+        write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    except ValueError as exc:  # a figure matplotlib cannot draw (too large)
         raise CnnbenchError(f"cannot write {path}: {exc}") from None
-
-
-def _replace_atomically(path, write) -> None:
-    """``write(tmp)`` then rename to ``path``: a picture is never seen half-written."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CnnbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_picture_png(picture, path) -> None:
@@ -116,7 +94,7 @@ def save_picture_png(picture, path) -> None:
     if picture.shape[0] == 1:
         picture = picture.expand(3, -1, -1)
     pixels = picture.permute(1, 2, 0).contiguous().cpu().numpy()
-    _replace_atomically(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+    write_with(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
 def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = False) -> None:
@@ -146,7 +124,7 @@ def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = F
             ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
                     color="white" if top and shade[i, j] > top / 2 else "black")
     ax.set_title(textwrap.fill(title, 70), fontsize="small")
-    _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    save_png(fig, path)
 
 
 def save_lr_find_png(result: dict, path: str) -> None:
@@ -178,10 +156,7 @@ def save_lr_find_png(result: dict, path: str) -> None:
                  f"{result['batch_size']}): {result['steps']} steps{diverged}", fontsize="medium")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
-    try:
-        fig.savefig(path, format="png", dpi=100)
-    except (OSError, ValueError) as exc:
-        raise CnnbenchError(f"cannot write {path}: {exc}") from None
+    save_png(fig, path)
 
 
 def save_curves_png(comparison: dict, path: str) -> None:

@@ -1,7 +1,7 @@
 """`cnnbench predict`: a run's checkpoint on image files (fastai's ``learn.predict``).
 
-Each file is read with Pillow and made what the training images were: grey or colour as the
-model's input channels, resized (bilinear) to the run's input size, uint8; the task's
+Each file is decoded by training's own reader (``data.images.decode``: the same tensor as in
+training), grey or colour as the model's input channels, at the run's input size; the task's
 ``prepare`` then normalises it exactly as in training. The checkpoint holds the class names and
 the normalisation (``Context``), so no data set is loaded (a checkpoint older than that loads
 the run's data once to find them). What a task reports and draws is one entry of
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from cnnbench.errors import CnnbenchError
@@ -23,28 +22,18 @@ from cnnbench.evaluate import open_run, output_folder
 
 def read_image(path: str | Path, channels: int,
                size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """uint8 ``[channels, H, W]`` of an image file (PNG, JPEG, anything Pillow reads), and the
-    file's own ``(width, height)``."""
-    from PIL import Image, UnidentifiedImageError
+    """uint8 ``[channels, H, W]`` of an image file (PNG, JPEG, anything Pillow reads) as
+    training reads it, and the file's own ``(width, height)``."""
+    from cnnbench.data import images
 
     path = Path(path)
     if not path.is_file():
         raise CnnbenchError(f"no image file {path}")
     try:
-        with Image.open(path) as image:
-            original = image.size
-            image = image.convert("L" if channels == 1 else "RGB")
-            h, w = size
-            if image.size != (w, h):
-                image = image.resize((w, h), Image.Resampling.BILINEAR)
-            pixels = np.array(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else \
-            type(exc).__name__
-        raise CnnbenchError(f"{path} is not an image Pillow can read ({reason})") from None
-    tensor = torch.from_numpy(pixels)
-    tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
-    return tensor, original
+        pixels, original = images.decode(path, size, channels)
+    except images.BadImage as exc:
+        raise CnnbenchError(f"{path} is not an image Pillow can read ({exc.reason})") from None
+    return images.to_tensor(pixels), original
 
 
 # -- per task: targets for ``prepare``, what to report, what to draw --

@@ -219,17 +219,24 @@ def _kind(mode: int) -> str:
 
 
 class _Recording(io.FileIO):
-    """A file that keeps the first ``OSError`` of its writes: ``torch.save`` turns that error
-    into a ``RuntimeError`` without the cause."""
+    """A file whose ``write`` writes everything (a raw write may stop short when the disk
+    fills) and keeps the first ``OSError``: ``torch.save`` turns that error into a
+    ``RuntimeError`` without the cause."""
 
     error: OSError | None = None
 
     def write(self, data) -> int:
+        view, done = memoryview(data).cast("B"), 0
         try:
-            return super().write(data)
+            while done < len(view):
+                wrote = super().write(view[done:])
+                if not wrote:
+                    raise OSError(errno.EIO, "the file took no more bytes", self.name)
+                done += wrote
         except OSError as exc:
             self.error = self.error or exc
             raise
+        return done
 
 
 @contextlib.contextmanager
@@ -269,11 +276,10 @@ def write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Pa
         raise
     finally:
         if file is not None and not file.closed:
-            try:
+            with contextlib.suppress(OSError):
                 file.close()
-            except OSError:
-                pass
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -39,7 +39,7 @@ import yaml
 from cnnbench import recipe as cfg
 from cnnbench import train
 from cnnbench.errors import CnnbenchError
-from cnnbench.files import SWEEP_PLAN, RunLayout, write_yaml
+from cnnbench.files import SWEEP_PLAN, RunLayout, guarded, write_yaml
 from cnnbench.keys import parse_assignments, parse_value
 from cnnbench.runs import list_runs
 from cnnbench.training.runs import (claim_run_dir, lock_holder, lock_run,
@@ -510,7 +510,8 @@ def _run_processes(plan, folder, todo, total, configs, parallel, stop, say) -> l
     reaches it once, from here): a run on one CPU thread forked (``Forked``), the others
     as ``cnnbench train`` processes, with one GPU each on CUDA; output in ``logs/NAME.log``."""
     envs, extra = slots(configs, parallel)
-    (folder / "logs").mkdir(exist_ok=True)
+    with guarded(folder / "logs"):
+        (folder / "logs").mkdir(exist_ok=True)
     free, running, failures = list(range(parallel)), {}, []
 
     def forward(signum):
@@ -532,7 +533,9 @@ def _run_processes(plan, folder, todo, total, configs, parallel, stop, say) -> l
             else:
                 if state == "start":
                     _clear_failed_start(run_dir)
-                with open(log, "ab") as out:
+                with guarded(log):
+                    out = open(log, "ab")  # closed below, once the child has it
+                with out:
                     proc = subprocess.Popen(worker_command(plan, entry, run_dir, state, extra),
                                             stdout=out, stderr=subprocess.STDOUT,
                                             env={**os.environ, **(envs[slot] if envs else {})},

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import cli
 
 from cnnbench import files, plots
 from cnnbench.bench.output import write_csv
@@ -26,7 +27,6 @@ from cnnbench.data import cache, imagefolder
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import RunLayout, WriteFailed
 from cnnbench.train import resume, train
-from cli_run import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = "no space left on the disk"
@@ -36,7 +36,7 @@ FULL = "no space left on the disk"
 def tmpfs(folder: Path, size: str):
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
     try:
@@ -106,17 +106,29 @@ def test_a_read_only_disk_is_refused_before_any_work_and_when_writing(small_disk
     assert (small_disk / "kept.json").read_text() == "{}"
 
 
-def test_a_device_node_is_never_replaced(tmp_path, capsys):
+def test_a_device_node_is_never_replaced():
     device = "cannot write --plot /dev/null: it is a character device, not a regular file"
     with pytest.raises(CnnbenchError, match=f"^{device}"):
         files.check_file("/dev/null", "--plot")
     with pytest.raises(WriteFailed, match="^cannot write /dev/null: it is a character device"):
         files.write_text("/dev/null", "a picture")
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
-    # refused before any work: the runs to compare are not even looked up
-    assert cli(["runs", "--compare", "a", "b", "--plot", "/dev/null"]) == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["runs", "--compare", "no-run", "nor-this", "--plot"],
+    ["receptive-field", "lenet", "--erf"],
+    ["lr-find", "lenet", "--plot"],
+    ["bench", "lenet", "--plot"],
+    ["bench", "lenet", "--csv"],
+    ["bench", "lenet", "--json-file"],
+])
+def test_every_picture_and_table_option_refuses_a_device_before_any_work(argv, capsys):
+    """Before any work: the runs to compare are not even looked up, nothing is measured."""
+    assert cli([*argv, "/dev/null"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {device}") and err.count("\n") == 1
+    assert err == (f"error: cannot write {argv[-1]} /dev/null: it is a character device, not a "
+                   f"regular file (cnnbench writes files whole, by renaming: give a file name)\n")
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
@@ -134,9 +146,13 @@ def test_the_file_size_limit_is_one_line_not_a_killed_process(tmp_path):
     script = ("import sys, torch; from cnnbench import files\n"
               "try: files.save_torch({'w': torch.ones(100_000)}, sys.argv[1])\n"
               "except files.WriteFailed as exc: sys.exit(str(exc))\n")
-    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))  # noqa: E731
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
-                          text=True, preexec_fn=limit, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, preexec_fn=limit, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr == f"cannot write {path}: the file size limit is reached (ulimit -f)\n"
     assert not path.exists() and leftovers(tmp_path) == []
@@ -157,7 +173,7 @@ def test_no_permission_is_one_line(tmp_path):
               "except files.WriteFailed as exc: print(exc)\n")
     done = subprocess.run(["setpriv", "--bounding-set", "-all", "--inh-caps", "-all",
                            sys.executable, "-c", script, str(path)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stdout == f"cannot write {path}: permission denied\n" * 2, done.stderr[-2000:]
     assert not path.exists()
 
@@ -165,8 +181,8 @@ def test_no_permission_is_one_line(tmp_path):
 def test_a_full_disk_while_training_says_how_to_continue_and_the_run_resumes(
         tmp_path, fmnist_dir, keep_threads, capsys):
     (tmp_path / "none.yaml").write_text("")
-    overrides = dict(data=str(fmnist_dir), limit=64, val_size=16, batch_size=16, epochs=2,
-                     log_graph=False, log_images=False)
+    overrides = {"data": str(fmnist_dir), "limit": 64, "val_size": 16, "batch_size": 16,
+                 "epochs": 2, "log_graph": False, "log_images": False}
     with tmpfs(tmp_path / "disk", "700k") as disk:  # room for 2 checkpoints, not 3
         run = disk / "run"
         with pytest.raises(WriteFailed) as caught:

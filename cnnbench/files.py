@@ -28,12 +28,15 @@ import signal
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import BinaryIO
 
+import yaml
+
 from cnnbench.errors import CnnbenchError
+from cnnbench.strict_json import dumps
 
 # Set by ``--nproc``'s launcher (distributed.launch) for its processes: a folder where a failing
 # process leaves its one line, so that N processes give the user one line, whichever fails first.
@@ -293,20 +296,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, data, indent: int | None = 2) -> Path:
     """Strict JSON (``null`` for NaN and infinities), one trailing newline."""
-    from cnnbench.strict_json import dumps
-
     return write_text(path, dumps(data, indent=indent) + "\n")
 
 
 def write_yaml(path: str | os.PathLike, data) -> Path:
-    import yaml
-
     return write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def save_torch(obj, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` (checkpoints, the decode cache)."""
-    import torch
+    import torch  # start-up: the CLI imports this module before it knows it needs torch
 
     return write_with(path, lambda f: torch.save(obj, f))
 

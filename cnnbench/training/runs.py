@@ -98,7 +98,7 @@ def lock_run(path: Path) -> None:
     # Written aside, then hard-linked into place (atomic, fails if it exists): a lock is never
     # seen without its pid.
     mine = lock.with_name(f"{RunLayout.LOCK}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with guarded(mine):
+    with guarded(lock):
         mine.write_text(f"{os.getpid()}\n")
     try:
         for _ in range(2):

@@ -96,6 +96,8 @@ def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
            reporter=None, callbacks: list[Callback] = ()) -> dict | None:
     """Continue ``run_dir`` from ``checkpoints/last.pt`` up to ``epochs`` (the total); a run
     stopped after its last epoch but before its results (during the test) is tested."""
+    if distributed.is_main():  # a folder it can write in, before the data load
+        check_folder(run_dir, "--resume")
     trainer = resume_trainer(run_dir, overrides, reporter)
     trainer.add_callbacks(*callbacks)
     epochs, tested = trainer.config["epochs"], RunLayout(run_dir).results.is_file()

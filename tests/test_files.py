@@ -106,6 +106,16 @@ def test_a_read_only_disk_is_refused_before_any_work_and_when_writing(small_disk
     assert (small_disk / "kept.json").read_text() == "{}"
 
 
+def test_resume_on_a_read_only_disk_is_one_line_before_the_data_load(small_disk, capsys):
+    run = small_disk / "run"
+    run.mkdir()
+    RunLayout(run).config.write_text("model: lenet\n")  # its data are never looked for
+    remount(small_disk, "ro")
+    assert cli(["train", "--resume", run, "--epochs", "3"]) == 2
+    assert capsys.readouterr().err == (f"error: cannot write in {run}: the file system is "
+                                       f"read-only\n")
+
+
 def test_a_device_node_is_never_replaced():
     device = "cannot write --plot /dev/null: it is a character device, not a regular file"
     with pytest.raises(CnnbenchError, match=f"^{device}"):

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_leaves
 from cnnbench import recipe as cfg
 from cnnbench.checkpoints import load_checkpoint
 from cnnbench.errors import CnnbenchError
-from cnnbench.files import RunLayout, check_folder
+from cnnbench.files import RunLayout, check_folder, guarded
 from cnnbench.tasks.metrics import confusion_matrix, f1_per_class
 
 CHECKPOINTS = RunLayout.CHECKPOINT_NAMES
@@ -270,7 +270,8 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
     }
     result.update(view.extra(task, outputs) if view.extra else {})
     pictures = view.pictures(task, split.images, outputs, result) if view.pictures else {}
-    folder.mkdir(parents=True, exist_ok=True)
+    with guarded(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     from cnnbench import plots
 
     if confusion is not None:

@@ -18,6 +18,7 @@ import torch
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate import open_run, output_folder
+from cnnbench.files import guarded
 
 
 def read_image(path: str | Path, channels: int,
@@ -192,7 +193,8 @@ def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: i
     if folder is not None:
         from cnnbench import plots
 
-        folder.mkdir(parents=True, exist_ok=True)
+        with guarded(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         taken = set()
         for i, row in enumerate(rows):
             name = _free_name(Path(row["file"]).stem, taken)

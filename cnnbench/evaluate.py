@@ -61,7 +61,7 @@ def output_folder(run: Path, out: str | Path | None) -> Path:
     folder = Path(out) if out else RunLayout(run).eval
     if folder.exists() and not folder.is_dir():
         raise CnnbenchError(f"cannot write pictures to {folder}: it is a file")
-    check_folder(folder, "--out")
+    check_folder(folder, "--out" if out else None)
     return folder
 
 

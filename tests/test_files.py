@@ -60,12 +60,22 @@ def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob("*") if ".tmp" in p.name]
 
 
+def noise_figure():
+    """A matplotlib figure of 900x900 noisy pixels (its PNG: about 2 MB)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 9), dpi=100)
+    fig.figimage(np.random.default_rng(1).integers(0, 256, (900, 900, 3), np.uint8))
+    return fig
+
+
 WRITERS = {  # each writes ~2 MB of what the tool writes: more than the disk holds
     "text": lambda path: files.write_text(path, "x" * 2_000_000),
     "torch.save": lambda path: files.save_torch({"w": torch.ones(500_000)}, path),
     "picture": lambda path: plots.save_picture_png(
         torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 820, 820), np.uint8)),
         path),
+    "figure": lambda path: plots.save_png(noise_figure(), path),
     "table": lambda path: write_csv([{"model": f"m{i}", "ms": i / 7} for i in range(90_000)],
                                     str(path)),
 }

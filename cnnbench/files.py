@@ -15,7 +15,9 @@ Writes (:func:`write_text`, :func:`write_json`, :func:`write_yaml`, :func:`save_
   inline_container.cc]`` carries no cause; the file object it writes through records it.
 
 :func:`check_file` and :func:`check_folder` refuse an output that cannot be written before any
-work is done. TensorBoard's event files are the library's own.
+work is done; :func:`guarded` names the path for a write that is not a file's content (a folder,
+a lock, a log a child process fills). :func:`report` leaves a failing process's one line for the
+``--nproc`` launcher. TensorBoard's event files are the library's own.
 """
 
 from __future__ import annotations

@@ -123,6 +123,16 @@ def _report_rows(**columns) -> Callable:
     return rows
 
 
+def _miou_note(rows) -> str:
+    """What segmentation's miou averages: the IoU column, background included."""
+    counted = [r for r in rows if r["iou"] is not None and not math.isnan(r["iou"])]
+    absent = len(rows) - len(counted)
+    return (f"miou is the mean of the {len(counted)} IoUs above, background included"
+            + (f"; {absent} class{'es' * (absent > 1)} neither in the truth nor predicted "
+               f"{'have' if absent > 1 else 'has'} no IoU and {'are' if absent > 1 else 'is'} "
+               "left out" if absent else ""))
+
+
 def _confusion_rows(task, report, confusion, names):
     return class_scores(confusion, names)
 
@@ -145,13 +155,16 @@ def _top_losses(task, outputs) -> dict:
 
 
 def _classification_pictures(task, images, outputs, result) -> dict:
-    from cnnbench.tasks.classification import PRED_COLOUR, TRUE_COLOUR, labelled_grid
+    from cnnbench.plots import PREDICTION, TRUTH, Grid, Swatch, Tile
 
     worst = result["top_losses"]
-    captions = [[(f"pred {w['predicted']}", PRED_COLOUR), (f"true {w['actual']}", TRUE_COLOUR),
-                 (f"loss {w['loss']:.2f} p {w['probability']:.2f}", (0, 0, 0))] for w in worst]
-    picture = labelled_grid(images[[w["index"] for w in worst]].cpu(), captions, nrow=8)
-    return {"top_losses": picture}
+    tiles = [Tile(images[w["index"]].cpu(),
+                  ((f"pred {w['predicted']}", PREDICTION), (f"true {w['actual']}", TRUTH),
+                   (f"loss {w['loss']:.2f}, p(true) {w['probability']:.2f}", "black")))
+             for w in worst]
+    legend = (Swatch("predicted class", PREDICTION), Swatch("true class", TRUTH),
+              Swatch("cross-entropy loss, probability given to the true class", "black"))
+    return {"top_losses": Grid(tiles, f"the {len(worst)} highest losses", legend)}
 
 
 def _first_batch(outputs) -> tuple:
@@ -163,40 +176,50 @@ def _first_batch(outputs) -> tuple:
 def _label_pictures(task, images, outputs, result) -> dict:
     """Multi-label: the first test images with their true classes (green) and the classes
     scoring above ``threshold`` (red)."""
-    from cnnbench.tasks.classification import PRED_COLOUR, TRUE_COLOUR, labelled_grid
+    from cnnbench.plots import PREDICTION, TRUTH, Grid, Swatch, Tile
 
     names, threshold = task.context.class_names, float(task.config["threshold"])
     scores = _cat(outputs, lambda o, t: o.float().sigmoid())[:2 * PICTURES]
     truth = _cat(outputs, lambda o, t: t["multi_hot"])[:len(scores)]
 
-    def listed(row):
-        return ", ".join(names[int(j)] for j in row.nonzero().flatten()) or "-"
+    def listed(row, empty):
+        return ", ".join(names[int(j)] for j in row.nonzero().flatten()) or empty
 
-    captions = [[(listed(t), TRUE_COLOUR), (listed(p > threshold), PRED_COLOUR)]
-                for t, p in zip(truth, scores)]
-    return {"predictions": labelled_grid(images[:len(scores)].cpu(), captions, nrow=8)}
+    tiles = [Tile(image, ((listed(t, "no class"), TRUTH),
+                          (listed(p > threshold, f"no class above {threshold:g}"), PREDICTION)))
+             for image, t, p in zip(images[:len(scores)].cpu(), truth, scores)]
+    legend = (Swatch("true classes", TRUTH),
+              Swatch(f"predicted classes (probability above {threshold:g})", PREDICTION))
+    what = f"true and predicted classes of the first {len(tiles)} images"
+    return {"predictions": Grid(tiles, what, legend)}
 
 
 def _box_pictures(task, images, outputs, result) -> dict:
+    from cnnbench import plots
+
     output, targets, n = _first_batch(outputs)
-    return {"predictions": _grid(task.draw(images[:n].cpu(), output, targets, n), nrow=4)}
+    threshold = task.config.get("draw_threshold")  # detection: its boxes above it
+    tiles = [plots.box_tile(image, *drawn, threshold=threshold)
+             for image, drawn in zip(images[:n].cpu(), task.boxes_drawn(output, targets, n))]
+    predicted = ("predicted box and class" if threshold is None else
+                 f"detection scoring \u2265 {threshold:g} (class, score)")
+    return {"predictions": plots.Grid(tiles, f"true and predicted boxes of the first {n} images",
+                                      plots.box_legend(predicted=predicted), ncols=4)}
 
 
 def _mask_pictures(task, images, outputs, result) -> dict:
-    from cnnbench.tasks.segmentation import overlay_masks
+    from cnnbench.plots import Grid, Tile
+    from cnnbench.tasks.segmentation import colour_key, overlay_masks
 
     k = task.model_classes(task.context.num_classes)
     output, targets, n = _first_batch(outputs)
     shown = images[:n].cpu()
     rows = torch.cat([overlay_masks(shown, output[:n].argmax(1), k),  # predicted, then true
                       overlay_masks(shown, targets["masks"][:n], k)])
-    return {"predictions": _grid(list(rows), nrow=n)}
-
-
-def _grid(pictures: list[torch.Tensor], nrow: int) -> torch.Tensor:
-    from cnnbench.data.transforms import grid
-
-    return grid(torch.stack(pictures).float() / 255, nrow=nrow)
+    return {"predictions": Grid([Tile(r) for r in rows], f"predicted and true masks of the "
+                                f"first {n} images, background not tinted",
+                                colour_key(task.context.class_names),
+                                row_labels=("prediction", "truth"), ncols=n)}
 
 
 @dataclass(frozen=True)
@@ -205,10 +228,11 @@ class View:
 
     rows: Callable  # (task, report, confusion, class names) -> per-class rows
     confusion: Callable | None = None  # (task, outputs, report) -> [k, k] counts
-    pictures: Callable | None = None  # (task, images, outputs, result) -> {name: picture}
+    pictures: Callable | None = None  # (task, images, outputs, result) -> {name: plots.Grid}
     extra: Callable | None = None  # (task, outputs) -> more entries of the result
     unflip: Callable | None = None  # --tta: the mirrored output put back (None: no TTA)
-    background: bool = False  # the confusion matrix has a background class first
+    background: bool = False  # the confusion matrix and the table have a background class first
+    note: Callable | None = None  # (per-class rows) -> a line on what the table's mean covers
 
 
 VIEWS: dict[str, View] = {
@@ -218,7 +242,8 @@ VIEWS: dict[str, View] = {
     "multi-label": View(_report_rows(f1="per_class_f1", ap="per_class_ap"), None,
                         _label_pictures),
     "segmentation": View(_report_rows(iou="per_class_iou"), _segmentation_confusion,
-                         _mask_pictures, unflip=lambda o: o.flip(-1), background=True),
+                         _mask_pictures, unflip=lambda o: o.flip(-1), background=True,
+                         note=_miou_note),
     "detection": View(_report_rows(ap50="per_class_ap50"), None, _box_pictures),
 }
 
@@ -257,12 +282,15 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
     report = task.final_report(outputs)
     names = list(task.context.class_names)
     confusion = view.confusion(task, outputs, report) if view.confusion else None
+    axis = ["background", *names] if view.background else names
+    rows = view.rows(task, report, confusion, axis)
     result = {
         "run": str(run), "model": config["model"], "task": task.name,
         "checkpoint": checkpoint, "epoch": int(state["epoch"]),
         "data": config.get("data"), "images": len(split), "tta": tta,
         "metrics": metrics,
-        "per_class": view.rows(task, report, confusion, names),
+        "per_class": rows,
+        "per_class_note": view.note(rows) if view.note else None,
         "class_names": names,
         "confusion_matrix": None if confusion is None else confusion.tolist(),
         "report": report,
@@ -275,14 +303,13 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
     from cnnbench import plots
 
     if confusion is not None:
-        axis = ["background", *names] if view.background else names
         path = folder / "confusion.png"
         plots.save_confusion_png(confusion, axis, path, _title(result, "confusion matrix"),
                                  normalize_rows=view.background)
         result["pictures"]["confusion"] = str(path)
-    for name, picture in pictures.items():
+    for name, grid in pictures.items():
         path = folder / f"{name}.png"
-        plots.save_picture_png(picture, path)
+        plots.save_png(plots.grid_figure(grid, _title(result, grid.what)), path)
         result["pictures"][name] = str(path)
     return result
 
@@ -290,4 +317,4 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
 def _title(result: dict, what: str) -> str:
     tta = ", TTA" if result["tta"] else ""
     return (f"{Path(result['run']).name} ({result['model']}), {result['checkpoint']}.pt of "
-            f"epoch {result['epoch']}{tta}: {what} on {result['images']:,} test images")
+            f"epoch {result['epoch']}{tta}: {what} ({result['images']:,} test images)")

@@ -95,32 +95,41 @@ def _mask_shares(task, output, top):
 
 
 def _draw_caption(task, image, output, found):
-    from cnnbench.tasks.classification import PRED_COLOUR, labelled_grid
+    from cnnbench.plots import PREDICTION, Grid, Swatch, Tile
 
-    lines = [(f"{p['class']} {p['score']:.2f}", PRED_COLOUR) for p in found[:3]]
-    return labelled_grid(image[None], [lines], nrow=1)
+    lines = tuple((f"{p['class']} {p['score']:.2f}", PREDICTION) for p in found[:3])
+    score = "sigmoid" if task.name == "multi-label" else "softmax"
+    return Grid([Tile(image, lines or (("no class", PREDICTION),))], "top classes predicted",
+                (Swatch(f"predicted class and its probability ({score})", PREDICTION),))
 
 
 def _draw_boxes(task, image, output, found):
-    from cnnbench.tasks.detection import draw_boxes
+    from cnnbench import plots
 
     boxes = torch.tensor([p["box"] for p in found if "box" in p]).reshape(-1, 4)
     names = [f"{p['class']} {p['score']:.2f}" for p in found if "box" in p]
-    return draw_boxes(image, torch.zeros(0, 4), [], boxes, names)
+    threshold = task.config.get("draw_threshold")  # detection: the boxes above it
+    predicted = ("predicted box (class, probability)" if threshold is None else
+                 f"detection scoring \u2265 {threshold:g} (class, score)")
+    return plots.Grid([plots.box_tile(image, [], [], boxes, names, threshold)], "boxes predicted",
+                      plots.box_legend(truth=False, predicted=predicted))
 
 
 def _draw_mask(task, image, output, found):
-    from cnnbench.tasks.segmentation import overlay_masks
+    from cnnbench.plots import Grid, Tile
+    from cnnbench.tasks.segmentation import colour_key, overlay_masks
 
     k = task.model_classes(task.context.num_classes)
-    return overlay_masks(image[None], output.argmax(0)[None], k)[0]
+    tile = Tile(overlay_masks(image[None], output.argmax(0)[None], k)[0])
+    return Grid([tile], "predicted mask (background not tinted)",
+                colour_key(task.context.class_names), row_labels=("prediction",))
 
 
 @dataclass(frozen=True)
 class Predictor:
     targets: Callable  # (task, n) -> targets that ``prepare`` takes for images with no truth
     read: Callable  # (task, output batch, top) -> per image a list of {class, score[, box]}
-    draw: Callable  # (task, uint8 image, its output, its list) -> a picture
+    draw: Callable  # (task, uint8 image, its output, its list) -> a plots.Grid
 
 
 PREDICTORS: dict[str, Predictor] = {
@@ -198,8 +207,10 @@ def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: i
         taken = set()
         for i, row in enumerate(rows):
             name = _free_name(Path(row["file"]).stem, taken)
-            picture = predictor.draw(task, batch[i], _index(output, i), row["predictions"])
-            plots.save_picture_png(picture, folder / name)
+            grid = predictor.draw(task, batch[i], _index(output, i), row["predictions"])
+            title = (f"{Path(row['file']).name}: {grid.what} by {run.name} "
+                     f"({config['model']}, {checkpoint}.pt)")
+            plots.save_png(plots.grid_figure(grid, title), folder / name)
             row["picture"] = str(folder / name)
     for row in rows:  # boxes in the file's own pixels (drawn above in fractions)
         w, h = row["size"]

@@ -357,6 +357,8 @@ def eval_report(result: dict, top_losses: int = 8) -> None:
         for r in rows:
             table.add_row(*(str(v) if k == "class" else _stat_cell(v) for k, v in r.items()))
         out.print(table)
+        if result.get("per_class_note"):
+            out.print(result["per_class_note"], soft_wrap=True)
     confusion = result["confusion_matrix"]
     if confusion and len(confusion) <= 20:
         names = result["class_names"]

@@ -263,3 +263,21 @@ def test_cuda_asked_but_absent_is_one_line_and_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cuda" in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_the_plot_names_the_threads_the_timings_used(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.set_num_threads(3)  # bench's own choice (1 here) must be what the title says
+    result = bench.bench_model("lenet", batch_sizes=[2], device="cpu", min_run_time=0.01,
+                               train=False, sweep="batch", threads=1)
+    assert result["threads"] == 1 and result["device_name"].endswith("(1 thread)")
+    saved = []
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    bench.plot_sweep(result, str(tmp_path / "sweep.png"))
+    title = saved[0].get_suptitle()
+    assert title.startswith("lenet: step time and throughput against the batch size, on ")
+    assert "(1 thread)" in title and "3 threads" not in title

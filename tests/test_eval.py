@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from cnnbench import recipe as cfg
@@ -17,6 +18,7 @@ from cnnbench.training.build import build_trainer
 from cnnbench.train import resume_trainer, train
 from cnnbench.training.loop import CancelFitException, Callback
 from cli_run import cli
+from readable import assert_readable, words
 
 TINY = dict(limit=96, val_size=16, batch_size=16, epochs=3, optimizer="sgd", lr=0.05,
             momentum=0.9, log_graph=False, log_images=False)
@@ -216,7 +218,7 @@ DENSE = {  # model: (model_args, extra config, per-class column, smallest side o
 @pytest.mark.usefixtures("scene_cache")
 @pytest.mark.parametrize("model", list(DENSE))
 def test_dense_eval_and_predict_draw_predictions_against_the_truth(model, tmp_path,
-                                                                    fmnist_dir):
+                                                                    fmnist_dir, monkeypatch):
     model_args, extra, column, side = DENSE[model]
     (tmp_path / "none.yaml").write_text("")
     overrides = {"limit": 8, "val_size": 4, "epochs": 1, "batch_size": 4, "log_graph": False,
@@ -224,17 +226,32 @@ def test_dense_eval_and_predict_draw_predictions_against_the_truth(model, tmp_pa
                  **extra}
     results = train(model, config_file=tmp_path / "none.yaml", overrides=overrides,
                     run_dir=tmp_path / "run")
+    drawn = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig),
+                                                                 savefig(fig, *a, **k)))
     result = evaluate(tmp_path / "run", out=tmp_path / "eval")
     metrics = {k[5:]: v for k, v in results.items() if k.startswith("test_")
                and k not in ("test_seconds", "test_checkpoint", "test_epoch")}
     assert result["metrics"] == metrics
-    assert len(result["per_class"]) == 10 and column in result["per_class"][0]
+    assert len(result["per_class"]) == (11 if model == "unet" else 10)
+    assert column in result["per_class"][0]
     assert_png(tmp_path / "eval" / "predictions.png", min_side=side)
+    if model == "unet":  # the table holds every IoU that miou averages, background first
+        ious = [r["iou"] for r in result["per_class"] if not math.isnan(r["iou"])]
+        assert result["per_class"][0]["class"] == "background"
+        assert sum(ious) / len(ious) == pytest.approx(result["metrics"]["miou"], abs=1e-4)
+        assert result["per_class_note"].startswith(
+            f"miou is the mean of the {len(ious)} IoUs above, background included")
 
     scene = tmp_path / "scene.png"
     Image.fromarray(torch.full((96, 96), 40, dtype=torch.uint8).numpy()).save(scene)
     (row,) = predict(tmp_path / "run", [scene], out=tmp_path / "drawn")
     assert_png(tmp_path / "drawn" / "scene.png", min_side=30)
+    for fig in drawn:  # each picture titled, with its legend, no text clipped or overlapping
+        texts = words(assert_readable(fig))
+        assert texts.startswith(("run (", "scene.png: "))
+        assert fig.legends or "confusion matrix" in texts and len(fig.axes) == 2  # colour bar
     boxes = [p["box"] for p in row["predictions"] if "box" in p]
     assert all(0 <= v <= 96 for box in boxes for v in box)
 

@@ -182,8 +182,9 @@ def bench_model(name: str, *, batch_sizes=(1, 8, 32), input_size=None, device: s
         rows, notes = _bench_rows(name, info, dev, amp, size, list(batch_sizes), channels_last,
                                   compile, model_args, min_run_time, optimizer_settings, sweep,
                                   detail)
+        measured_on = device_name(dev)  # with the threads the timings used
     return {"model": info.name, "task": info.task, "device": str(dev),
-            "device_name": device_name(dev), "precision": precision,
+            "device_name": measured_on, "precision": precision,
             "channels_last": channels_last, "compile": compile, "sweep": sweep,
             "threads": n_threads, "threads_source": threads_source, "cores": available_cores(),
             "optimizer": optimizer_settings, "detail": detail, "min_run_time": min_run_time,

@@ -53,11 +53,13 @@ def plot_sweep(result: dict | list[dict], path: str) -> None:
             ax_rate.plot(pos, [r["fwd_ms"] for r in sel], marker="o", label=impl)
         for ax in (ax_time, ax_rate):
             ax.set_xticks(range(len(xs)), xs, rotation=20, fontsize=8)
+            ax.set_xlabel("input batch x channels x height x width")
             ax.set_yscale("log")
             ax.legend()
         ax_time.set_ylabel("forward+backward (ms)")
         ax_rate.set_ylabel("forward (ms)")
-        fig.suptitle(f"deform_conv2d on {result['device_name']}")
+        fig.suptitle(f"deform_conv2d: time per call against the input, on "
+                     f"{result['device_name']} ({result['dtype']})")
     else:
         by_size = result["sweep"] == "size"
         ticks: set = set()
@@ -85,7 +87,9 @@ def plot_sweep(result: dict | list[dict], path: str) -> None:
         ax_time.set_ylabel("ms per step (median, IQR bars)")
         ax_rate.set_ylabel("samples / s")
         models = ", ".join(r["model"] for r in results)
-        fig.suptitle(f"{models} on {result['device_name']} ({result['precision']})")
+        swept = "image size" if by_size else "batch size"
+        fig.suptitle(f"{models}: step time and throughput against the {swept}, on "
+                     f"{result['device_name']} ({result['precision']})")
     fig.tight_layout()
     kind = os.path.splitext(path)[1][1:].lower() or "png"
     try:

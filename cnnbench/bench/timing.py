@@ -183,4 +183,5 @@ def device_name(dev: torch.device) -> str:
     """The device's name (devices.py); on the CPU with the threads a measurement used."""
     if dev.type == "cuda":
         return devices.device_name(dev)
-    return f"{devices.device_name(dev)} ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"{devices.device_name(dev)} ({n} thread{'s' * (n > 1)})"

@@ -105,24 +105,29 @@ class Detection(DenseTask):
     def metrics(self):
         return {"map": MeanAP(self.detect, self.context.num_classes)}  # map50 and map
 
+    def boxes_drawn(self, output, targets, n: int = 8) -> list[tuple]:
+        """Of the first ``n`` images: ``(true boxes, their classes, the detections scoring at
+        least draw_threshold, "class score")``, boxes in fractions of the image."""
+        class_names = self.context.class_names
+        dets = self.detect(tuple(o if i == 0 else o[:n] for i, o in enumerate(output)))
+        threshold = float(self.config["draw_threshold"])
+        drawn = []
+        for i, d in enumerate(dets):
+            d = {k: v.cpu() for k, v in d.items()}
+            keep = d["scores"] >= threshold
+            lab = targets["labels"][i].cpu()
+            drawn.append((targets["boxes"][i].cpu()[lab >= 0],
+                          [class_names[j] for j in lab[lab >= 0]], d["boxes"][keep],
+                          [f"{class_names[j]} {s:.2f}" for j, s in
+                           zip(d["labels"][keep], d["scores"][keep])]))
+        return drawn
+
     def draw(self, images, output, targets, n: int = 8) -> list[torch.Tensor]:
         """uint8 pictures of the first ``n`` images: the true boxes (green, with the class) and
         the detections scoring at least ``draw_threshold`` (red, with class and score)."""
-        class_names = self.context.class_names
         n = min(n, images.shape[0])
-        dets = self.detect(tuple(o if i == 0 else o[:n] for i, o in enumerate(output)))
-        threshold = float(self.config["draw_threshold"])
-        pictures = []
-        for i in range(n):
-            d = {k: v.cpu() for k, v in dets[i].items()}
-            keep = d["scores"] >= threshold
-            lab = targets["labels"][i].cpu()
-            pictures.append(draw_boxes(images[i].cpu(), targets["boxes"][i].cpu()[lab >= 0],
-                                       [class_names[j] for j in lab[lab >= 0]],
-                                       d["boxes"][keep],
-                                       [f"{class_names[j]} {s:.2f}" for j, s in
-                                        zip(d["labels"][keep], d["scores"][keep])]))
-        return pictures
+        return [draw_boxes(images[i].cpu(), *drawn)
+                for i, drawn in enumerate(self.boxes_drawn(output, targets, n))]
 
     def log_images(self, writer, step, images, output, targets) -> None:
         from torchvision.utils import make_grid

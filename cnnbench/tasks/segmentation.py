@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from cnnbench.keys import Key
+from cnnbench.plots import Swatch
 from cnnbench.tasks.dense import DENSE_OPTIONS, DenseTask
 from cnnbench.tasks.metrics import (IGNORE, MeanIoU, PixelAccuracy, confusion_matrix,
                                     iou_from_confusion)
@@ -82,7 +83,7 @@ def overlay_masks(images: torch.Tensor, masks: torch.Tensor, k: int) -> torch.Te
     if masks.shape[-2:] != images.shape[-2:]:
         masks = F.interpolate(masks[:, None].float(), size=images.shape[-2:],
                               mode="nearest")[:, 0].long()
-    colours = _palette(k)
+    colours = palette(k)
     out = []
     for img, m in zip(images, masks):
         per_class = torch.stack([m == c for c in range(1, k)])
@@ -91,8 +92,14 @@ def overlay_masks(images: torch.Tensor, masks: torch.Tensor, k: int) -> torch.Te
     return torch.stack(out)
 
 
-def _palette(k: int) -> list[tuple[int, int, int]]:
+def palette(k: int) -> list[tuple[int, int, int]]:
     import colorsys
 
     return [(0, 0, 0)] + [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / max(1, k - 1), 0.9, 1))
                           for i in range(k - 1)]
+
+
+def colour_key(class_names) -> tuple:
+    """The legend of :func:`overlay_masks`: each class's tint (the background is not tinted)."""
+    return tuple(Swatch(name, colour)
+                 for name, colour in zip(class_names, palette(len(class_names) + 1)[1:]))

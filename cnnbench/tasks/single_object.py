@@ -47,20 +47,27 @@ class SingleObject(DenseTask):
     def metrics(self):
         return {"acc": ClassAccuracy(), "box_iou": BoxIoU(), "box_l1": BoxL1()}
 
+    def boxes_drawn(self, output, targets, n: int = 8) -> list[tuple]:
+        """Of the first ``n`` images: ``(true box, its class, predicted box, its class)``,
+        boxes ``[1, 4]`` in fractions of the image."""
+        class_names = self.context.class_names
+        drawn = []
+        for i in range(min(n, output.shape[0])):
+            true_box, true_label = targets["box"][i].cpu(), int(targets["label"][i])
+            pred_box = output[i, :4].float().sigmoid().cpu()
+            pred_label = int(output[i, 4:].argmax())
+            drawn.append((true_box[None], [class_names[true_label]], pred_box[None],
+                          [class_names[pred_label]]))
+        return drawn
+
     def draw(self, images, output, targets, n: int = 8) -> list[torch.Tensor]:
         """uint8 pictures of the first ``n`` images: the true box and class (green) and the
         predicted ones (red)."""
         from cnnbench.tasks.detection import draw_boxes
 
-        class_names = self.context.class_names
-        pictures = []
-        for i in range(min(n, images.shape[0])):
-            true_box, true_label = targets["box"][i].cpu(), int(targets["label"][i])
-            pred_box = output[i, :4].float().sigmoid().cpu()
-            pred_label = int(output[i, 4:].argmax())
-            pictures.append(draw_boxes(images[i].cpu(), true_box[None], [class_names[true_label]],
-                                       pred_box[None], [class_names[pred_label]]))
-        return pictures
+        n = min(n, images.shape[0])
+        return [draw_boxes(images[i].cpu(), *drawn)
+                for i, drawn in enumerate(self.boxes_drawn(output, targets, n))]
 
     def log_images(self, writer, step, images, output, targets) -> None:
         from torchvision.utils import make_grid

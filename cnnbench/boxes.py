@@ -11,7 +11,9 @@ import warnings
 
 import numpy as np
 import torch
-from torchvision.ops import batched_nms, box_iou
+
+# torchvision.ops is imported where it is used (NMS, mAP): importing it imports torch._dynamo,
+# seconds of start-up that a classification run, whose metrics import this module, never needs.
 
 # SSD's "variances": offsets are divided by these so that they have about unit spread.
 CENTER_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
@@ -120,6 +122,8 @@ def detect(anchors: torch.Tensor, scores: torch.Tensor, box_offsets: torch.Tenso
 
     ``scores [N, A, C]`` are probabilities per object class (no background column).
     """
+    from torchvision.ops import batched_nms
+
     boxes = decode(anchors, box_offsets).clamp(0, 1)
     num_classes = scores.shape[-1]
     results = []
@@ -189,6 +193,8 @@ def mean_average_precision(predictions: list[dict], ground_truth: list[dict], nu
     matching). The precision-recall curve of a class then runs over all images by score.
     Returns ``{"map": ..., "per_class": [...], "per_threshold": {"0.50": ...}}``.
     """
+    from torchvision.ops import box_iou
+
     thresholds = np.asarray(iou_thresholds, dtype=np.float64)
     tps = [[[] for _ in range(num_classes)] for _ in thresholds]
     scores = [[] for _ in range(num_classes)]

@@ -193,3 +193,53 @@ def load_torchvision_weights(model: nn.Module, tv_name: str,
     report = load_matching(model, state_dict_of(read_checkpoint(file), file), str(file))
     say(f"weights={weights}: {report.line()}")
     return report
+
+
+# -- the normalisation that starting weights were trained with --
+
+def _preset_statistics(entry) -> tuple[tuple, tuple] | None:
+    """The mean and std of a torchvision weights entry's ``transforms()`` (None for presets
+    without them, e.g. detection's)."""
+    preset = entry.transforms()
+    mean, std = getattr(preset, "mean", None), getattr(preset, "std", None)
+    return (tuple(map(float, mean)), tuple(map(float, std))) if mean and std else None
+
+
+def _torchvision_entry_of(file: Path):
+    """``(model name, weights entry)`` whose published file is named like ``file``, if any:
+    an ``init_from`` file fetched from torchvision is known by its name (``resnet18-f37072fd.pth``)."""
+    import torchvision.models as tvm
+
+    for name in tvm.list_models():
+        try:
+            entries = list(tvm.get_model_weights(name))
+        except (ValueError, KeyError):
+            continue
+        for entry in entries:
+            if os.path.basename(entry.url) == file.name:
+                return name, entry
+    return None
+
+
+def weights_statistics(model: str, model_args: dict,
+                       init_from: str | None) -> tuple[tuple, tuple, str] | None:
+    """``(mean, std, where)``: the per-channel normalisation the starting weights were trained
+    with, as the references fine-tune (torchvision's ``weights.transforms()``, timm's
+    ``pretrained_cfg``, fastai's ``normalize`` from the pretrained model): a ``torchvision:``
+    model's ``weights=NAME``, or an ``init_from`` file that is one of torchvision's published
+    weights. None when the weights start from random values or from a run of ours (whose own
+    data statistics are then used)."""
+    found = None
+    weights = model_args.get("weights")
+    if model.startswith("torchvision:") and isinstance(weights, str) and weights:
+        tv_name = model.split(":", 1)[1]
+        found = (tv_name, torchvision_weights(tv_name, weights)[0])
+    elif init_from:
+        found = _torchvision_entry_of(weights_file(init_from))
+    if found is None:
+        return None
+    name, entry = found
+    stats = _preset_statistics(entry)
+    if stats is None:
+        return None
+    return (*stats, f"the weights' own (torchvision {name} {entry.name})")

@@ -49,7 +49,7 @@ def open_run(run: str | Path, checkpoint: str = "best") -> tuple[Path, dict, dic
     if not RunLayout(run).config.is_file():
         raise CnnbenchError(f"{run} is not a cnnbench run (no {RunLayout.CONFIG})")
     stored = cfg.read_yaml(RunLayout(run).config)
-    config = {**cfg.defaults(stored.get("task")), **stored}
+    config = cfg.stored(stored)
     state = load_checkpoint(RunLayout(run).checkpoint(checkpoint))
     if not config["threads"] and state.get("threads"):
         torch.set_num_threads(state["threads"])  # as many as in training: the same sums, bitwise

@@ -23,12 +23,17 @@ import yaml
 from cnnbench.errors import CnnbenchError, did_you_mean
 
 
+NO_LEGACY = object()  # Key.legacy: a run that predates the key behaved as its default says
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key.
 
     ``type`` None accepts anything YAML can hold. ``bounds`` is an interval, ``"[1, inf)"`` or
     ``"(0, 1)"``, for a number or each item of a list; every float must also be finite.
+    ``legacy``: the value that a run made before the key existed had in effect, where that is not
+    ``default`` (a resumed or evaluated old run keeps its behaviour; ``recipe.stored``).
     """
 
     name: str
@@ -37,6 +42,7 @@ class Key:
     choices: tuple | None = None
     bounds: str | None = None
     help: str = ""
+    legacy: Any = NO_LEGACY
 
 
 TRAINER_KEYS: dict[str, Key] = {}  # every module's declarations, filled at their import

@@ -69,6 +69,16 @@ def defaults(task: str | None = None) -> dict:
     return {name: copy.deepcopy(key.default) for name, key in schema(task).items()}
 
 
+def stored(config: dict) -> dict:
+    """A run's stored configuration (``config.yaml``, a checkpoint's) with the keys added since
+    it was made: each at the value that run had in effect (``Key.legacy``), else the default."""
+    filled = defaults(config.get("task"))
+    for name, key in schema(config.get("task")).items():
+        if key.legacy is not keys_module.NO_LEGACY:
+            filled[name] = copy.deepcopy(key.legacy)
+    return {**filled, **config}
+
+
 def resolve(model: str | None = None, config_file: str | Path | None = None,
             overrides: dict | None = None) -> dict:
     """Defaults < YAML < overrides, validated; ``model`` may come from the YAML file."""

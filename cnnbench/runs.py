@@ -105,8 +105,7 @@ def compare_runs(names: list[str], root: str | os.PathLike = "runs") -> dict:
     if len(names) < 2:
         raise CnnbenchError("--compare takes two or more runs")
     folders = [find_run(n, root) for n in names]
-    defaults = recipe.defaults()  # keys added since a run
-    configs = [{**defaults, **read_yaml(RunLayout(f).config)} for f in folders]
+    configs = [recipe.stored(read_yaml(RunLayout(f).config)) for f in folders]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     differ = [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs)]
     runs = []

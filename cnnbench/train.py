@@ -126,8 +126,8 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
     if not RunLayout(run).config.is_file():
         raise CnnbenchError(f"{run} is not a cnnbench run (no {RunLayout.CONFIG})")
     state = load_checkpoint(RunLayout(run).last)
-    # Keys added since the run started take their defaults.
-    config = {**recipe.defaults(state["config"].get("task")), **state["config"]}
+    # Keys added since the run started take the value the run had (recipe.stored).
+    config = recipe.stored(state["config"])
     changed = {k: v for k, v in (overrides or {}).items()
                if v is not None and config.get(k) != v}
     fixed = sorted(set(changed) - RESUMABLE_KEYS)

@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from cnnbench import recipe as cfg
+from cnnbench.data.fashion_mnist import CLASS_NAMES
 from cnnbench.tasks.base import Context
 from cnnbench.tasks.classification import Classification, labelled_grid
 from cnnbench.training.build import build_trainer
@@ -88,8 +90,10 @@ def test_step_loss_and_lr_every_n_steps_read_from_the_device_once_per_n(tmp_path
     assert data["_hparams_/session_end_info"].session_end_info.status == api_pb2.STATUS_SUCCESS
     assert main.Scalars("hparam/test_acc")[-1].value == pytest.approx(results["test_acc"])
 
-    # The labelled grid of the test images the final model gets wrong (32 at most, 8 a row).
-    (image,) = [e for e in main.Images("test/misclassified") if e.step == 2]
+    # The labelled grid of the test images the final model gets wrong (32 at most, 8 a row),
+    # drawn once, after the test pass, not every epoch.
+    (image,) = main.Images("test/misclassified")
+    assert image.step == 2
     confusion = results["report"]["confusion_matrix"]
     wrong = min(32, 24 - sum(confusion[i][i] for i in range(10)))
     assert wrong > 0
@@ -141,6 +145,32 @@ def test_hyper_parameters_are_on_disk_before_the_first_step(tmp_path, fmnist_dir
     board = events(tmp_path / "cut" / "tensorboard")
     assert [e.step for e in board.Scalars("val/acc")] == [1, 2]
     assert "_hparams_/session_end_info" in hparams_data(board)
+
+
+def misclassified_pairs(board) -> Counter:
+    """(true, predicted) class of each row of the table written beside the picture."""
+    (event,) = board.Tensors("test/misclassified/text_summary")
+    rows = event.tensor_proto.string_val[0].decode().splitlines()[2:]
+    return Counter(tuple(cell.strip() for cell in row.split("|")[2:4]) for row in rows)
+
+
+def test_pictures_are_drawn_by_the_weights_the_test_figures_belong_to(tmp_path, fmnist_dir):
+    overrides = {k: v for k, v in tiny_config(fmnist_dir, tmp_path).items()
+                 if k in ("data", "limit", "val_size", "batch_size", "optimizer", "lr",
+                          "momentum", "device")}
+    # best.pt follows the worst validation accuracy, so the tested weights are not the last
+    # (LeNet-BN learns enough in 3 epochs to change its mistakes).
+    results = train("lenet-bn", config_file=tmp_path / "none.yaml",
+                    overrides={**overrides, "epochs": 3, "monitor": "acc", "mode": "min",
+                               "log_images": True}, run_dir=tmp_path / "run")
+    assert results["test_checkpoint"] == "best" and results["test_epoch"] < 3
+    confusion = results["report"]["confusion_matrix"]
+    wrong = Counter({(CLASS_NAMES[t], CLASS_NAMES[p]): n for t, row in enumerate(confusion)
+                     for p, n in enumerate(row) if t != p and n})
+    assert 0 < sum(wrong.values()) <= 32  # all of them in the picture
+    board = events(tmp_path / "run" / "tensorboard")
+    assert [e.step for e in board.Images("test/misclassified")] == [3]
+    assert misclassified_pairs(board) == wrong
 
 
 class GradSums(Callback):

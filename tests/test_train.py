@@ -224,7 +224,8 @@ class WithMultipliers(torch.nn.Module):
 def test_every_optimizer_builds_with_the_models_parameter_groups(name):
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), WithMultipliers())
     config = cfg.defaults()
-    config.update(optimizer=name, lr=0.5, momentum=0.9, weight_decay=0.01)
+    config.update(optimizer=name, lr=0.5, momentum=0.9, weight_decay=0.01,
+                  decay_norm_bias=True)  # the multipliers alone (the norm rule: test_transfer)
     optimizer = build_optimizer(model, config)
     inner = model[1]
     rest, slow = optimizer.param_groups

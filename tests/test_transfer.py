@@ -11,7 +11,7 @@ from cnnbench.checkpoints import init_from, load_checkpoint, load_matching
 from cnnbench.errors import CnnbenchError
 from cnnbench.models import get_model
 from cnnbench.training.build import build_trainer
-from cnnbench.train import resume, train
+from cnnbench.train import resume, resume_trainer, train
 from cnnbench.training.loop import Callback
 from cnnbench.training.optimizers import build_optimizer, param_groups
 from cnnbench.training.schedules import SCHEDULES, build_schedule
@@ -91,7 +91,8 @@ def test_init_from_a_run_is_reported_in_its_results(tmp_path, fmnist_dir, capsys
     saved = json.loads((second / "results.json").read_text())
     assert saved["init_from"] == {"from": str(tmp_path / "first" / "checkpoints" / "best.pt"),
                                   "loaded": len(first_state), "shape_mismatch": 0,
-                                  "missing": 0, "unexpected": 0}
+                                  "missing": 0, "unexpected": 0, "statistics":
+                                  "Fashion-MNIST's published statistics, mean/std 0.286/0.353"}
 
 
 def test_weights_that_match_nothing_are_one_line_exit_2_and_no_folder(tmp_path, fmnist_dir,
@@ -251,3 +252,72 @@ def test_an_init_that_would_redraw_cached_weights_is_refused():
               "init": "xavier_uniform"}
     with pytest.raises(CnnbenchError, match="init: xavier_uniform would redraw the weights"):
         prepare(get_model("lenet"), config, resuming=False)
+
+
+# --- fine-tuning as the references do it: the weights' own statistics, no decay on norms ---
+
+def test_torchvision_weights_bring_their_own_normalisation(tmp_path, fmnist_dir, monkeypatch,
+                                                           capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(get_model("torchvision:squeezenet1_1").state_dict(),
+               cache / "squeezenet1_1-b8a52dc0.pth")
+    folder, results = run(tmp_path, fmnist_dir, model="torchvision:squeezenet1_1", epochs=1,
+                          input_size=[3, 64, 64], model_args={"weights": "IMAGENET1K_V1"},
+                          log_graph=False)
+    context = load_checkpoint(folder / "checkpoints" / "last.pt")["context"]
+    assert context["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert context["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert "torchvision squeezenet1_1 IMAGENET1K_V1" in context["stats"]
+    assert "normalisation: the weights' own (torchvision squeezenet1_1 IMAGENET1K_V1)" \
+        in capsys.readouterr().err
+    # The same file given as init_from is known by its published name.
+    _, results = run(tmp_path, fmnist_dir, model="torchvision:squeezenet1_1", name="again",
+                     epochs=1, input_size=[3, 64, 64],
+                     init_from=str(cache / "squeezenet1_1-b8a52dc0.pth"))
+    assert "IMAGENET1K_V1" in results["init_from"]["statistics"]
+    assert "0.485/0.229" in results["init_from"]["statistics"]
+
+
+def test_a_run_from_our_own_weights_keeps_its_data_statistics(tmp_path, fmnist_dir):
+    run(tmp_path, fmnist_dir, model="lenet", name="first", epochs=1)
+    second, results = run(tmp_path, fmnist_dir, model="lenet", name="second", epochs=1,
+                          init_from=str(tmp_path / "first"))
+    assert results["init_from"]["statistics"].startswith("Fashion-MNIST's published statistics")
+    context = load_checkpoint(second / "checkpoints" / "last.pt")["context"]
+    assert context["mean"] == pytest.approx([0.2860], abs=1e-3)
+
+
+def test_weight_decay_leaves_norms_and_biases_out_unless_asked():
+    model = get_model("lenet-bn")
+    config = {**cfg.defaults(), "optimizer": "sgd", "weight_decay": 5e-4}
+    groups = build_optimizer(model, config).param_groups
+    decayed = [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+    free = [p for g in groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert len(decayed) + len(free) == len(list(model.parameters()))
+    names = {id(p): n for n, p in model.named_parameters()}
+    # lenet-bn's convolution and linear weights decay; the notes' BatchNorm (gamma and beta of
+    # shape [1, C, 1, 1]) and every bias do not.
+    assert sorted(names[id(p)] for p in decayed) == ["0.weight", "12.weight", "15.weight",
+                                                     "4.weight", "9.weight"]
+    assert {names[id(p)].rsplit(".", 1)[1] for p in free} == {"bias", "gamma", "beta"}
+    everything = build_optimizer(model, {**config, "decay_norm_bias": True}).param_groups
+    assert len(everything) == 1 and everything[0]["weight_decay"] == 5e-4
+    assert len(build_optimizer(model, {**config, "weight_decay": 0.0}).param_groups) == 1
+
+
+def test_a_run_made_before_the_norm_rule_resumes_with_its_own_groups(tmp_path, fmnist_dir):
+    folder, _ = run(tmp_path, fmnist_dir, epochs=1, weight_decay=1e-3)
+    last = folder / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert len(state["optimizer"]["param_groups"]) == 2  # weights decay, norms and biases not
+    # As an older cnnbench wrote it: one group, and no decay_norm_bias key in its config.
+    model = get_model("lenet-bn")
+    old = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    state["optimizer"] = old.state_dict()
+    del state["config"]["decay_norm_bias"]
+    torch.save(state, last)
+    trainer = resume_trainer(folder, {"epochs": 2})
+    assert len(trainer.optimizer.param_groups) == 1
+    assert trainer.config["decay_norm_bias"] is True

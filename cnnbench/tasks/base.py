@@ -13,10 +13,11 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
+from cnnbench.checkpoints import weights_statistics
 from cnnbench.data.splits import DataBundle, Targets
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.keys import Key, table
@@ -33,6 +34,7 @@ class Context:
     mean: tuple[float, ...]  # per-channel normalisation on the [0, 1] scale
     std: tuple[float, ...]
     model_args: dict = field(default_factory=dict)  # builder options the data decide
+    stats: str = ""  # where mean and std come from (said when a run starts from weights)
 
     @property
     def num_classes(self) -> int:
@@ -45,10 +47,28 @@ def channel_stats(images: torch.Tensor, sample: int = 2000) -> tuple[tuple, tupl
     return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp(min=1e-3).tolist())
 
 
+def normalisation(config: dict, channels: int, own: Callable[[], tuple[tuple, tuple, str]]
+                  ) -> tuple[tuple, tuple, str]:
+    """``(mean, std, where)`` for a model of ``channels`` inputs: the starting weights' own
+    statistics when they have them (``checkpoints.weights_statistics``: torchvision's
+    weights), else ``own()`` (the data's, or published ones); grey statistics repeated for a
+    colour model."""
+    pretrained = weights_statistics(config["model"], config.get("model_args") or {},
+                                    config.get("init_from"))
+    mean, std, where = own()
+    if pretrained is not None and len(pretrained[0]) == channels:
+        mean, std, where = pretrained
+    elif pretrained is not None:
+        where += f" ({pretrained[2]} are for {len(pretrained[0])} channels, not {channels})"
+    if len(mean) != channels:  # grey data repeated for a colour model
+        mean, std = mean[:1] * channels, std[:1] * channels
+    return tuple(mean), tuple(std), where
+
+
 def context_state(context: Context) -> dict:
     """The context without its class names, for a checkpoint (which holds them beside it)."""
     return {"channels": context.channels, "mean": list(context.mean), "std": list(context.std),
-            "model_args": dict(context.model_args)}
+            "model_args": dict(context.model_args), "stats": context.stats}
 
 
 def stored_context(state: dict | None) -> Context | None:
@@ -57,7 +77,7 @@ def stored_context(state: dict | None) -> Context | None:
         return None
     c = state["context"]
     return Context(tuple(state["class_names"]), int(c["channels"]), tuple(c["mean"]),
-                   tuple(c["std"]), dict(c["model_args"]))
+                   tuple(c["std"]), dict(c["model_args"]), str(c.get("stats", "")))
 
 
 class Task(ABC):

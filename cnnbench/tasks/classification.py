@@ -3,7 +3,7 @@
 Loss: cross-entropy with optional label smoothing; with ``mixup``/``cutmix`` the training
 targets are the two images' mixed one-hot rows (soft targets). Metrics: top-1 and top-5
 accuracy (besides the trainer's mean loss). The test report adds a confusion matrix; TensorBoard gets a grid of
-misclassified test images each epoch, the true and predicted class written under each.
+the misclassified test images, the true and predicted class written under each.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from cnnbench.data import transforms as T
 from cnnbench.keys import Key
-from cnnbench.tasks.base import Context, Task, channel_stats
+from cnnbench.tasks.base import Context, Task, channel_stats, normalisation
 from cnnbench.tasks.metrics import Accuracy, TopK
 
 # Fashion-MNIST training-set pixel statistics (on the [0, 1] scale).
@@ -42,14 +42,16 @@ class Classification(Task):
         args = {}
         if "num_classes" in info.options or info.name.startswith("torchvision:"):
             args["num_classes"] = len(data.class_names)
-        channels = (config["input_size"] or info.input_size)[0]
-        if "channels" in data.info:  # the user's images (imagefolder, cifar10): their own stats
-            mean, std = channel_stats(data.train.images)
-        else:  # Fashion-MNIST: the published statistics, as the book's recipes use them
-            mean, std = (FMNIST_MEAN,), (FMNIST_STD,)
-        if len(mean) != int(channels):  # grey data repeated for a colour model
-            mean, std = mean[:1] * int(channels), std[:1] * int(channels)
-        return Context(tuple(data.class_names), int(channels), mean, std, args)
+        channels = int((config["input_size"] or info.input_size)[0])
+
+        def own():
+            if "channels" in data.info:  # the user's images (imagefolder, cifar10): their own
+                return (*channel_stats(data.train.images), "the training images' own")
+            # Fashion-MNIST: the published statistics, as the book's recipes use them
+            return (FMNIST_MEAN,), (FMNIST_STD,), "Fashion-MNIST's published"
+
+        mean, std, where = normalisation(config, channels, own)
+        return Context(tuple(data.class_names), channels, mean, std, args, where)
 
     def prepare(self, images, targets, train: bool):
         c = self.config

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from cnnbench.data import transforms as T
 from cnnbench.data.dense_transforms import multi_hot, random_affine
 from cnnbench.keys import Key
-from cnnbench.tasks.base import Context, Task, channel_stats
+from cnnbench.tasks.base import Context, Task, channel_stats, normalisation
 
 DENSE_OPTIONS = (
     Key("scenes", 10000, int, bounds="[1, inf)",
@@ -42,7 +42,6 @@ class DenseTask(Task):
 
     @classmethod
     def setup(cls, config, data, info) -> Context:
-        mean, std = channel_stats(data.train.images)
         wanted = config["input_size"] or list(info.input_size)
         data_channels = data.train.images.shape[1]
         # Colour data need a colour model; grey data are repeated for a colour model.
@@ -52,7 +51,9 @@ class DenseTask(Task):
             args["in_channels"] = channels
         if "num_classes" in info.options:
             args["num_classes"] = cls.model_classes(len(data.class_names))
-        return Context(tuple(data.class_names), channels, mean, std, args)
+        mean, std, where = normalisation(
+            config, channels, lambda: (*channel_stats(data.train.images), "the training images' own"))
+        return Context(tuple(data.class_names), channels, mean, std, args, where)
 
     @classmethod
     def model_classes(cls, num_classes: int) -> int:

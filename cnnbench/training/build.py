@@ -99,7 +99,8 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     ensure_input_fits(model, c["model"], tuple(c["input_size"]), model_args, device)
     model = distributed.prepare_model(model, c, device)
     # init_from, lr_mult and freeze_epochs, over the model's layer groups (transfer.py)
-    groups, transfer_callbacks = transfer.prepare(model, c, resuming=checkpoint is not None)
+    groups, transfer_callbacks = transfer.prepare(model, c, resuming=checkpoint is not None,
+                                                  context=context)
     layers = [(name, m, groups[name]) for name, m in zip(groups, c["lr_mult"])] \
         if c.get("lr_mult") else None
 

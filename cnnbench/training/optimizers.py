@@ -44,6 +44,9 @@ KEYS = declare(
     Key("nesterov", False, bool, help="SGD: Nesterov momentum"),
     Key("betas", [0.9, 0.999], list, bounds="[0, 1)", help="Adam's betas (each)"),
     Key("weight_decay", 0.0, float, bounds="[0, inf)", help="L2 (SGD, Adam) or decoupled (AdamW)"),
+    Key("decay_norm_bias", False, bool, legacy=True,
+        help="weight decay on norm layers' weights and on biases too (timm and fastai leave "
+             "them out: they set a scale and a shift, not a pattern to regularise)"),
 )
 
 
@@ -76,12 +79,40 @@ def param_groups(model, lr: float, layers: list[tuple[str, float, list]] | None 
     return groups
 
 
+def norms_and_biases(model) -> set[int]:
+    """The ids of ``model``'s norm layers' parameters (any module whose class says Norm: the
+    notes' own ``BatchNorm`` keeps a 4-d ``gamma``), its biases and every parameter of one
+    dimension or fewer (timm's rule)."""
+    found = set()
+    for module in model.modules():
+        norm = "norm" in type(module).__name__.lower()
+        for name, p in module.named_parameters(recurse=False):
+            if norm or name.endswith("bias") or p.ndim <= 1:
+                found.add(id(p))
+    return found
+
+
+def no_decay(groups: list[dict], exempt: set[int]) -> list[dict]:
+    """``groups`` with each one's ``exempt`` parameters moved into a twin group right after it
+    with ``weight_decay`` 0; a group left empty goes."""
+    result = []
+    for group in groups:
+        flat = [p for p in group["params"] if id(p) in exempt]
+        rest = [p for p in group["params"] if id(p) not in exempt]
+        result += [g for g in ({**group, "params": rest},
+                               {**group, "params": flat, "weight_decay": 0.0}) if g["params"]]
+    return result
+
+
 def build_optimizer(model, config: dict, groups: list[dict] | None = None):
-    """The optimizer ``config["optimizer"]`` names, over ``groups`` (default: the model's)."""
+    """The optimizer ``config["optimizer"]`` names, over ``groups`` (default: the model's);
+    with weight decay, norm weights and biases are left out of it unless ``decay_norm_bias``."""
     info = OPTIMIZERS[config["optimizer"]]
     options = {k: tuple(config[k]) if isinstance(config[k], list) else config[k]
                for k in info.keys}
     groups = param_groups(model, config["lr"]) if groups is None else groups
+    if config.get("weight_decay") and not config.get("decay_norm_bias", True):
+        groups = no_decay(groups, norms_and_biases(model))
     first = next((p for g in groups for p in g["params"]), None)
     if info.fused and first is not None and first.device.type == "cuda":
         options["fused"] = True

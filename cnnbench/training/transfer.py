@@ -40,6 +40,13 @@ KEYS = declare(
 HEAD_NAMES = ("head", "heads", "fc", "classifier")
 
 
+def _statistics(context) -> str | None:
+    if context is None or not context.stats:
+        return None
+    numbers = ", ".join(f"{m:.3f}/{s:.3f}" for m, s in zip(context.mean, context.std))
+    return f"{context.stats} statistics, mean/std {numbers}"
+
+
 # -- layer groups --
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -160,10 +167,13 @@ def _eval_mode(module: nn.Module, args) -> None:
 
 
 class TransferLog(Callback):
-    """Puts what ``init_from`` loaded into ``results.json`` (``init_from``), also on resume."""
+    """Puts what ``init_from`` loaded, and the normalisation the run uses, into
+    ``results.json`` (``init_from``), also on resume."""
 
-    def __init__(self, report: LoadReport | None = None):
+    def __init__(self, report: LoadReport | None = None, statistics: str | None = None):
         self.summary = report.summary() if report else None
+        if self.summary is not None and statistics:
+            self.summary["statistics"] = statistics
 
     def after_test(self, trainer, results: dict) -> None:
         if self.summary:
@@ -176,20 +186,26 @@ class TransferLog(Callback):
         self.summary = state.get("init_from") or self.summary
 
 
-def prepare(model: nn.Module, config: dict, resuming: bool) -> tuple[dict, list[Callback]]:
-    """Load ``init_from`` (a new run only), check ``lr_mult`` and ``freeze_epochs`` against the
-    model's groups; the groups and the callbacks the run needs."""
+def prepare(model: nn.Module, config: dict, resuming: bool, context=None
+            ) -> tuple[dict, list[Callback]]:
+    """Load ``init_from`` (a new run only), say which normalisation a run from trained weights
+    uses (``context``: the task's), check ``lr_mult`` and ``freeze_epochs`` against the model's
+    groups; the groups and the callbacks the run needs."""
     if config["model_args"].get("weights") and config.get("init", "default") != "default":
         raise CnnbenchError(f"init: {config['init']} would redraw the weights that weights="
                             f"{config['model_args']['weights']} loads: leave one out")
     groups = layer_groups(model)
     check_lr_mult(config.get("lr_mult"), groups, config["model"])
     check_freeze(config.get("freeze_epochs", 0), groups, config["model"])
-    report = None
+    report, statistics = None, _statistics(context)
     if config.get("init_from") and not resuming:
         report = init_from(model, config["init_from"])
         say(f"init_from: {report.line()}")
-    callbacks: list[Callback] = [TransferLog(report)] if config.get("init_from") else []
+    if statistics and not resuming and (config.get("init_from")
+                                        or config["model_args"].get("weights")):
+        say(f"normalisation: {statistics}")
+    callbacks: list[Callback] = [TransferLog(report, statistics)] \
+        if config.get("init_from") else []
     if config.get("lr_mult") or config.get("freeze_epochs"):
         rates = config.get("lr_mult") or [1] * len(groups)
         frozen = (f"; epochs 1-{config['freeze_epochs']} train the {list(groups)[-1]} only"

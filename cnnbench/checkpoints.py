@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnbench.errors import CnnbenchError, say
+from cnnbench.errors import CnnbenchError, say, shown
 from cnnbench.files import RunLayout
 
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel's, torch.compile's
@@ -52,11 +52,27 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+# The entries of a trainer checkpoint and their types (those an older one lacks are not
+# checked): a damaged or crafted file is a one-line error before anything is built from it.
+STATE_TYPES = {"model": dict, "optimizer": dict, "epoch": int, "config": dict, "schedule": dict,
+               "scaler": dict, "rng": dict, "started": str, "threads": int, "class_names": list,
+               "context": dict, "row": (dict, type(None)), "position": (dict, type(None)),
+               "best": (int, float), "best_epoch": int, "early_stopping": (dict, type(None)),
+               "ema": (dict, type(None))}
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A trainer checkpoint (``last.pt``/``best.pt``): model, optimizer, epoch and the rest."""
+    """A trainer checkpoint (``last.pt``/``best.pt``): model, optimizer, epoch and the rest,
+    each of its type (``STATE_TYPES``), the weights tensors by name."""
     state = read_checkpoint(path)
     if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= set(state):
         raise CnnbenchError(f"{path} is not a cnnbench checkpoint")
+    for key, kinds in STATE_TYPES.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise CnnbenchError(f"{path} is damaged: its {key} is {shown(value)}")
+    if state["epoch"] < 0 or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CnnbenchError(f"{path} is damaged: its epoch or weights are not what a run saves")
     return state
 
 

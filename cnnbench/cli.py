@@ -7,6 +7,7 @@ that need them, so that ``cnnbench summary`` starts about as fast as ``import to
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import List, Optional
@@ -15,7 +16,7 @@ import typer
 import typer.main
 
 from cnnbench import __version__
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, unforeseen
 from cnnbench.files import check_file, report
 from cnnbench.training.optimizers import OPTIMIZERS
 from cnnbench.training.schedules import SCHEDULES
@@ -163,6 +164,15 @@ def train(
     nproc: Optional[int] = typer.Option(None, "--nproc", help=(
         "Train in N processes (DistributedDataParallel, launched as torchrun does): gloo on "
         "the CPU, NCCL with one GPU each. --batch-size is per process.")),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", help=(
+        "Train across N machines (torch elastic, c10d rendezvous): run the same command on "
+        "each with its --node-rank; --nproc processes on each (default 1).")),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help=(
+        "With --nnodes: this machine's node, 0 to N-1 (node 0 hosts the rendezvous).")),
+    rdzv: Optional[str] = typer.Option(None, "--rdzv", help=(
+        "With --nnodes: HOST:PORT of the rendezvous, on node 0 (e.g. node0:29400).")),
+    rdzv_timeout: float = typer.Option(120.0, "--rdzv-timeout", help=(
+        "With --nnodes: seconds to wait for the rendezvous and the other nodes.")),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe (after "
                                  "the device profile and the options; JSON with --json), "
                                  "then exit without loading data or training."),
@@ -206,9 +216,15 @@ def train(
         render.print_json(rows) if as_json else render.keys_table(rows)
         return
     trainer.check_request(model, config, run_dir, resume, dry_run)
-    if nproc is not None and not dry_run:
-        raise typer.Exit(trainer.launch_train(nproc, sys.argv[1:], model, config, overrides,
-                                              run_dir=run_dir, resume=resume))
+    if (node_rank is not None or rdzv) and nnodes is None:
+        raise CnnbenchError("--node-rank and --rdzv go with --nnodes N")
+    if (nproc is not None or nnodes is not None) and not dry_run:
+        from cnnbench.training.distributed import Nodes
+
+        nodes = Nodes(nnodes, node_rank, rdzv, rdzv_timeout) if nnodes is not None else None
+        raise typer.Exit(trainer.launch_train(1 if nproc is None else nproc, sys.argv[1:],
+                                              model, config, overrides, run_dir=run_dir,
+                                              resume=resume, nodes=nodes))
     reporter = render.TrainReporter(quiet=quiet or as_json,
                                     console=render.err if as_json else None)
     result = trainer.run(model, config, overrides, run_dir=run_dir, resume_dir=resume,
@@ -288,7 +304,9 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
              "Runs to set side by side (repeat it, or list them after one --compare): the keys "
              "that differ, their metrics; --plot draws their learning curves.")),
          sweep_dir: Optional[str] = typer.Option(None, "--sweep", help=(
-             "A sweep's folder: its settings against their metrics over the seeds.")),
+             "A sweep's folder: its settings against their metrics over the seeds; for a "
+             "search, its trials, the pruned ones and the best, and Optuna's optimization "
+             "history and parameter importances drawn to PNGs in the folder.")),
          plot: Optional[str] = typer.Option(None, "--plot", help=(
              "With --compare: the learning curves on shared axes, to FILE.png.")),
          more: Optional[List[str]] = typer.Argument(None, metavar="[RUN]...", help=(
@@ -298,7 +316,7 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
 
     Examples: `cnnbench runs`, `cnnbench runs --columns lr,batch_size --json`,
     `cnnbench runs --compare RUN1 RUN2 --plot curves.png`,
-    `cnnbench runs --sweep runs/sweep-lenet-20260101-120000`.
+    `cnnbench runs --sweep runs/sweep-lenet-3f2a9c1e`.
     """
     from cnnbench import render
     from cnnbench import runs as folders
@@ -312,10 +330,16 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
     if plot:
         check_file(plot, "--plot")
     if sweep_dir:
-        from cnnbench.sweep import summarize
+        from cnnbench.sweep import is_search, summarize
 
-        table = summarize(sweep_dir)
-        render.print_json(table) if as_json else render.sweep_table(table)
+        if is_search(sweep_dir):
+            from cnnbench import search
+
+            table = search.summarize(sweep_dir, pictures=True)
+            render.print_json(table) if as_json else render.search_table(table)
+        else:
+            table = summarize(sweep_dir)
+            render.print_json(table) if as_json else render.sweep_table(table)
     elif compare:
         result = folders.compare_runs([*compare, *(more or [])], root)
         if plot:
@@ -355,18 +379,49 @@ def sweep(
         "Runs at once, each in its own process: one per GPU on CUDA; on the CPU each gets "
         "cores/N threads unless `threads` is set. Output in DIR/logs/.")),
     folder: Optional[str] = typer.Option(None, "--dir", help=(
-        "The sweep's folder (default runs/sweep-MODEL-TIME); one holding the same sweep "
-        "is continued.")),
+        "The sweep's folder. Default: runs/sweep-MODEL-DIGEST, DIGEST naming the plan "
+        "(model, recipe file and its content, fixed keys, grid, seeds), so the same command "
+        "finds the same folder. A folder holding the same sweep is continued; one holding "
+        "another sweep is refused.")),
     resume: Optional[str] = typer.Option(None, "--resume", help=(
         "Continue the sweep in this folder, as its sweep.yaml says.")),
+    search: str = typer.Option("grid", "--search", help=(
+        "grid (every setting of --grid), or an Optuna search over --space: tpe (Bayesian, "
+        "Optuna's TPESampler) or random.")),
+    space: Optional[List[str]] = typer.Option(None, "--space", help=(
+        "With --search: KEY=LOW..HIGH, KEY=log:LOW..HIGH, KEY=int:LOW..HIGH or "
+        "KEY=V1,V2,... (repeatable), e.g. lr=log:1e-4..1e-1.")),
+    trials: Optional[int] = typer.Option(None, "--trials", help=(
+        "With --search: trials in all (over every worker and every run of the command; "
+        "give more to extend the study).")),
+    pruner: str = typer.Option("median", "--pruner", help=(
+        "With --search: median (Optuna's MedianPruner on each epoch's validation value; "
+        "4 trials run whole first), halving (its SuccessiveHalvingPruner) or none.")),
+    storage: Optional[str] = typer.Option(None, "--storage", help=(
+        "With --search: the Optuna storage (default: the journal file DIR/optuna.journal), "
+        "e.g. sqlite:///study.db, postgresql://..., or journal:PATH on a shared file system.")),
+    launcher: str = typer.Option("local", "--launcher", help=(
+        "Where the runs go: local (this machine; --parallel processes) or slurm (a job array "
+        "through submitit; --parallel tasks at once).")),
+    slurm: Optional[str] = typer.Option(None, "--slurm", help=(
+        "With --launcher slurm: submitit's SlurmExecutor parameters, "
+        "e.g. partition=gpu,gpus_per_node=1,time=60 (minutes).")),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only a line per run."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON at the end."),
+    yes: bool = typer.Option(False, "--yes", help=(
+        "Start a sweep of more than 100 runs (without it, such a sweep stops before any).")),
 ) -> None:
     """Train every setting of a grid for each seed, one run folder each; then a table.
+    Or, with `--search tpe|random`, `--trials` runs chosen by Optuna over `--space`.
 
-    All the runs are checked before the first starts. Running the same sweep again (or
-    `--resume DIR`) skips finished runs, resumes interrupted ones and starts the rest.
-    Examples:
+    All the runs are checked before the first starts. The default folder,
+    runs/sweep-MODEL-DIGEST, is named after the plan: running the same command again (or
+    `--resume DIR`) continues that sweep: finished runs are skipped untouched, interrupted ones
+    resume from their last checkpoint, the rest start. Changing the model, recipe, a fixed key,
+    the grid or the seeds makes another plan, hence another folder. For a search the plan is
+    the space, sampler, pruner, storage and seed instead of the grid (not `--trials`): the
+    same command continues the study (a trial left running resumes), a larger `--trials`
+    extends it. Examples:
 
     * `cnnbench sweep lenet --grid lr=0.003,0.01 --seeds 0,1 --limit 2000 --epochs 1`
 
@@ -374,24 +429,53 @@ def sweep(
 
     * `cnnbench sweep --file sweep.yaml --dir runs/my-sweep`
 
-    * `cnnbench sweep --resume runs/sweep-lenet-20260101-120000`
+    * `cnnbench sweep --resume runs/sweep-lenet-3f2a9c1e`
+
+    * `cnnbench sweep lenet --search tpe --trials 16 --space lr=log:1e-4..1e-1
+      --space weight_decay=0,5e-4,5e-3 --epochs 4 --parallel 2`
+
+    * `cnnbench sweep lenet --grid lr=0.003,0.01 --launcher slurm
+      --slurm partition=gpu,gpus_per_node=1,time=60 --parallel 8`
     """
     from cnnbench import render
     from cnnbench import sweep as sweeps
+    from cnnbench.launchers import get_launcher
 
     if resume and (model or grid or seeds or file or config or folder):
         raise CnnbenchError("--resume takes the sweep from its folder's sweep.yaml; give no "
                             "model, --grid, --seeds, --file, --config or --dir")
+    searching = search != "grid"
+    if not searching and (space or trials is not None or storage):
+        raise CnnbenchError("--space, --trials and --storage go with --search tpe or random")
+    if searching and resume:
+        raise CnnbenchError("a search continues with the same command (or --dir DIR), "
+                            "not --resume")
     fixed = _overrides(set_, model_arg, epochs=epochs, batch_size=batch_size, limit=limit,
                        data=data, device=device)
+    where = get_launcher(launcher, parallel, slurm)  # Slurm reachable, before any folder
+    reporter = None if quiet else render.TrainReporter(quiet=True, console=render.err)
+    if searching:
+        try:
+            from cnnbench import search as searches
+        except ModuleNotFoundError as exc:
+            raise CnnbenchError(f"--search needs {exc.name}: pip install "
+                                f"'cnnbench[sweep]'") from None
+
+        what = sweeps.spec(model, config, fixed, sweeps.parse_grid(grid),
+                           sweeps.parse_seeds(seeds), file)
+        table = searches.run_search(what, searches.parse_space(space), search, trials,
+                                    pruner, storage, folder, where, say=render.err.print,
+                                    reporter=reporter)
+        render.print_json(table) if as_json else render.search_table(table)
+        return
     if resume:
         what = sweeps.spec(file=resume, fixed=fixed)
     else:
         what = sweeps.spec(model, config, fixed, sweeps.parse_grid(grid),
                            sweeps.parse_seeds(seeds), file)
-    reporter = None if quiet else render.TrainReporter(quiet=True, console=render.err)
+    sweeps.check_size(what, yes)  # counted before any run is resolved
     table = sweeps.run_sweep(what, resume or folder, resume=bool(resume), parallel=parallel,
-                             say=render.err.print, reporter=reporter)
+                             say=render.err.print, reporter=reporter, launcher=where)
     render.print_json(table) if as_json else render.sweep_table(table)
 
 
@@ -656,6 +740,12 @@ def repeated_option(args: list[str]) -> str | None:
     return None
 
 
+# A path that cannot be used as given (a dangling or looping link, too long a name, a file
+# where a folder belongs): one line naming it. Full disks and the like are the write guard's.
+PATH_ERRORS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
+               errno.EACCES, errno.EPERM}
+
+
 def main() -> None:
     try:
         twice = repeated_option(sys.argv[1:])
@@ -674,14 +764,23 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    except Exception as exc:  # a run stopped by Ctrl-C/SIGTERM after its checkpoint
+    except Exception as exc:  # a run stopped after its checkpoint (Ctrl-C), or a bug
         from cnnbench.training.interrupt import Interrupted
 
-        if not isinstance(exc, Interrupted):
+        if isinstance(exc, Interrupted):
+            if os.environ.get("RANK", "0") == "0":
+                sys.stderr.write(f"{exc}\n")
+            sys.exit(exc.exit_code)
+        if os.environ.get("CNNBENCH_DEBUG"):
             raise
-        if os.environ.get("RANK", "0") == "0":
-            sys.stderr.write(f"{exc}\n")
-        sys.exit(exc.exit_code)
+        if isinstance(exc, OSError) and exc.errno in PATH_ERRORS and exc.filename:
+            report(f"cannot use {exc.filename}: {exc.strerror}")  # a path the user gave
+            sys.exit(2)
+        if isinstance(exc, MemoryError):  # a size no check could foresee on this machine
+            report("out of memory: ask for less (a smaller batch size, input size or --limit)")
+            sys.exit(2)
+        report(unforeseen(exc))  # a bug: one line, its traceback saved for the report
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

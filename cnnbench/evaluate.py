@@ -297,6 +297,9 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
         "pictures": {},
     }
     result.update(view.extra(task, outputs) if view.extra else {})
+    files = getattr(split, "files", None)  # the user's own images name their files
+    for worst in result.get("top_losses", []) if files else ():
+        worst["file"] = files[worst["index"]]
     pictures = view.pictures(task, split.images, outputs, result) if view.pictures else {}
     with guarded(folder):
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,14 +13,17 @@ so readers use ``config["lr"]`` and never repeat a default. To add a key: one ``
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.errors import CnnbenchError, did_you_mean, shown
 
 
 NO_LEGACY = object()  # Key.legacy: a run that predates the key behaved as its default says
@@ -69,9 +72,35 @@ def declare(*keys: Key) -> tuple[Key, ...]:
 
 # -- values: YAML as typed (recipes, --set, --model-arg) and checked against their key --
 
+MAX_YAML_BYTES = 100_000  # a recipe file or one value; a real recipe holds under 2 KB
+MAX_YAML_DEPTH = 32  # lists and mappings inside each other
+
+
+class YamlRefused(yaml.YAMLError):
+    """YAML that :class:`YamlLoader` will not build: aliases, or nesting past MAX_YAML_DEPTH."""
+
+
 class YamlLoader(yaml.SafeLoader):
     """YAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does (PyYAML follows YAML 1.1,
-    where a float needs a dot: ``1e-3`` would be the string '1e-3')."""
+    where a float needs a dot: ``1e-3`` would be the string '1e-3').
+
+    Bounded: an alias (``*name``) is refused, so a value is never larger than its text (a few
+    hundred bytes of nested aliases would expand to gigabytes when printed, copied or
+    checked), and so is nesting deeper than ``MAX_YAML_DEPTH`` (the composer recurses)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise YamlRefused(f"YAML aliases (*{self.peek_event().anchor}) are not read: write "
+                              f"the value out")
+        if self.depth >= MAX_YAML_DEPTH:
+            raise YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 YamlLoader.add_implicit_resolver(
@@ -84,8 +113,13 @@ def parse_value(text: str):
     nothing (``KEY=``) is None."""
     if not text.strip():
         return None
+    if len(text) > MAX_YAML_BYTES:
+        raise CnnbenchError(f"a value of {len(text):,} characters (at most {MAX_YAML_BYTES:,}): "
+                            f"{shown(text)}")
     try:
         return yaml.load(text, Loader=YamlLoader)
+    except YamlRefused as exc:
+        raise CnnbenchError(f"{exc}, in {shown(text)}") from None
     except yaml.YAMLError:
         return text.strip()
 
@@ -115,6 +149,8 @@ class UniqueKeyLoader(YamlLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):  # SafeLoader's own check, with its message
+                return super().construct_mapping(node, deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -123,11 +159,27 @@ class UniqueKeyLoader(YamlLoader):
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A YAML file holding a mapping with text keys (a recipe, a sweep file, a run's
+    config.yaml), read through :class:`UniqueKeyLoader`: at most ``MAX_YAML_BYTES`` (only that
+    much is read), UTF-8 or UTF-16 (with its byte-order mark), not a pipe; anything else is one
+    line."""
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+        mode = os.stat(path).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # before open: it would block
+            raise CnnbenchError(f"config {path} is a pipe or socket, not a file")
+        with open(path, "rb") as f:  # /dev/null reads as an empty recipe, /dev/zero as too long
+            raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as exc:
         raise CnnbenchError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise CnnbenchError(f"config {path} is larger than {MAX_YAML_BYTES:,} bytes: not a recipe")
+    try:
+        data = yaml.load(raw, Loader=UniqueKeyLoader)
+    except yaml.reader.ReaderError:
+        raise CnnbenchError(f"{path} is not UTF-8 or UTF-16 text (save it as UTF-8)") from None
+    except YamlRefused as exc:
+        raise CnnbenchError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -139,20 +191,32 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise CnnbenchError(f"{path} must hold a mapping of keys to values")
+    bad = next((k for k in data if not isinstance(k, str)), None)
+    if bad is not None:
+        raise CnnbenchError(f"{path}: key {shown(bad)} is not a name")
     return data
 
 
 def check(key: str, value, keys: dict[str, Key], source: str = "config"):
     """``value`` for ``key`` (one of ``keys``) converted to the key's type; a one-line error
     otherwise."""
+    if not isinstance(key, str):
+        raise CnnbenchError(f"key {shown(key)} in {source} is not a name")
     if key not in keys:
-        raise CnnbenchError(f"unknown key {key!r} in {source}{did_you_mean(key, keys)}")
+        raise CnnbenchError(f"unknown key {shown(key)} in {source}{did_you_mean(key, keys)}")
     spec = keys[key]
     kind, choices = spec.type, spec.choices
+    if value is None and spec.default is not None and kind is not None:
+        raise CnnbenchError(f"{key} must be {kind.__name__}, not null (in {source}; leave the "
+                            f"key out for its default, {shown(spec.default)})")
     if value is None or kind is None:
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past 1e308
+            raise CnnbenchError(f"{key} must be a finite number, not {shown(value)} "
+                                f"(in {source})") from None
     elif kind is float and isinstance(value, str):
         try:
             value = float(value)
@@ -163,9 +227,12 @@ def check(key: str, value, keys: dict[str, Key], source: str = "config"):
     if kind is int and isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise CnnbenchError(f"{key} must be {kind.__name__}, not {value!r} (in {source})")
+        raise CnnbenchError(f"{key} must be {kind.__name__}, not {shown(value)} (in {source})")
+    for item in value if isinstance(value, list) else [value]:
+        if type(item) is int and abs(item) >= 2**63:  # torch and numpy take 64-bit integers
+            raise CnnbenchError(f"{key} does not fit in 64 bits: {shown(value)} (in {source})")
     if choices and value not in choices:
-        raise CnnbenchError(f"{key} must be one of {', '.join(choices)}, not {value!r}"
+        raise CnnbenchError(f"{key} must be one of {', '.join(choices)}, not {shown(value)}"
                             f"{did_you_mean(str(value), choices)}")
     if spec.bounds:
         _check_bounds(key, value, spec.default, spec.bounds, source)
@@ -183,7 +250,8 @@ def parse_interval(text: str) -> tuple[float, float, bool, bool]:
 def _check_bounds(key: str, value, default, interval: str, source: str) -> None:
     items = value if isinstance(value, list) else [value]
     if isinstance(default, list) and len(value) != len(default):
-        raise CnnbenchError(f"{key} must hold {len(default)} numbers, not {value!r} (in {source})")
+        raise CnnbenchError(f"{key} must hold {len(default)} numbers, not {shown(value)} "
+                            f"(in {source})")
     lo, hi, lo_in, hi_in = parse_interval(interval)
     for item in items:
         ok = (isinstance(item, (int, float)) and not isinstance(item, bool)
@@ -194,7 +262,7 @@ def _check_bounds(key: str, value, default, interval: str, source: str) -> None:
             rule = (f"{'>=' if lo_in else '>'} {lo_text}" if math.isinf(hi)
                     else f"in {interval}")
             each = " (each)" if isinstance(value, list) else ""
-            raise CnnbenchError(f"{key} must be {rule}{each}, not {value!r} (in {source})")
+            raise CnnbenchError(f"{key} must be {rule}{each}, not {shown(value)} (in {source})")
 
 
 def parse_set(items: list[str] | None) -> dict:

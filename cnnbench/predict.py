@@ -1,6 +1,6 @@
 """`cnnbench predict`: a run's checkpoint on image files (fastai's ``learn.predict``).
 
-Each file is decoded by training's own reader (``data.images.decode``: the same tensor as in
+Each file is decoded by training's reader (``data.images.read_with_size``: the same tensor as in
 training), grey or colour as the model's input channels, at the run's input size; the task's
 ``prepare`` then normalises it exactly as in training. The checkpoint holds the class names and
 the normalisation (``Context``), so no data set is loaded (a checkpoint older than that loads
@@ -31,7 +31,7 @@ def read_image(path: str | Path, channels: int,
     if not path.is_file():
         raise CnnbenchError(f"no image file {path}")
     try:
-        pixels, original = images.decode(path, size, channels)
+        pixels, original = images.read_with_size(path, size, channels)
     except images.BadImage as exc:
         raise CnnbenchError(f"{path} is not an image Pillow can read ({exc.reason})") from None
     return images.to_tensor(pixels), original

@@ -15,8 +15,8 @@ import copy
 from pathlib import Path
 
 from cnnbench import keys as keys_module
-from cnnbench.data import sources
-from cnnbench.errors import CnnbenchError
+from cnnbench.data import csv_labels, sources, stream
+from cnnbench.errors import CnnbenchError, shown
 from cnnbench.inputs import parse_input_size
 from cnnbench.keys import Key, read_yaml, table
 from cnnbench.models import get_model_info
@@ -26,8 +26,8 @@ from cnnbench.training import (build, callbacks, compiling, distributed, loop, o
 
 # The modules that declare the trainer's keys (``keys.declare``), in the order a resolved
 # configuration lists them; each task declares its own in its class (``Task.options``).
-KEY_MODULES = (build, sources, loop, optimizers, schedules, compiling, weight_init, profiles,
-               callbacks, distributed, transfer)
+KEY_MODULES = (build, sources, stream, csv_labels, loop, optimizers, schedules, compiling,
+               weight_init, profiles, callbacks, distributed, transfer)
 MIXING_TASKS = ("classification",)  # mixup and cutmix mix one label per image
 
 
@@ -89,11 +89,19 @@ def resolve(model: str | None = None, config_file: str | Path | None = None,
     if config_file is None and model:
         config_file = default_recipe(model)
     from_file = read_yaml(config_file) if config_file else {}
+    for source, values in (("config file " + str(config_file), from_file),
+                           ("command line", overrides)):
+        for key in ("device", "profile"):  # read to pick the device block, before the rest
+            if key in values:
+                check(key, values[key], source)
     from_file = profiles.apply_profile(from_file, overrides.get("device"),
                                        overrides.get("profile"))
     if isinstance(from_file.get("model_args"), dict) and "model_args" in overrides:
         overrides["model_args"] = {**from_file["model_args"], **overrides["model_args"]}
     merged = {**from_file, **overrides}
+    for name in ("model", "task"):  # names, before they are looked up
+        if merged.get(name) is not None and not isinstance(merged[name], str):
+            raise CnnbenchError(f"{name} must be a name, not {shown(merged[name])}")
     if not merged.get("model"):
         raise CnnbenchError("no model: give MODEL or a config file with a `model:` key")
     info = get_model_info(merged["model"])

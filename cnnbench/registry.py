@@ -5,6 +5,7 @@ with the name, so ``summary``, ``bench``, ``train`` and ``receptive-field`` need
 A builder's own keyword defaults are the single source of its ``in_channels`` and ``num_classes``.
 ``torchvision:<name>`` builds a torchvision model with random weights, or with ``weights=NAME``
 (``DEFAULT``, ``IMAGENET1K_V1``...) loaded from the torch hub cache (``checkpoints.py``).
+Any other ``module:callable`` is the user's own builder (:func:`_user_info`).
 
 The families register themselves when ``cnnbench.models`` is imported; that package is where
 callers look models up (``from cnnbench.models import get_model_info``), so that this table
@@ -13,8 +14,11 @@ stays below every model, task and command.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -104,16 +108,89 @@ TORCHVISION_PREFIX = "torchvision:"
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """Metadata for a registered name or ``torchvision:<name>``."""
+    """Metadata for a registered name, ``torchvision:<name>`` or the user's ``module:callable``."""
     if name.startswith(TORCHVISION_PREFIX):
         return _torchvision_info(name[len(TORCHVISION_PREFIX):])
     _loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
+        if ":" in name:
+            return _user_info(name)
         raise CnnbenchError(
-            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; "
-            "`cnnbench models` lists them, or use torchvision:<name>") from None
+            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; `cnnbench models` lists "
+            "them, or use torchvision:<name> or your own module:callable") from None
+
+
+USER_SOURCE = "your own"  # ModelInfo.source of a module:callable
+USER_INPUT_SIZE = (224, 224)  # (H, W) of a user's model unless it says (an image_size default)
+
+
+def _user_info(name: str) -> ModelInfo:
+    """``mypkg.nets:build_net``: any importable callable that returns an ``nn.Module``, built
+    with its keyword options (``-m KEY=VALUE``); the folder the command runs in is importable,
+    as with ``python -m``. Its ``in_channels`` and ``num_classes`` defaults, if it has them,
+    say what it takes (else 3 channels); the task is ``classification`` unless the callable
+    has a ``task`` attribute or the run says ``task=...``."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise CnnbenchError(f"model {name!r}: a model of your own is module:callable, "
+                            "e.g. mypkg.nets:build_net")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise CnnbenchError(f"unknown model {name!r}: not registered (`cnnbench models`) and "
+                            f"{exc.name!r} cannot be imported") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+        raise CnnbenchError(f"model {name!r}: importing {module_name} raised "
+                            f"{_one_line(exc)}") from None
+    target = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise CnnbenchError(f"model {name!r}: {module_name} has no {attribute!r}"
+                                f"{did_you_mean(attribute, dir(module))}")
+    if not callable(target):
+        raise CnnbenchError(f"model {name!r}: {attribute} is a {type(target).__name__}, not a "
+                            "callable that returns an nn.Module")
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    options = {p.name: p.default for p in parameters.values()
+               if p.default is not inspect.Parameter.empty}
+    task = getattr(target, "task", "classification")
+    if task not in TASKS:
+        raise CnnbenchError(f"model {name!r}: its task attribute {task!r} is not a task "
+                            f"({', '.join(TASKS)})")
+    channels = options.get("in_channels", 3)
+    size = options.get("image_size", USER_INPUT_SIZE)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def builder(**kwargs):
+        try:
+            model = target(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - the user's code: any error is one line
+            raise CnnbenchError(f"cannot build {name}: it raised {_one_line(exc)}") from None
+        if not isinstance(model, torch.nn.Module):
+            raise CnnbenchError(f"{name} returned {type(model).__name__}, not an nn.Module")
+        return model
+
+    keywords = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return ModelInfo(name, builder, task, (int(channels), *size),
+                     options.get("num_classes") if task != "feature-extraction" else None,
+                     USER_SOURCE, (target.__doc__ or "").strip().split("\n")[0],
+                     options if not keywords else {**options, USER_KWARGS: None})
+
+
+USER_KWARGS = "**kwargs"  # in a user's model's options: it takes any keyword
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def format_options(options: dict) -> str:
@@ -141,7 +218,7 @@ def check_options(info: ModelInfo, options: dict) -> None:
                 "from random ones (init_from: PATH, receptive-field --checkpoint FILE and "
                 "ssd's backbone_weights=FILE load local state dicts; a torchvision: model "
                 "takes weights=DEFAULT from the torch hub cache)")
-    if torchvision:
+    if torchvision or USER_KWARGS in info.options:
         return  # torchvision's builders take **kwargs; they check their own
     unknown = set(options) - set(info.options)
     if unknown:

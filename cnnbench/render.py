@@ -292,6 +292,32 @@ def sweep_table(t: dict) -> None:
               f"* the best mean best-validation {monitor} ({t['mode']})")
 
 
+def search_table(t: dict) -> None:
+    """`cnnbench sweep --search` and `cnnbench runs --sweep DIR` of a search: a row per trial."""
+    monitor = t["monitor"]
+    keys = list(dict.fromkeys(k for r in t["rows"] for k in r["params"]))
+    table = Table(title=f"Search {t['model']} ({t['search']}, pruner {t['pruner']}): "
+                        f"{t['sweep']}", title_justify="left")
+    for col in ["trial", *keys, "state", "epochs", f"best val {monitor}", f"test {monitor}",
+                "best"]:
+        table.add_column(col, justify="left" if col in ("state", "best") else "right",
+                         no_wrap=True)
+    for r in t["rows"]:
+        table.add_row(str(r["trial"]), *(_cell(r["params"].get(k)) for k in keys), r["state"],
+                      str(r["epochs"] or 0),
+                      "--" if r["value"] is None else f"{r['value']:.4f}",
+                      "--" if r[f"test_{monitor}"] is None else f"{r[f'test_{monitor}']:.4f}",
+                      "*" if r["trial"] == t["best"] else "")
+    out.print(table)
+    c = t["counts"]
+    out.print(f"{len(t['rows'])} of {t['trials']} trials: {c['complete']} complete, "
+              f"{c['pruned']} pruned, {c['running']} running, {c['fail']} failed; "
+              f"{t['epochs']} epochs trained; * the best validation {monitor} "
+              f"({t['direction']}); study in {t['storage']}")
+    for picture in t.get("pictures", {}).values():
+        out.print(f"Picture written to {picture}")
+
+
 def compare_table(result: dict) -> None:
     """`cnnbench runs --compare`: the keys that differ and the metrics, a column per run."""
     runs = result["runs"]
@@ -302,6 +328,10 @@ def compare_table(result: dict) -> None:
     for key in result["differ"]:
         table.add_row(key, *(_cell(r["settings"][key]) for r in runs))
     if result["differ"]:
+        table.add_section()
+    for key in result.get("environment_differ", ()):
+        table.add_row(f"env {key}", *(escape(_cell(r["environment"][key])) for r in runs))
+    if result.get("environment_differ"):
         table.add_section()
     table.add_row("epochs", *(str(r["epochs"]) for r in runs))
     table.add_row("best val", *(_score(r["best_val"], r["monitor"]) for r in runs))
@@ -375,12 +405,14 @@ def eval_report(result: dict, top_losses: int = 8) -> None:
     worst = result.get("top_losses", [])[:top_losses]
     if worst:
         table = Table(title="Top losses", title_justify="left")
-        for col in ("image", "actual", "predicted", "loss", "p(actual)"):
+        named = "file" in worst[0]  # images read from files: the file, not only the index
+        for col in ("image", *(("file",) if named else ()), "actual", "predicted", "loss",
+                    "p(actual)"):
             table.add_column(col, justify="right" if col in ("image", "loss", "p(actual)")
-                             else "left", no_wrap=True)
+                             else "left", no_wrap=col != "file")
         for w in worst:
-            table.add_row(str(w["index"]), w["actual"], w["predicted"], f"{w['loss']:.3f}",
-                          f"{w['probability']:.3f}")
+            table.add_row(str(w["index"]), *((w["file"],) if named else ()), w["actual"],
+                          w["predicted"], f"{w['loss']:.3f}", f"{w['probability']:.3f}")
         out.print(table)
     for name, path in result["pictures"].items():
         out.print(f"{name.replace('_', ' ')}: {path}", soft_wrap=True)

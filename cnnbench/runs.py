@@ -13,12 +13,13 @@ from pathlib import Path
 
 from cnnbench import recipe
 from cnnbench.checkpoints import pid_alive
-from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.errors import CnnbenchError, did_you_mean, shown
 from cnnbench.files import SWEEP_PLAN, RunLayout
 from cnnbench.keys import read_yaml
 from cnnbench.registry import TASKS
 from cnnbench.tasks.base import get_task
-from cnnbench.training.runs import lock_holder, read_metrics, resolve_mode
+from cnnbench.training.runs import (PROVENANCE, lock_holder, read_environment, read_metrics,
+                                    resolve_mode)
 
 
 def list_runs(root: str | os.PathLike = "runs", columns: list[str] | None = None) -> list[dict]:
@@ -27,6 +28,9 @@ def list_runs(root: str | os.PathLike = "runs", columns: list[str] | None = None
     configuration keys each row also holds (under ``config``). A sweep's folder is not a run
     (``cnnbench runs --sweep DIR`` shows it)."""
     columns = check_columns(columns)
+    if os.path.lexists(root) and not Path(root).is_dir():
+        raise CnnbenchError(f"--dir {root} is not a folder (a file, or a dangling or looping "
+                            f"link): give the folder holding the runs")
     rows = [run_row(folder, columns) for folder in sorted(Path(root).glob("*"))
             if folder.is_dir() and _looks_like_run(folder)]
     return sorted(rows, key=lambda r: r["started"], reverse=True)
@@ -42,14 +46,11 @@ def run_row(folder: Path, columns: list[str] = ()) -> dict:
     status and the ``columns`` of its configuration."""
     config, metrics, results, damage = {}, [], {}, None
     try:
-        config = read_yaml(RunLayout(folder).config)
+        config = read_run_config(folder)
         metrics = read_metrics(folder)
-        results_path = RunLayout(folder).results
-        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results = read_results(folder)
     except CnnbenchError as exc:
         damage = str(exc).replace(str(folder) + "/", "")
-    except (ValueError, OSError) as exc:
-        damage = f"{RunLayout.RESULTS} unreadable ({type(exc).__name__})"
     status = _status(folder, metrics, results, damage)
     monitor = results.get("monitor") or config.get("monitor") or _monitor(config.get("task"))
     best = min if resolve_mode(config.get("mode"), monitor) == "min" else max
@@ -68,6 +69,47 @@ def run_row(folder: Path, columns: list[str] = ()) -> dict:
         "path": str(folder),
         **({"config": {k: config.get(k) for k in columns}} if columns else {}),
     }
+
+
+# What the listing and --compare read from a run's files, and the types they must have.
+TEXT_KEYS = ("model", "task", "monitor", "mode", "started")
+
+
+def read_run_config(folder: Path) -> dict:
+    """A run's ``config.yaml``, its names text and ``epochs`` a whole number."""
+    config = read_yaml(folder / "config.yaml")
+    _check_types(config, "config.yaml", folder)
+    return config
+
+
+def read_results(folder: Path) -> dict:
+    """A run's ``results.json`` ({} before it ends): a JSON object whose names are text and
+    whose ``test_*`` and ``best_*`` figures are numbers; anything else is a one-line error."""
+    path = folder / "results.json"
+    if not os.path.lexists(path):
+        return {}
+    try:
+        results = json.loads(path.read_text(errors="replace"))
+    except OSError as exc:
+        raise CnnbenchError(f"{path} cannot be read ({exc.strerror})") from None
+    except (ValueError, RecursionError):
+        raise CnnbenchError(f"{path} is not JSON") from None
+    if not isinstance(results, dict):
+        raise CnnbenchError(f"{path} is not a JSON object")
+    _check_types(results, "results.json", folder)
+    return results
+
+
+def _check_types(values: dict, name: str, folder: Path) -> None:
+    for key, value in values.items():
+        number = key.startswith(("test_", "best_")) or key in ("epochs", "best_epoch")
+        if key == "test_checkpoint" or key == "test_epoch" and value is None:
+            continue
+        if key in TEXT_KEYS and value is not None and not isinstance(value, str):
+            raise CnnbenchError(f"{folder / name}: {key} is {shown(value)}, not text")
+        if number and value is not None and (isinstance(value, bool) or not isinstance(
+                value, (int, float))):
+            raise CnnbenchError(f"{folder / name}: {key} is {shown(value)}, not a number")
 
 
 def config_keys() -> list[str]:
@@ -99,27 +141,34 @@ def find_run(name: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
 
 
 def compare_runs(names: list[str], root: str | os.PathLike = "runs") -> dict:
-    """Runs side by side: the configuration keys whose values differ between them, each run's
-    metrics, and its learning curves (training loss and the monitored validation metric per
+    """Runs side by side: the configuration keys whose values differ between them, the fields
+    of their ``environment.json`` that differ (``PROVENANCE``), each run's metrics, and its
+    learning curves (training loss and the monitored validation metric per
     epoch, from ``metrics.jsonl``)."""
     if len(names) < 2:
         raise CnnbenchError("--compare takes two or more runs")
     folders = [find_run(n, root) for n in names]
-    configs = [recipe.stored(read_yaml(RunLayout(f).config)) for f in folders]
+    configs = [recipe.stored(read_run_config(f)) for f in folders]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     differ = [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs)]
+    environments = [read_environment(f) for f in folders]
+    env_differ = [k for k in PROVENANCE
+                  if any(e.get(k) != environments[0].get(k) for e in environments)]
     runs = []
-    for folder, config in zip(folders, configs):
+    for folder, config, env in zip(folders, configs, environments):
         row = run_row(folder)
+        if row["status"].startswith("damaged: results.json"):
+            raise CnnbenchError(f"{folder}: {row['status']}")
         metrics = read_metrics(folder)
         val = f"val_{row['monitor']}"
         row.update({
             "settings": {k: config.get(k) for k in differ},
+            "environment": {k: env.get(k) for k in env_differ},
             "curves": {"epoch": [r.get("epoch") for r in metrics],
                        "train_loss": [r.get("train_loss") for r in metrics],
                        val: [r.get(val) for r in metrics]}})
         runs.append(row)
-    return {"differ": differ, "runs": runs}
+    return {"differ": differ, "environment_differ": env_differ, "runs": runs}
 
 
 def _looks_like_run(folder: Path) -> bool:

@@ -1,6 +1,6 @@
 """Sweeps: every setting of a grid, for each seed, one run folder each (`cnnbench sweep`).
 
-A sweep folder (``runs/sweep-<model>-<time>`` or ``--dir``) holds::
+A sweep folder (``runs/sweep-<model>-<plan digest>`` or ``--dir``) holds::
 
     .lock                  the pid of the sweep running in it (one at a time)
     sweep.yaml             the plan: model, recipe (and its sha256), fixed keys, grid, seeds, runs
@@ -8,8 +8,10 @@ A sweep folder (``runs/sweep-<model>-<time>`` or ``--dir``) holds::
     logs/NAME.log          a run's output, with --parallel
 
 Every run's configuration is resolved and checked (``config.resolve``) before the first starts,
-so a bad key or value stops the whole sweep in one line and leaves no folder. Running the sweep
-again (the same command with ``--dir``, or ``--resume DIR``) skips the finished runs (their
+so a bad key or value stops the whole sweep in one line and leaves no folder. The default
+folder's name ends in a digest of the plan (``plan_digest``: model, recipe and its content, fixed
+keys, grid, seeds), so the same command finds the same folder and a different plan another one.
+Running the sweep again (the same command, or ``--resume DIR``) skips the finished runs (their
 ``results.json``; their files are not touched), resumes the interrupted ones from their last
 checkpoint and starts the rest. ``--parallel N`` runs N at once, as ``cnnbench train``
 processes: one GPU each on CUDA, ``threads`` set so that N x threads fit the cores on the CPU.
@@ -25,6 +27,7 @@ A sweep file is a recipe with three more keys (``model``, ``config``, ``grid``, 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import signal
@@ -41,9 +44,10 @@ from cnnbench import train
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import SWEEP_PLAN, RunLayout, guarded, write_yaml
 from cnnbench.keys import parse_assignments, parse_value
+from cnnbench.launchers import Job
 from cnnbench.runs import list_runs
 from cnnbench.training.runs import (claim_run_dir, lock_holder, lock_run,
-                                    new_run_dir, release_run, resolve_mode)
+                                    release_run, resolve_mode)
 
 PLAN = SWEEP_PLAN
 FILE_KEYS = ("model", "config", "grid", "seeds")  # a sweep file's own keys; the rest are fixed
@@ -135,6 +139,25 @@ def settings(grid: dict) -> list[dict]:
     return combos
 
 
+MAX_RUNS = 100  # runs a sweep starts without --yes
+MAX_RUNS_EVER = 100_000  # each is resolved before the first starts
+
+
+def check_size(s: dict, yes: bool = False) -> int:
+    """The number of runs ``s`` asks for, counted before any is resolved: more than
+    ``MAX_RUNS`` needs ``yes`` (``--yes``), more than ``MAX_RUNS_EVER`` is refused."""
+    grid = s["grid"] if isinstance(s["grid"], dict) else {}
+    runs = math.prod(len(v) if isinstance(v, list) else 1 for v in grid.values())
+    runs *= len(s["seeds"]) if isinstance(s["seeds"], list) and s["seeds"] else 1
+    if runs > MAX_RUNS_EVER:
+        raise CnnbenchError(f"the sweep asks for {runs:,} runs, more than {MAX_RUNS_EVER:,}: "
+                            f"give fewer grid values or seeds")
+    if runs > MAX_RUNS and not yes:
+        raise CnnbenchError(f"the sweep asks for {runs:,} runs (more than {MAX_RUNS}): add "
+                            f"--yes to start them all, or give fewer grid values or seeds")
+    return runs
+
+
 def make_plan(s: dict) -> tuple[dict, list[dict]]:
     """The plan (what sweep.yaml holds) and every run's resolved configuration; a bad key or
     value in any run is a one-line error here, before any folder or run."""
@@ -209,10 +232,27 @@ def read_plan(folder: str | os.PathLike) -> dict:
     return plan
 
 
-def check_same_plan(folder: Path, plan: dict) -> None:
+def plan_digest(plan: dict, keys=PLAN_KEYS) -> str:
+    """Eight hex digits naming the plan (the ``keys`` a rerun must match): the default sweep
+    folder is ``sweep-MODEL-DIGEST``, so that the same command continues the same sweep."""
+    text = json.dumps({k: plan.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def default_folder(plan: dict, root: str | os.PathLike = "runs", keys=PLAN_KEYS) -> Path:
+    model = str(plan["model"]).replace(":", "-").replace("/", "-")
+    return Path(root) / f"sweep-{model}-{plan_digest(plan, keys)}"
+
+
+def is_search(folder: str | os.PathLike) -> bool:
+    """A sweep folder holding an Optuna search (``cnnbench.search``), not a grid."""
+    return is_sweep(folder) and "search" in read_plan(folder)
+
+
+def check_same_plan(folder: Path, plan: dict, keys=PLAN_KEYS) -> None:
     """Continuing a sweep must mean the same sweep: a one-line error naming what differs."""
     saved = read_plan(folder)
-    for key in PLAN_KEYS:
+    for key in keys:
         if saved.get(key) != plan.get(key):
             what = ("the recipe file changed since the sweep began" if key == "config_sha256"
                     else f"its {key} is {saved.get(key)!r}, here {plan.get(key)!r}")
@@ -234,17 +274,16 @@ def prepare(s: dict, folder: str | os.PathLike | None = None, resume: bool = Fal
     plan, configs = make_plan(s)
     if parallel > 1:
         slots(configs, parallel)
-    if folder is not None and (Path(folder) / PLAN).is_file():
+    if folder is None:
+        folder = default_folder(plan, root)
+    if (Path(folder) / PLAN).is_file():
         folder = Path(folder)
         check_same_plan(folder, plan)
         lock_run(folder)
         return plan, configs, folder
     if resume:
         read_plan(folder)  # the one-line error: not a sweep
-    if folder is None:
-        folder = new_run_dir(f"sweep-{plan['model']}", root)
-    else:
-        folder = claim_run_dir(folder)
+    folder = claim_run_dir(folder)
     write_yaml(folder / PLAN, plan)
     return plan, configs, folder
 
@@ -306,14 +345,19 @@ def _stop_callback(stop: Stop):
 
 def run_sweep(s: dict, folder: str | os.PathLike | None = None, resume: bool = False,
               parallel: int = 1, root: str | os.PathLike = "runs", say=None,
-              reporter=None) -> dict:
+              reporter=None, launcher=None) -> dict:
     """Run (or continue) a sweep; returns :func:`summarize` of its folder. ``say`` gets a
     line per run; ``reporter`` (``render.TrainReporter``) the runs' progress when sequential.
-    Stopped by a signal, it raises ``Interrupted`` naming the command that continues it."""
+    ``launcher`` (``launchers.get_launcher``) other than the local one runs the runs that are
+    left as its jobs (``GridRun``), ``parallel`` of them at once. Stopped by a signal, it
+    raises ``Interrupted`` naming the command that continues it."""
     from cnnbench.training.interrupt import Interrupted
 
     say = say or (lambda line: None)
-    plan, configs, folder = prepare(s, folder, resume, root, parallel)
+    elsewhere = launcher is not None and launcher.name != "local"
+    if launcher is not None:
+        parallel = launcher.parallel
+    plan, configs, folder = prepare(s, folder, resume, root, 1 if elsewhere else parallel)
     try:
         todo = []
         for n, (entry, config) in enumerate(zip(plan["runs"], configs), 1):
@@ -323,7 +367,12 @@ def run_sweep(s: dict, folder: str | os.PathLike | None = None, resume: bool = F
             else:
                 todo.append((n, entry, config, state))
         with Stop() as stop:
-            if parallel == 1:
+            if elsewhere:
+                jobs = [Job(entry["name"], GridRun(plan, entry, folder),
+                            worker_command(plan, entry, folder / entry["name"], state))
+                        for n, entry, config, state in todo]
+                failures = launcher.launch(jobs, folder, say, stop)
+            elif parallel == 1:
                 failures = _run_here(plan, folder, todo, len(configs), stop, say, reporter)
             else:
                 failures = _run_processes(plan, folder, todo, len(configs), configs, parallel,
@@ -340,6 +389,22 @@ def run_sweep(s: dict, folder: str | os.PathLike | None = None, resume: bool = F
         raise CnnbenchError(f"{len(failures)} of {len(configs)} runs failed ({name}: {message}); "
                             f"`cnnbench sweep --resume {folder}` retries them")
     return summarize(folder)
+
+
+class GridRun:
+    """One run of the sweep as a launcher's job: picklable; wherever it runs (a Slurm job, a
+    requeued one), it skips a finished run, resumes one with a checkpoint, or starts it."""
+
+    def __init__(self, plan: dict, entry: dict, folder: Path):
+        self.plan, self.entry, self.folder = plan, entry, Path(folder).resolve()
+
+    def __call__(self) -> None:
+        from cnnbench import render
+
+        run_dir = self.folder / self.entry["name"]
+        state = run_state(run_dir)
+        if state != "finished":
+            train_one(self.plan, self.entry, run_dir, state, render.TrainReporter(quiet=True))
 
 
 def train_one(plan: dict, entry: dict, run_dir: Path, state: str, reporter=None,

@@ -29,7 +29,8 @@ from cnnbench.training.runs import (check_run_dir, claim_run_dir, lock_run, new_
 # Keys that may change when a run is resumed; the rest would not fit the checkpoint.
 RESUMABLE_KEYS = {"epochs", "device", "amp", "compile", "log_graph", "log_images", "data",
                   "eval_batch_size", "log_every_steps", "log_histograms",
-                  "sync_batchnorm", "patience", "min_delta"}
+                  "sync_batchnorm", "patience", "min_delta",
+                  "data_mode", "data_budget_gb", "workers", "prefetch"}
 
 def check_request(model: str | None = None, config_file: str | os.PathLike | None = None,
                   run_dir: str | os.PathLike | None = None,
@@ -105,16 +106,17 @@ def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
         raise CnnbenchError(f"{run_dir} already trained {trainer.epoch} of "
                             f"{trainer.config['epochs']} epochs: give a larger --epochs")
     # Rank 0 locks and reconciles; its one-line error stops every process.
-    repaired = distributed.on_main(_lock_and_reconcile, trainer.run_dir, trainer.epoch)
+    repaired = distributed.on_main(_lock_and_reconcile, trainer.run_dir, trainer.epoch,
+                                   trainer.row)
     if repaired and distributed.is_main():
         say(f"note: {repaired}")
     return fit_in_folder(trainer, new=False)
 
 
-def _lock_and_reconcile(run_dir: Path, epoch: int) -> str | None:
+def _lock_and_reconcile(run_dir: Path, epoch: int, row: dict | None) -> str | None:
     lock_run(run_dir)
     try:
-        return reconcile_metrics(run_dir, epoch)
+        return reconcile_metrics(run_dir, epoch, row)
     except BaseException:
         release_run(run_dir)
         raise
@@ -126,8 +128,13 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
     if not RunLayout(run).config.is_file():
         raise CnnbenchError(f"{run} is not a cnnbench run (no {RunLayout.CONFIG})")
     state = load_checkpoint(RunLayout(run).last)
+    saved = state.get("config", {})
+    known = recipe.trainer_keys()
+    for key, value in saved.items():  # as a recipe's values are (a crafted file is refused)
+        if key in known and value is not None:
+            recipe.check(key, value, source=f"{run}'s checkpoint")
     # Keys added since the run started take the value the run had (recipe.stored).
-    config = recipe.stored(state["config"])
+    config = recipe.stored(saved)
     changed = {k: v for k, v in (overrides or {}).items()
                if v is not None and config.get(k) != v}
     fixed = sorted(set(changed) - RESUMABLE_KEYS)
@@ -142,9 +149,11 @@ def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
 
 
 def launch_train(nproc: int, argv: list[str], model: str | None, config_file: str | None,
-                 overrides: dict, run_dir: str | None = None, resume: str | None = None) -> int:
-    """``cnnbench train ... --nproc N``: check the options here (one line, no folder, no
-    process), then run the command without ``--nproc`` in N processes."""
+                 overrides: dict, run_dir: str | None = None, resume: str | None = None,
+                 nodes: distributed.Nodes | None = None) -> int:
+    """``cnnbench train ... --nproc N [--nnodes M --node-rank R --rdzv HOST:PORT]``: check
+    the options here (one line, no folder, no process), then run the command without them in
+    N processes on this node (``nodes``: one of M meeting at a rendezvous)."""
     if resume:
         saved = RunLayout(resume).config
         config = {**(read_yaml(saved) if saved.is_file() else {}), **overrides}
@@ -153,7 +162,9 @@ def launch_train(nproc: int, argv: list[str], model: str | None, config_file: st
         if run_dir:
             check_run_dir(run_dir)
     distributed.check_launch(nproc, config)
-    return distributed.launch(nproc, distributed.without_nproc(argv))
+    if nodes is not None:
+        nodes.wait_for_host()
+    return distributed.launch(nproc, distributed.without_nproc(argv), nodes=nodes)
 
 
 

@@ -5,7 +5,7 @@ import torch
 
 from cnnbench.data import fashion_mnist as fm
 from cnnbench.data import transforms as T
-from cnnbench.data.splits import Split, head, holdout
+from cnnbench.data.splits import Split, holdout, sample, sample_indices
 from cnnbench.errors import CnnbenchError
 from idx_files import write_fashion_mnist
 
@@ -67,7 +67,26 @@ def test_validation_split_is_fixed_disjoint_and_complete():
     train2, val2 = holdout(split, 20)
     assert torch.equal(val.targets, val2.targets) and len(val) == 20 and len(train) == 80
     assert sorted(train.targets.tolist() + val.targets.tolist()) == list(range(100))
-    assert head(train, 5).targets.tolist() == train.targets[:5].tolist()
+
+
+def test_limit_keeps_every_class_in_proportion_with_a_fixed_seed():
+    """--limit 300 of 1,000 images in class order (600, 300, 90, 10) was the first 300: class 0
+    alone. Now each class keeps its share, the smallest at least one image."""
+    labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 90 + [3] * 10)
+    split = Split(torch.zeros(1000, 1, 1, 1, dtype=torch.uint8), labels, [f"{i}.png" for i in
+                                                                         range(1000)])
+    kept = sample(split, 300)
+    assert torch.bincount(kept.targets).tolist() == [180, 90, 27, 3]
+    assert kept.files == [f"{i}.png" for i in sample_indices(1000, 300, labels).tolist()]
+    assert torch.equal(sample(split, 300).targets, kept.targets)  # seeded: the same each time
+    assert torch.bincount(sample(split, 4).targets).tolist() == [1, 1, 1, 1]  # one of each
+    assert torch.bincount(sample(split, 7).targets).tolist() == [3, 2, 1, 1]
+    assert sample(split, 5000) is split
+    # multi-label rows stratify on their first class; other targets draw a plain seeded sample
+    rows = torch.nn.functional.one_hot(labels, 4).float()
+    assert torch.bincount(sample(Split(split.images, {"multi_hot": rows}), 4).targets[
+        "multi_hot"].argmax(1)).tolist() == [1, 1, 1, 1]
+    assert len(sample(Split(split.images, {"boxes": torch.zeros(1000, 4)}), 10)) == 10
 
 
 def test_load_bundle_holds_out_validation_and_applies_limit(tmp_path):

@@ -253,6 +253,75 @@ def test_bad_nproc_is_one_line_before_any_folder(tmp_path, recipe, monkeypatch, 
 def test_nproc_strips_only_itself_from_the_command_line():
     argv = ["train", "lenet", "--nproc", "2", "--epochs", "3", "--nproc=4", "-q"]
     assert distributed.without_nproc(argv) == ["train", "lenet", "--epochs", "3", "-q"]
+    argv = ["train", "lenet", "--nnodes", "2", "--node-rank=1", "--rdzv", "h:1", "-q",
+            "--rdzv-timeout", "5"]
+    assert distributed.without_nproc(argv) == ["train", "lenet", "-q"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nnodes", "2", "--node-rank", "2", "--rdzv", "localhost:29400"],
+     "--node-rank 2 is not a node of --nnodes 2: give 0 to 1"),
+    (["--nnodes", "2", "--node-rank", "-1", "--rdzv", "localhost:29400"],
+     "--node-rank -1 is not a node"),
+    (["--nnodes", "2", "--node-rank", "1"], "--nnodes needs --rdzv HOST:PORT"),
+    (["--nnodes", "2", "--rdzv", "localhost"], "bad --rdzv 'localhost': use HOST:PORT"),
+    (["--nnodes", "0", "--rdzv", "localhost:1"], "--nnodes must be >= 1"),
+    (["--node-rank", "1"], "--node-rank and --rdzv go with --nnodes N"),
+    (["--nnodes", "2", "--node-rank", "1", "--rdzv", "localhost:PORT", "--rdzv-timeout", "2"],
+     "the rendezvous at localhost:{port} did not answer within 2 s"),
+])
+def test_bad_nodes_are_one_line_before_any_folder(tmp_path, recipe, monkeypatch, capsys, argv,
+                                                   message):
+    port = str(free_port())  # nothing listens there
+    argv = [a.replace("PORT", port) for a in argv]
+    message = message.replace("{port}", port)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cnnbench", "train", "lenet", "--config", str(recipe),
+                                      "--run-dir", "run", *argv])
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert message in err
+    assert time.perf_counter() - t0 < 30  # a time-out, not a hang
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["none.yaml"]
+
+
+@pytest.mark.cli
+@pytest.mark.slow  # seven interpreters with torch: 30 s on an idle 2-core machine, more if busy
+def test_two_nodes_of_one_process_train_as_nproc_2_does(tmp_path, fmnist_dir, recipe):
+    """Two "nodes" on localhost (c10d rendezvous, gloo) against --nproc 2 on one node."""
+    options = [f"--set={k}={v}" for k, v in SMALL.items() if k not in ("epochs", "limit")]
+    base = [sys.executable, "-m", "cnnbench", "train", "lenet", "--config", str(recipe),
+            "--data", str(fmnist_dir), "--limit", "96", "--epochs", "2", "--quiet", *options]
+    rdzv = f"localhost:{free_port()}"
+    nodes = [subprocess.Popen([*base, "--run-dir", "nodes", "--nnodes", "2", "--node-rank",
+                               str(r), "--rdzv", rdzv, "--rdzv-timeout", "60"],
+                              cwd=tmp_path, env=torchrun_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (1, 0)]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [o[1][-2000:] for o in outs]
+    done = subprocess.run([*base, "--run-dir", "one", "--nproc", "2"], cwd=tmp_path,
+                          env=torchrun_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("nodes", "one"))
+    assert a["processes"] == b["processes"] == 2
+    for key in ("test_loss", "test_acc", "test_top5", "best_val_acc"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    for row_a, row_b in zip(read_metrics(tmp_path / "nodes"), read_metrics(tmp_path / "one")):
+        for key, value in row_b.items():
+            if key not in ("epoch_seconds", "images_per_second"):
+                assert row_a[key] == pytest.approx(value, abs=1e-6), key
+    assert sum((o[0] + o[1]).count("training lenet") for o in outs) == 1  # one process prints
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu_in_a_launched_process(monkeypatch):

@@ -377,6 +377,35 @@ def test_skip_bad_images_names_each_skipped_file_and_trains(tmp_path, capsys):
     assert results["test_acc"] >= 0
 
 
+def test_limit_keeps_every_class_of_a_folder_in_every_split(tmp_path):
+    """The issue's report: --limit on a folder kept the first files in class order."""
+    write_tree(tmp_path / "tree", splits=(("train", 12), ("val", 4), ("test", 4)),
+               classes=tuple("abcdefghi"), shape=(8, 8, 3))
+    for mode in ("memory", "stream"):
+        data = load_data(resolved(f"imagefolder:{tmp_path / 'tree'}", limit=9, data_mode=mode),
+                         Classification)
+        for split in (data.train, data.val, data.test):
+            assert sorted(split.targets.tolist()) == list(range(9)), (mode, split.targets)
+            assert [int(f.split("/")[-2] == data.class_names[t]) for f, t in
+                    zip(split.files, split.targets.tolist())] == [1] * 9
+
+
+def test_eval_names_the_file_of_each_top_loss(tmp_path, capsys):
+    write_tree(tmp_path / "tree", splits=(("train", 6), ("test", 2)), shape=(32, 32, 3))
+    assert cli(train_argv(f"imagefolder:{tmp_path / 'tree'}", tmp_path / "run")) == 0
+    capsys.readouterr()
+    assert cli(["eval", tmp_path / "run", "--json"]) == 0
+    worst = json.loads(capsys.readouterr().out)["top_losses"]
+    test = sorted(str(p) for p in (tmp_path / "tree" / "test").rglob("*.png"))
+    assert len(worst) == 6 and sorted(w["file"] for w in worst) == test
+    for w in worst:  # the file is the image the row is about: its folder is its class
+        assert os.path.basename(os.path.dirname(w["file"])) == w["actual"]
+        assert w["file"] == test[w["index"]]
+    assert cli(["eval", tmp_path / "run"]) == 0
+    table = capsys.readouterr().out.split("Top losses")[1]
+    assert "file" in table.splitlines()[2] and str(tmp_path / "tree" / "test") in table
+
+
 def kinds_of_file(folder) -> dict:
     """One 40x30 picture saved as each kind of file an image folder may hold."""
     rgb = pixels(7, (30, 40, 3))

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,3 +310,20 @@ def test_a_worker_process_is_told_the_configuration_the_plan_resolved(tmp_path, 
     assert json.loads(capsys.readouterr().out) == {**configs[0], "threads": 2}
     assert sweep.worker_command(plan, plan["runs"][0], tmp_path / "run", "resume")[4:] == [
         "--quiet", "--resume", str(tmp_path / "run")]
+
+
+def test_the_same_command_finds_the_same_default_folder_and_another_plan_another(
+        tmp_path, fmnist_dir):
+    root = tmp_path / "runs"
+    s = what(tmp_path, fmnist_dir, {"lr": [0.05]})
+    first = sweep.run_sweep(s, root=root)
+    lines = []
+    again = sweep.run_sweep(what(tmp_path, fmnist_dir, {"lr": [0.05]}), root=root,
+                            say=lines.append)
+    assert again["sweep"] == first["sweep"] and lines == ["[1/1] lr=0.05,seed=0: finished, "
+                                                          "skipped"]
+    plan, _ = sweep.make_plan(s)
+    assert first["sweep"] == str(root / f"sweep-lenet-{sweep.plan_digest(plan)}")
+    other, _ = sweep.make_plan(what(tmp_path, fmnist_dir, {"lr": [0.05]}, seeds=(1,)))
+    assert sweep.default_folder(other, root) != sweep.default_folder(plan, root)
+    assert [p.name for p in root.iterdir()] == [Path(first["sweep"]).name]

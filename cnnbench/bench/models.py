@@ -17,9 +17,9 @@ import torch
 
 from cnnbench import recipe as config
 from cnnbench.bench.timing import (
-    autocast, device_name, num_threads, available_cores, choose_threads, parse_precision,
-    peak_memory_mb, time_call, time_phases)
-from cnnbench.building import build, eval_mode
+    autocast, check_min_run_time, device_name, num_threads, available_cores, choose_threads,
+    parse_precision, peak_memory_mb, time_call, time_phases)
+from cnnbench.building import build, check_memory, eval_mode
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError
 from cnnbench.inputs import parse_input_size
@@ -170,14 +170,14 @@ def bench_model(name: str, *, batch_sizes=(1, 8, 32), input_size=None, device: s
     ``train_opt_time`` (timm's names; ms). A batch that runs out of memory is retried at half
     the size, as timm's benchmark does; the row then lists the sizes that failed.
     """
+    check_min_run_time(min_run_time)
     info = get_model_info(name)
     dev = resolve_device(device, allow_mps=False)
     amp = parse_precision(precision)
-    if min_run_time <= 0:
-        raise CnnbenchError("--min-run-time must be positive")
     n_threads, threads_source = choose_threads(threads)
     optimizer_settings = training_optimizer(name, optimizer) if train else None
     size = tuple(input_size or info.input_size)
+    check_memory(size, max(batch_sizes), device=dev)  # a batch whose input alone cannot fit
     with num_threads(n_threads):
         rows, notes = _bench_rows(name, info, dev, amp, size, list(batch_sizes), channels_last,
                                   compile, model_args, min_run_time, optimizer_settings, sweep,

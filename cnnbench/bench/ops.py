@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from cnnbench.bench.timing import (
-    PRECISIONS, device_name, parse_int_list, parse_precision, peak_memory_mb, time_call)
+    PRECISIONS, check_min_run_time, device_name, parse_int_list, parse_precision, peak_memory_mb,
+    time_call)
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError
 
@@ -117,12 +118,11 @@ def bench_deformconv(shape=DEFORM_SHAPE, *, device: str = "auto", precision: str
     off (true float32); the timings run under the caller's TF32 settings, reported as ``tf32``.
     On CUDA ``triton`` joins the rows (``ours`` dispatches to it).
     """
+    check_min_run_time(min_run_time)
     dev = resolve_device(device, allow_mps=False)
     if precision not in PRECISIONS:
         parse_precision(precision)
     dtype = PRECISIONS[precision] or torch.float32
-    if min_run_time <= 0:
-        raise CnnbenchError("--min-run-time must be positive")
     available = deform_impls()
     impls = _default_deform_impls(dev) if impls is None else impls
     unknown = [i for i in impls if i not in available]

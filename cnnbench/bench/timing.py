@@ -49,6 +49,17 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return values
 
 
+MAX_RUN_TIME = 3600.0  # seconds per figure: more is a mistake (inf would never return)
+
+
+def check_min_run_time(seconds: float) -> float:
+    """``--min-run-time``: a finite number of seconds in (0, 3600]."""
+    if not (0 < seconds <= MAX_RUN_TIME):  # also false for nan
+        raise CnnbenchError(f"--min-run-time must be in (0, {MAX_RUN_TIME:g}] seconds, "
+                            f"not {seconds}")
+    return seconds
+
+
 def time_call(fn, min_run_time: float, device: torch.device, warmup: int = 2) -> dict:
     """Median and inter-quartile range (ms) of ``fn()`` with ``torch.utils.benchmark``."""
     import logging

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from cnnbench.data import cache, images
-from cnnbench.data.splits import DataBundle, Split, head, holdout
-from cnnbench.errors import CnnbenchError
+from cnnbench.data.splits import DataBundle, Split, holdout, sample
+from cnnbench.errors import CnnbenchError, shown
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -96,9 +96,12 @@ def read_split(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torc
                 or len(labels) != shape[0]):
             raise CnnbenchError(f"{path} is not a CIFAR-10 python batch (expected 'data' uint8 "
                                 f"[N, 3072] and N 'labels'); {HINT}")
+        bad = next((v for v in labels if not isinstance(v, (int, np.integer))
+                    or isinstance(v, bool) or not 0 <= v < CLASSES), None)
+        if bad is not None:  # a string, a float, a number past 64 bits: before any tensor
+            raise CnnbenchError(f"{path} has label {shown(bad)}, not a whole number in 0..9; "
+                                f"{HINT}")
         labels = torch.tensor(labels, dtype=torch.int64)
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < CLASSES:
-            raise CnnbenchError(f"{path} has label {int(labels.max())}, outside 0..9; {HINT}")
         all_images.append(torch.from_numpy(data.reshape(-1, 3, SIDE, SIDE).copy()))
         all_labels.append(labels)
     return torch.cat(all_images), torch.cat(all_labels)
@@ -131,7 +134,7 @@ def load_bundle(path: str | os.PathLike, config: dict) -> DataBundle:
     names = class_names(folder)
     train, val = holdout(Split(*read_split(folder, TRAIN_BATCHES)), val_size)
     test = Split(*read_split(folder, (TEST_BATCH,)))
-    splits = {"train": head(train, limit), "val": head(val, limit), "test": head(test, limit)}
+    splits = {s: sample(p, limit) for s, p in (("train", train), ("val", val), ("test", test))}
     if channels != 3 or size != (SIDE, SIDE):
         entry = entry_path = None
         if limit is None:  # the whole set takes seconds to fit: cached

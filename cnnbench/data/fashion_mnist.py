@@ -8,6 +8,7 @@ Looked for, in order: an explicit directory, ``$CNNBENCH_DATA``, Debian's
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -30,6 +31,7 @@ INSTALL_HINT = ("install it with `apt-get update && apt-get install -y dataset-f
                 "or point --data / $CNNBENCH_DATA at a folder with the four IDX files")
 # IDX magic numbers: 0x0000 08 (unsigned byte) and the number of dimensions.
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
+MAX_IDX_BYTES = 256 * 2**20  # the largest real file holds 47 MB (60,000 images of 28 x 28)
 
 
 def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -57,26 +59,38 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 
 def read_idx(path: Path, magic: int, count: int | None = None) -> np.ndarray:
-    """Read one IDX file, checking its magic number and that its size matches its header."""
+    """Read one IDX file, checking its magic number and that its size matches its header.
+    A ``.gz`` file is decompressed as a stream, never past the size its header declares (at
+    most ``MAX_IDX_BYTES``): a small file that inflates without end is refused, not read."""
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
+            head_bytes = f.read(header)
+            if len(head_bytes) < header or int.from_bytes(head_bytes[:4], "big") != magic:
+                raise CnnbenchError(f"{path} is not an IDX file of the expected kind (bad magic "
+                                    f"number); {INSTALL_HINT}")
+            dims = [int.from_bytes(head_bytes[4 + 4 * i: 8 + 4 * i], "big")
+                    for i in range(ndim)]
+            expected = header + math.prod(dims)
+            if expected - header > MAX_IDX_BYTES:
+                raise CnnbenchError(f"{path} declares {expected - header:,} bytes of data, more "
+                                    f"than any Fashion-MNIST file ({MAX_IDX_BYTES:,} at most); "
+                                    f"{INSTALL_HINT}")
+            body = f.read(expected - header)
+            extra = len(f.read(1))  # one byte past the declared size is enough to refuse it
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise CnnbenchError(f"cannot read {path} ({exc}): the file is damaged; "
                             f"{INSTALL_HINT}") from None
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
-        raise CnnbenchError(f"{path} is not an IDX file of the expected kind (bad magic number); "
-                            f"{INSTALL_HINT}")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
-    if len(raw) == expected and count is not None and dims[0] != count:
+    size = header + len(body) + extra
+    if size == expected and count is not None and dims[0] != count:
         raise CnnbenchError(f"{path} holds {dims[0]:,} images, not Fashion-MNIST's {count:,} "
                             f"(a smaller copy trains with --limit); {INSTALL_HINT}")
-    if len(raw) != expected:
-        raise CnnbenchError(f"{path} is truncated or the wrong size ({len(raw)} bytes, header "
+    if size != expected:
+        more = "+" if extra else ""
+        raise CnnbenchError(f"{path} is truncated or the wrong size ({size}{more} bytes, header "
                             f"says {expected}); {INSTALL_HINT}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def load_split(split: str, data_dir: str | os.PathLike | None = None,
@@ -101,10 +115,12 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None,
 def load_bundle(data_dir: str | os.PathLike | None = None, val_size: int = 5000,
                 limit: int | None = None) -> DataBundle:
     """Train/val/test splits: val is a fixed hold-out of the training set, test the official
-    10,000; ``limit`` keeps at most that many images of each split (for quick runs and tests)."""
+    10,000; ``limit`` keeps a stratified sample of at most that many images of each split (for quick
+    runs and tests)."""
     folder = find_dir(data_dir)
     full = Split(*load_split("train", folder, strict_count=limit is None))
     test = Split(*load_split("test", folder, strict_count=limit is None))
     train, val = holdout(full, val_size)
-    return DataBundle(head(train, limit), head(val, limit), head(test, limit), list(CLASS_NAMES),
+    return DataBundle(sample(train, limit), sample(val, limit), sample(test, limit),
+                      list(CLASS_NAMES),
                       info={"source": str(folder), "val_size": len(val)})

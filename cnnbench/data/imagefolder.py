@@ -10,9 +10,11 @@ size, each at most a fifth of ``train/`` and at least one image (the test set: a
 ``val_size`` is 0).
 
 Images are fitted to the model's input (``images.py``: channels, Pillow's bilinear resize) and
-kept in memory as uint8. A folder of ``CACHE_FROM`` images or more is cached once decoded
-(``cache.py``), keyed by every file's name, size and modification time and by the target size,
-channels and ``skip_bad_images``.
+kept in memory as uint8, or, with ``data_mode: stream`` (``auto``: data over
+``data_budget_gb``), read batch by batch in DataLoader workers (``stream.py``). In memory, a
+folder of ``CACHE_FROM`` images or more is cached once decoded (``cache.py``), keyed by every
+file's name, size and modification time and by the target size, channels and
+``skip_bad_images``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Callable
 
 import torch
 
-from cnnbench.data import cache, images
-from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.data import cache, images, stream
+from cnnbench.data.splits import DataBundle, Split, holdout, index_targets, sample
 from cnnbench.errors import CnnbenchError
 
 LAYOUT = ("expected PATH/train/<class>/*.png (optional PATH/val/ and PATH/test/ alike) or "
@@ -77,6 +79,10 @@ def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], lis
         if unknown:
             raise CnnbenchError(f"{folder} has class folder {unknown[0]!r}, which "
                                 f"{folder.parent / 'train'} lacks: the classes are train/'s")
+    odd = next((n for n in names if not n.isprintable()), None)  # a newline, undecodable bytes
+    if odd is not None:
+        raise CnnbenchError(f"class folder {odd!r} in {folder} is not a printable name (it would "
+                            f"label tables and pictures): rename it")
     classes = classes or names
     files, labels = [], []
     for name in names:
@@ -89,9 +95,18 @@ def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], lis
     return classes, files, torch.tensor(labels, dtype=torch.int64)
 
 
-def _image_files(folder: str) -> list[tuple[str, int, int]]:
+def _image_files(folder: str, seen: set | None = None) -> list[tuple[str, int, int]]:
     """``(path, size, mtime in ns)`` of the image files under ``folder``: its own files by name,
-    then each sub-folder's the same way, by name. Hidden files and folders are skipped."""
+    then each sub-folder's the same way, by name. Hidden files and folders are skipped, and so
+    is a folder already read (a link back up the tree would loop)."""
+    try:
+        st = os.stat(folder)
+    except OSError as exc:
+        raise CnnbenchError(f"cannot read {folder}: {exc.strerror}") from None
+    seen = set() if seen is None else seen
+    if (st.st_dev, st.st_ino) in seen:
+        return []
+    seen.add((st.st_dev, st.st_ino))
     files, folders = [], []
     with os.scandir(folder) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
@@ -103,19 +118,14 @@ def _image_files(folder: str) -> list[tuple[str, int, int]]:
                 st = entry.stat()  # the cache key notices an edited file by these
                 files.append((entry.path, st.st_size, st.st_mtime_ns))
     for sub in folders:
-        files += _image_files(sub)
+        files += _image_files(sub, seen)
     return files
 
 
 def load_bundle(path: str | os.PathLike, config: dict,
                 say: Callable[[str], None] | None = None) -> DataBundle:
     """The three splits of the tree at ``path``, fitted to ``config``'s model and input size."""
-    say = say or (lambda message: None)
-    size, channels = images.target_size(config), images.channel_request(config)
-    limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
-    skip = bool(config.get("skip_bad_images", False))
     layout = find_layout(path)
-
     # Splits of file indices first, so that a quick run (--limit) decodes only what it uses.
     files: list[tuple] = []
     parts: dict[str, Split] = {}
@@ -124,6 +134,21 @@ def load_bundle(path: str | os.PathLike, config: dict,
         class_names, found, labels = scan(folder, class_names)
         parts[split] = Split(torch.arange(len(files), len(files) + len(found)), labels)
         files += found
+    return files_bundle(Path(path).expanduser(), files, parts, class_names, config,
+                        f"imagefolder:{path}", say)
+
+
+def files_bundle(root: Path, files: list[tuple], parts: dict[str, Split], class_names: list[str],
+                 config: dict, source: str, say: Callable[[str], None] | None = None
+                 ) -> DataBundle:
+    """The bundle of image ``files`` (``(path, size, mtime in ns)``, under ``root``) split as
+    ``parts`` (``Split(file indices, targets)``: ``train`` and any of ``val``, ``test``): what
+    is missing held out of train, ``--limit`` sampled, then decoded into memory (cached) or
+    streamed (``data_mode``). Shared by every source of image files (``csv_labels.py``)."""
+    say = say or (lambda message: None)
+    size, channels = images.target_size(config), images.channel_request(config)
+    limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
+    skip = bool(config.get("skip_bad_images", False))
     train = parts["train"]
     cap = max(1, len(train) // HELD_OUT_FRACTION)
     n_held = {"val": min(val_size, cap), "test": min(val_size, cap) or cap}  # never no test
@@ -132,20 +157,36 @@ def load_bundle(path: str | os.PathLike, config: dict,
         if split not in parts:
             train, parts[split] = holdout(train, n_held[split])
             held.append(split)
-    chosen = {s: head(p, limit) for s, p in (("train", train), ("val", parts["val"]),
+    chosen = {s: sample(p, limit) for s, p in (("train", train), ("val", parts["val"]),
                                              ("test", parts["test"]))}
+    count = sum(len(p) for p in chosen.values())
+    if stream.choose_mode(config, count, size, channels, say) == "stream":
+        return _streamed(source, files, chosen, size, channels, config, held, class_names, say)
 
-    rows, pixels, ok = _decode(files, Path(path).expanduser(),
-                               chosen if limit is not None else None, size, channels, skip, say)
+    rows, pixels, ok = _decode(files, root, chosen if limit is not None else None, size,
+                               channels, skip, say)
     fitted = {}
     for split, part in chosen.items():
         # The file indices' rows in pixels.
         at = part.images if len(rows) == len(files) else torch.searchsorted(rows, part.images)
         keep = ok[at]
-        fitted[split] = Split(pixels[at[keep]], part.targets[keep])
+        fitted[split] = Split(pixels[at[keep]], index_targets(part.targets, keep),
+                              [files[i][0] for i in part.images[keep].tolist()])
     return DataBundle(fitted["train"], fitted["val"], fitted["test"], list(class_names),
-                      info={"source": f"imagefolder:{path}", "channels": pixels.shape[1],
-                            "held_out": held})
+                      info={"source": source, "channels": pixels.shape[1], "held_out": held})
+
+
+def _streamed(source: str, files: list[tuple], chosen: dict[str, Split], size: tuple[int, int],
+              channels: int | None, config: dict, held: list[str], class_names: list[str],
+              say: Callable[[str], None]) -> DataBundle:
+    """The splits as ``stream.FileSplit``s: nothing decoded until a batch is read."""
+    paths = {s: [files[i][0] for i in p.images.tolist()] for s, p in chosen.items()}
+    channels = stream.data_channels([p for s in paths.values() for p in s], channels)
+    split = {s: stream.file_split(paths[s], p.targets, size, channels, config,
+                                  train=s == "train", say=say) for s, p in chosen.items()}
+    return DataBundle(split["train"], split["val"], split["test"], list(class_names),
+                      info={"source": source, "channels": channels, "held_out": held,
+                            "data_mode": "stream"})
 
 
 def _decode(files: list[tuple], root: Path, chosen: dict[str, Split] | None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,6 +31,7 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 PROGRESS_AFTER_S = 1.0  # a load that takes longer shows a bar (on a terminal)
 THREADS_FROM_BYTES = 64 * 1024  # mean file size from which decoding runs in threads
+TORCHVISION_DECODES = (".jpg", ".jpeg", ".png")  # decode(): decode_image is faster for these
 
 
 def channel_request(config: dict) -> int | None:
@@ -75,13 +77,13 @@ def fit(image, size: tuple[int, int], channels: int | None) -> np.ndarray:
 
 def read_image(path: str | Path, size: tuple[int, int], channels: int | None) -> np.ndarray:
     """One file through :func:`fit`; a file Pillow cannot decode raises ``BadImage``."""
-    return decode(path, size, channels)[0]
+    return read_with_size(path, size, channels)[0]
 
 
-def decode(path: str | Path, size: tuple[int, int],
-           channels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """:func:`read_image`'s array and the file's own ``(width, height)``: the one decoder of
-    training, ``eval`` and ``predict``."""
+def read_with_size(path: str | Path, size: tuple[int, int],
+                   channels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`'s array and the file's own ``(width, height)``: the decoder of
+    training (in memory), ``eval`` and ``predict``."""
     from PIL import Image
 
     try:
@@ -96,6 +98,35 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
     """:func:`fit`'s ``[H, W]`` or ``[H, W, 3]`` array as uint8 ``[C, H, W]``."""
     tensor = torch.from_numpy(array)
     return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def decode(path: str | Path, channels: int) -> torch.Tensor:
+    """One file as uint8 ``[channels, H, W]`` at its own size: JPEG and PNG through
+    ``torchvision.io.decode_image`` (libjpeg-turbo, libpng: faster than Pillow,
+    ``benchmarks/stream_throughput.py``), other formats and anything it refuses through
+    Pillow as :func:`read_image` converts them. An undecodable file raises ``BadImage``."""
+    if str(path).lower().endswith(TORCHVISION_DECODES):
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        try:
+            with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec (README)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB
+                                     if channels == 3 else ImageReadMode.GRAY)
+            if image.dtype == torch.uint8:
+                return image
+        except (RuntimeError, ValueError):
+            pass  # Pillow decides, and names the problem if there is one
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            array = fit(image, (image.height, image.width), channels)
+    except Exception as exc:  # Pillow raises many kinds for a damaged file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise BadImage(path, reason) from None
+    tensor = torch.from_numpy(array)
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
 
 class BadImage(Exception):

@@ -16,9 +16,9 @@ from typing import Callable
 
 from pathlib import Path
 
-from cnnbench.data import cifar10, fashion_mnist, imagefolder, scenes, voc
+from cnnbench.data import cifar10, csv_labels, fashion_mnist, imagefolder, masks, scenes, voc
 from cnnbench.data.dense_transforms import multi_hot
-from cnnbench.data.splits import DataBundle, Split, head, holdout
+from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError, did_you_mean, say
 from cnnbench.keys import Key, declare
 
@@ -34,6 +34,7 @@ KEYS = declare(
 class Source:
     load: Callable[..., DataBundle]  # (argument or None, config, task class) -> DataBundle
     description: str
+    streams: bool = False  # reads image files one by one: data_mode stream (stream.py)
 
 
 def _fashion_mnist(folder: str | None, config: dict, task) -> DataBundle:
@@ -55,7 +56,7 @@ def _scenes(folder: str | None, config: dict, task) -> DataBundle:
         targets = {k: drawn[k] for k in ("boxes", "labels", "masks", "multi_hot")}
         splits[split] = Split(drawn["images"], targets)
     train, val = holdout(splits["train"], val_size)
-    return DataBundle(head(train, limit), head(val, limit), head(splits["test"], limit),
+    return DataBundle(sample(train, limit), sample(val, limit), sample(splits["test"], limit),
                       list(scenes.CLASS_NAMES),
                       info={"source": "fashion-mnist scenes", "scene_size": size})
 
@@ -73,7 +74,7 @@ def _voc(path: str | None, config: dict, task) -> DataBundle:
     for split in (train, test):
         split.targets["multi_hot"] = multi_hot(split.targets, len(voc.VOC_CLASSES))
     train, val = holdout(train, val_size)
-    return DataBundle(head(train, limit), head(val, limit), head(test, limit),
+    return DataBundle(sample(train, limit), sample(val, limit), sample(test, limit),
                       list(voc.VOC_CLASSES), info={"source": f"voc:{path}"})
 
 
@@ -82,6 +83,14 @@ def _imagefolder(path: str | None, config: dict, task) -> DataBundle:
         raise CnnbenchError(f"--data imagefolder needs the folder: imagefolder:PATH "
                             f"({imagefolder.LAYOUT})")
     return imagefolder.load_bundle(path, config, say)
+
+
+def _csv(argument: str | None, config: dict, task) -> DataBundle:
+    return csv_labels.load_bundle(argument, config, task.name == "multi-label", say)
+
+
+def _masks(path: str | None, config: dict, task) -> DataBundle:
+    return masks.load_bundle(path, config, say)
 
 
 def _cifar10(path: str | None, config: dict, task) -> DataBundle:
@@ -96,7 +105,12 @@ SOURCES: dict[str, Source] = {
                               "labels (scenes:FOLDER of the IDX files)"),
     "voc": Source(_voc, "Pascal VOC 2007 from a local VOCdevkit (voc:PATH)"),
     "imagefolder": Source(_imagefolder, "your pictures, a folder per class, torchvision's "
-                                        "ImageFolder layout (imagefolder:PATH)"),
+                                        "ImageFolder layout (imagefolder:PATH)",
+                          streams=True),
+    "csv": Source(_csv, "your pictures and a CSV of file names and labels, fast.ai's from_csv "
+                        "layout (csv:LABELS.csv[,IMAGES_DIR])", streams=True),
+    "masks": Source(_masks, "your pictures and PNG masks of class indices: images/, masks/, "
+                            "classes.txt (masks:PATH)"),
     "cifar10": Source(_cifar10, "CIFAR-10's python batches (cifar10:PATH)"),
 }
 
@@ -134,6 +148,10 @@ def load_data(config: dict, task) -> DataBundle:
     if name not in task.sources:
         raise CnnbenchError(f"the {task.name} task cannot train on {name} data; it takes "
                             f"{', '.join(task.sources)}")
+    if config.get("data_mode") == "stream" and not SOURCES[name].streams:
+        raise CnnbenchError(f"data_mode stream reads image files one by one: "
+                            f"{', '.join(n for n, s in SOURCES.items() if s.streams)} data; "
+                            f"{name} is read into memory (data_mode memory or auto)")
     bundle = SOURCES[name].load(argument, config, task)
     channels, size = bundle.info.get("channels"), config.get("input_size")
     if channels and size and channels != size[0]:  # the data decided: the model is built so

@@ -41,10 +41,22 @@ class Context:
         return len(self.class_names)
 
 
-def channel_stats(images: torch.Tensor, sample: int = 2000) -> tuple[tuple, tuple]:
-    """Per-channel mean and std (on the [0, 1] scale) of the first ``sample`` uint8 images."""
-    x = images[:sample].float() / 255
-    return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp(min=1e-3).tolist())
+def channel_stats(images: torch.Tensor, sample: int = 2000,
+                  chunk: int = 64) -> tuple[tuple, tuple]:
+    """Per-channel mean and (sample) std on the [0, 1] scale of the first ``sample`` uint8
+    images, summed in float64 ``chunk`` images at a time: 2,000 colour images at 224 px would
+    take 1.2 GB as one float tensor, and a streamed split (``stream.LazyImages``) decodes only
+    the chunk it is asked for."""
+    n = min(sample, len(images))
+    total = squares = 0.0
+    for s in range(0, n, chunk):
+        x = images[s:min(n, s + chunk)].double() / 255
+        total = total + x.sum((0, 2, 3))
+        squares = squares + (x * x).sum((0, 2, 3))
+    count = n * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = ((squares - count * mean * mean) / max(1, count - 1)).clamp(min=0).sqrt()
+    return tuple(mean.float().tolist()), tuple(std.float().clamp(min=1e-3).tolist())
 
 
 def normalisation(config: dict, channels: int, own: Callable[[], tuple[tuple, tuple, str]]
@@ -89,6 +101,9 @@ class Task(ABC):
     # Task-specific configuration keys; the trainer accepts these in YAML and on the command
     # line besides its own keys (e.g. Key("dice_weight", 0.0, float, bounds="[0, inf)")).
     options: ClassVar[tuple[Key, ...]] = ()
+    # The data stream from their files (data_mode stream): per-image transforms ran in the
+    # DataLoader workers, so ``prepare`` skips them (build.py sets it).
+    streamed: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

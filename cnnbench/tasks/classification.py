@@ -8,9 +8,12 @@ the misclassified test images, the true and predicted class written under each.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+from cnnbench.data import augment
 from cnnbench.data import transforms as T
 from cnnbench.keys import Key
 from cnnbench.tasks.base import Context, Task, channel_stats, normalisation
@@ -25,7 +28,7 @@ class Classification(Task):
 
     name = "classification"
     monitor = "acc"
-    sources = ("fashion-mnist", "imagefolder", "cifar10")
+    sources = ("fashion-mnist", "imagefolder", "csv", "cifar10")
     options = (
         Key("label_smoothing", 0.0, float, bounds="[0, 1]",
             help="cross-entropy against (1 - e) one-hot + e / classes"),
@@ -35,6 +38,7 @@ class Classification(Task):
         Key("hflip", False, bool, help="random horizontal flip"),
         Key("random_erasing", 0.0, float, bounds="[0, 1]",
             help="probability of erasing one random rectangle"),
+        *augment.KEYS,  # RandomResizedCrop, ColorJitter, auto-augment, crop_pct (v2)
     )
 
     @classmethod
@@ -53,13 +57,22 @@ class Classification(Task):
         mean, std, where = normalisation(config, channels, own)
         return Context(tuple(data.class_names), channels, mean, std, args, where)
 
+    @functools.cached_property
+    def transforms(self) -> dict:
+        """``augment``'s per-image transforms at the input size: {train: random, eval: crop}."""
+        size = tuple((self.config["input_size"] or (0, 0, 0))[-2:])
+        return {True: augment.train_transform(self.config, size),
+                False: augment.eval_transform(self.config, size)}
+
     def prepare(self, images, targets, train: bool):
         c = self.config
+        if not self.streamed:  # a stream's workers ran these on the whole files
+            images = augment.apply(self.transforms[train], images, each=train)
         x = T.to_float(images)
         if train:
             if c["crop_padding"]:
                 x, _ = T.random_crop(x, int(c["crop_padding"]))
-            if c["hflip"]:
+            if c["hflip"] and not self.streamed:  # a stream's workers flipped them
                 x, _ = T.random_hflip(x)
         if c["input_size"]:
             x = T.resize(x, tuple(c["input_size"][-2:]))

@@ -18,6 +18,7 @@ from cnnbench.tasks.metrics import F1, LabelAP, f1_per_class, label_average_prec
 class MultiLabel(DenseTask):
     name = "multi-label"
     monitor = "f1"
+    sources = (*DenseTask.sources, "csv")  # the lesson's planet layout: space-separated tags
     options = (*DENSE_OPTIONS, Key("threshold", 0.5, float, bounds="[0, 1]",
                                    help="a label is predicted above this probability"))
 

@@ -34,6 +34,7 @@ class Segmentation(DenseTask):
     name = "segmentation"
     monitor = "miou"
     voc_kind = "Segmentation"
+    sources = (*DenseTask.sources, "masks")  # your own: images/, masks/, classes.txt
     options = (*DENSE_OPTIONS, Key("dice_weight", 0.0, float, bounds="[0, inf)",
                                    help="weight of a soft Dice loss added to cross-entropy"))
 

@@ -21,6 +21,7 @@ from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError, did_you_mean
 from cnnbench.keys import Key, declare
 from cnnbench.models import get_model_info
+from cnnbench.registry import USER_SOURCE
 from cnnbench.tasks.base import get_task, stored_context
 from cnnbench.training import distributed, transfer
 from cnnbench.training.compiling import drop_last
@@ -70,6 +71,8 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
         torch.set_num_threads(c["threads"])  # process-wide, as torch allows nothing finer
     if c.get("init_from") and checkpoint is None:
         weights_file(c["init_from"])  # a wrong path fails before the data load
+    if get_model_info(c["model"]).source == USER_SOURCE:  # module:callable: the user's code
+        build(c["model"], c["model_args"], device="meta")  # fails before the data load
     seed_everything(c["seed"])
     shuffle = torch.Generator().manual_seed(c["seed"])
 
@@ -86,6 +89,7 @@ def build_trainer(config: dict, run_dir: str | os.PathLike | None = None,
     check_classes(context, c["model_args"])
     check_labels((data.train, data.val, data.test), context.num_classes)
     task = task_cls(c, context)
+    task.streamed = data.info.get("data_mode") == "stream"
     monitor = c["monitor"] or task_cls.monitor
     _check_monitor(monitor, task)
 

@@ -20,11 +20,12 @@ import warnings
 import torch
 
 from cnnbench.building import eval_mode
-from cnnbench.checkpoints import load_checkpoint
+from cnnbench.checkpoints import load_checkpoint, read_checkpoint
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import RunLayout, append_line, save_torch, write_json, write_yaml
 from cnnbench.keys import Key, declare
 from cnnbench.strict_json import dumps
+from cnnbench.training import provenance
 from cnnbench.training.interrupt import Interrupt
 from cnnbench.training.loop import Callback, Step, Trainer
 from cnnbench.training.runs import read_metrics, resolve_mode
@@ -53,15 +54,22 @@ def run_dir(trainer: Trainer):
 
 
 class RunFolder(Callback):
-    """``config.yaml`` when the run starts, ``results.json`` when it ends."""
+    """``config.yaml`` and ``environment.json`` (``provenance``) when the run starts,
+    ``results.json`` and the end time when it ends."""
 
     order = 0
+
+    def __init__(self):
+        self.environment: dict | None = None
 
     def before_fit(self, trainer: Trainer) -> None:
         run_dir(trainer).mkdir(parents=True, exist_ok=True)
         write_yaml(RunLayout(trainer.run_dir).config, trainer.config)
+        self.environment = provenance.start(trainer.run_dir, trainer.device)
 
     def after_fit(self, trainer: Trainer) -> None:
+        if self.environment is not None and trainer.run_dir.is_dir():
+            provenance.finish(trainer.run_dir, self.environment)
         if trainer.results is not None:
             write_json(RunLayout(trainer.run_dir).results, trainer.results)  # null for NaN
 
@@ -306,6 +314,19 @@ class Checkpoint(Callback):
         if self.best_epoch == 0:
             return True
         return score > self.best if self.mode == "max" else score < self.best
+
+    def before_fit(self, trainer: Trainer) -> None:
+        """A resumed run whose ``last.pt`` says its own epoch is the best one: ``best.pt``
+        holds that epoch too (a kill between the two writes left the previous best there)."""
+        if not trainer.epoch or self.best_epoch != trainer.epoch or trainer.resume_position:
+            return
+        layout = RunLayout(run_dir(trainer))
+        try:
+            held = read_checkpoint(layout.best)
+        except CnnbenchError:  # missing or damaged: rewritten below
+            held = None
+        if not isinstance(held, dict) or held.get("epoch") != trainer.epoch:
+            save_torch(read_checkpoint(layout.last), layout.best)
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
         worst = -math.inf if self.mode == "max" else math.inf

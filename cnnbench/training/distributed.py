@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -340,27 +341,97 @@ def check_launch(nproc: int, config: dict) -> None:
         raise CnnbenchError(SYNC_BN_CPU)
 
 
-def without_nproc(argv: list[str]) -> list[str]:
-    """The command line less ``--nproc N`` / ``--nproc=N``."""
+LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--rdzv", "--rdzv-timeout")
+
+
+def without_nproc(argv: list[str], options: tuple[str, ...] = LAUNCH_OPTIONS) -> list[str]:
+    """The command line less the launcher's own options (``--nproc N`` / ``--nproc=N``,
+    ``--nnodes``, ``--node-rank``, ``--rdzv``, ``--rdzv-timeout``)."""
     rest, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--nproc":
+        elif arg in options:
             skip = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
             rest.append(arg)
     return rest
 
 
-def launch(nproc: int, argv: list[str], target: tuple[str, ...] = ("-m", "cnnbench")) -> int:
+class Nodes:
+    """``--nnodes N --node-rank R --rdzv HOST:PORT``: this machine is node R of N, which meet
+    at the c10d rendezvous HOST:PORT (torch elastic's TCP store, hosted by node 0) within
+    ``timeout`` seconds; a rendezvous that does not answer is a one-line error, not a hang."""
+
+    def __init__(self, nnodes: int, node_rank: int | None, rdzv: str | None,
+                 timeout: float = 120):
+        if nnodes < 1:
+            raise CnnbenchError(f"--nnodes must be >= 1, not {nnodes}")
+        node_rank = 0 if node_rank is None else node_rank
+        if not 0 <= node_rank < nnodes:
+            raise CnnbenchError(f"--node-rank {node_rank} is not a node of --nnodes {nnodes}: "
+                                f"give 0 to {nnodes - 1}")
+        if rdzv is None:
+            raise CnnbenchError("--nnodes needs --rdzv HOST:PORT, where node 0 listens "
+                                "(e.g. --rdzv node0.cluster:29400)")
+        host, _, port = rdzv.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise CnnbenchError(f"bad --rdzv {rdzv!r}: use HOST:PORT, e.g. localhost:29400")
+        if timeout <= 0:
+            raise CnnbenchError(f"--rdzv-timeout must be > 0, not {timeout:g}")
+        self.nnodes, self.node_rank, self.rdzv, self.timeout = nnodes, node_rank, rdzv, timeout
+
+    def wait_for_host(self) -> None:
+        """A node other than 0 waits (up to ``timeout``) until node 0's rendezvous accepts a
+        connection: an unreachable one is one line here, before torch's store retries it
+        (with a page of C++ log) and before any process starts."""
+        import socket
+        import time
+
+        if self.node_rank == 0:
+            return
+        host, _, port = self.rdzv.rpartition(":")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                return
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise CnnbenchError(f"the rendezvous at {self.rdzv} did not answer within "
+                                        f"{self.timeout:g} s ({exc.strerror or exc}): is node "
+                                        f"0 started, and the address right?") from None
+                time.sleep(0.5)
+
+    def failed(self, exc: Exception) -> str:
+        """The one line for a rendezvous that did not complete."""
+        if self.node_rank == 0:
+            return (f"the other nodes did not all join the rendezvous at {self.rdzv} within "
+                    f"{self.timeout:g} s ({type(exc).__name__}): start the same command on "
+                    f"each with --node-rank 1..{self.nnodes - 1}")
+        return (f"the rendezvous at {self.rdzv} failed within {self.timeout:g} s "
+                f"({type(exc).__name__}): is node 0 started, and the address right?")
+
+    def torchrun_args(self) -> list[str]:
+        seconds = max(1, math.ceil(self.timeout))
+        return ["--nnodes", str(self.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv,
+                "--rdzv-id", f"cnnbench-{self.rdzv}",
+                "--rdzv-conf", f"is_host={str(self.node_rank == 0).lower()},"
+                               f"join_timeout={seconds},read_timeout={seconds}",
+                "--max-restarts", "0"]
+
+
+def launch(nproc: int, argv: list[str], target: tuple[str, ...] = ("-m", "cnnbench"),
+           nodes: Nodes | None = None) -> int:
     """``python -m cnnbench *argv`` (``target``: what to run) in ``nproc`` local processes
-    through torch's elastic launcher (``torchrun --standalone --nproc-per-node nproc``); the
-    exit code (a process's own code when one fails, e.g. 2 for a one-line error, 130 after
-    Ctrl-C: the launcher passes the signal to every process, which checkpoint and stop)."""
+    through torch's elastic launcher (``torchrun --standalone --nproc-per-node nproc``, or
+    with ``nodes`` its c10d rendezvous with the other nodes); the exit code (a process's own
+    code when one fails, e.g. 2 for a one-line error, 130 after Ctrl-C: the launcher passes
+    the signal to every process, which checkpoint and stop)."""
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
 
     # torchrun's default (with a warning) is one thread each; share the cores out instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -369,8 +440,8 @@ def launch(nproc: int, argv: list[str], target: tuple[str, ...] = ("-m", "cnnben
             logger = logging.getLogger(name)  # one line; LOGLEVEL=INFO shows it
             logger.addHandler(logging.NullHandler())
             logger.propagate = False
-    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc),
-                                *target, *argv])
+    where = nodes.torchrun_args() if nodes else ["--standalone"]
+    args = torchrun.parse_args([*where, "--nproc-per-node", str(nproc), *target, *argv])
     with tempfile.TemporaryDirectory(prefix="cnnbench-errors-") as errors:
         os.environ[LAUNCHER_ERRORS] = errors  # the processes leave their one line there
         try:
@@ -380,6 +451,10 @@ def launch(nproc: int, argv: list[str], target: tuple[str, ...] = ("-m", "cnnben
         except ChildFailedError as exc:
             return _failed({r: f.exitcode for r, f in exc.failures.items()}, reported(errors),
                            nproc)
+        except RendezvousError as exc:  # unreachable, or the other nodes never came
+            if nodes is None:
+                raise
+            raise CnnbenchError(nodes.failed(exc)) from None
         finally:
             os.environ.pop(LAUNCHER_ERRORS, None)
     return 0

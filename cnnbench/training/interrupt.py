@@ -8,10 +8,11 @@ continues it on stderr and raises :class:`Interrupted` (exit code 130 for SIGINT
 SIGTERM). ``--resume`` then continues the same epoch at the next step, bitwise as if it had not
 stopped (on the CPU). A second Ctrl-C stops at once (KeyboardInterrupt).
 
-:func:`resource_errors` turns out-of-memory into one line naming what to reduce, and a file that
+:func:`resource_errors` turns out-of-memory into one line naming what to reduce, a file that
 cannot be written (a full disk, a quota, ``ulimit -f``, a read-only disk: ``files.WriteFailed``)
-into one line naming it and how to continue: checkpoints are written atomically and the log
-after them, so the folder stays resumable.
+into one line naming it and how to continue, and a DataLoader worker that died (``data_mode:
+stream``) into a clean stop that ``--resume`` continues; checkpoints are written atomically and
+the log after them, so the folder stays resumable.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 
 import torch
 
+from cnnbench.data.stream import WorkerDied
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import OUT_OF_SPACE, RunLayout, WriteFailed, failed, save_torch
 from cnnbench.training.loop import Callback, Step, Trainer
@@ -119,6 +121,8 @@ def resource_errors(trainer: Trainer):
     ``last.pt`` continues with ``--resume``."""
     try:
         yield
+    except WorkerDied as exc:
+        raise CnnbenchError(_worker_died(trainer, str(exc))) from None
     except torch.OutOfMemoryError:
         raise CnnbenchError(_memory_advice(trainer, f"out of memory on {trainer.device}")) \
             from None
@@ -138,6 +142,26 @@ def resource_errors(trainer: Trainer):
         raise WriteFailed(exc.path, f"{exc.cause}; the last checkpoint is kept: {advice}"
                           f"continue with: cnnbench train --resume {trainer.run_dir}",
                           exc.errno) from None
+
+
+def _worker_died(trainer: Trainer, reason: str) -> str:
+    """After a DataLoader worker died (``data_mode: stream``): a mid-epoch checkpoint at the
+    last whole optimizer step, as Ctrl-C writes, so that ``--resume`` continues there."""
+    where = "the last checkpoint is kept"
+    steps = trainer.batch // trainer.accumulate
+    in_epoch = trainer.meter is not None and trainer.epoch_shuffle is not None
+    if (trainer.run_dir is not None and in_epoch and trainer.batch % trainer.accumulate == 0
+            and 0 < steps < trainer.steps_per_epoch() and trainer.world == 1
+            and all(torch.isfinite(p).all() for p in trainer.model.parameters())):
+        state = trainer.state_dict()
+        state["position"] = trainer.position()
+        save_torch(state, RunLayout(trainer.run_dir).last)
+        where = (f"checkpoint written in epoch {trainer.epoch + 1} after step {steps} of "
+                 f"{trainer.steps_per_epoch()}")
+    resume = f"; continue with: cnnbench train --resume {trainer.run_dir}" \
+        if trainer.run_dir is not None and RunLayout(trainer.run_dir).last.is_file() \
+        else ""
+    return f"a data-loading worker stopped ({reason}): {where}{resume}"
 
 
 def _memory_advice(trainer: Trainer, what: str) -> str:

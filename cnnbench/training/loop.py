@@ -184,6 +184,7 @@ class Trainer:
         self.callbacks: list[Callback] = []
         self.add_callbacks(*callbacks)
         self.epoch = 0  # epochs completed
+        self.row: dict | None = None  # the last completed epoch's metrics (metrics.jsonl's row)
         self.batch = 0  # steps done in the running epoch
         self.epoch_shuffle: torch.Tensor | None = None  # the shuffle's state when it began
         self.resume_position: dict | None = None  # from a mid-epoch checkpoint (position())
@@ -299,12 +300,11 @@ class Trainer:
         seen, lr = 0, self.lr
         step_loss, step_images = None, 0  # over the running optimizer step's batches
         t0 = time.perf_counter()
+        # A mid-epoch resume starts at an optimizer step's first batch.
+        batches = split.batches(perm, starts[start:], bs, seed=(self.config["seed"], epoch))
         try:
-            for i, s in enumerate(starts):
-                if i < start:  # a mid-epoch resume starts at an optimizer step's first batch
-                    continue
+            for i, (images, targets) in zip(range(start, len(starts)), batches):
                 lr = self.lr
-                images, targets = split.take(perm[s:s + bs])
                 micro = plan[i]
                 output, y, loss = self.train_step(images, targets, micro)
                 self.meter.update(output, y, loss, images.shape[0])
@@ -326,8 +326,8 @@ class Trainer:
         """Metrics of the model in eval mode on ``split``; with ``collect``, the outputs too."""
         meter, collected = Meter(self.task.metrics(), train=False), []
         with eval_mode(self.model):
-            for s in range(0, len(split), self.eval_batch_size):
-                images, targets = split.take(slice(s, s + self.eval_batch_size))
+            starts = range(0, len(split), self.eval_batch_size)
+            for images, targets in split.batches(None, starts, self.eval_batch_size):
                 # A CUDA graph is captured for one shape: the last, smaller batch runs eagerly.
                 eager = self.drop_last and images.shape[0] < self.eval_batch_size
                 output, y, loss = self.forward_loss(images, targets, train=False, eager=eager)
@@ -358,6 +358,7 @@ class Trainer:
         except CancelFitException:
             pass
         finally:
+            self.train_split.close()  # a stream's persistent workers
             self._event("after_fit")
         return self.results
 
@@ -371,7 +372,7 @@ class Trainer:
         row.update({f"val_{k}": v for k, v in val_metrics.items()})
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_second"] = stats.images / stats.seconds if stats.seconds > 0 else 0.0
-        self.epoch = epoch
+        self.epoch, self.row = epoch, row  # callbacks add to the row before it is checkpointed
         self._event("after_epoch", row)
         return row
 
@@ -425,6 +426,7 @@ class Trainer:
             "schedule": {"step_count": self.schedule.last_epoch, "base_lrs": self.base_lrs},
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "row": self.row,  # a resume writes it back if the log lost it (runs.reconcile_metrics)
             "started": self.started,
             "rng": rng_states(self.device, self.shuffle),
             "threads": torch.get_num_threads(),  # a resume uses as many: bitwise the same sums
@@ -454,7 +456,7 @@ class Trainer:
         jump_to(self.schedule, int(state["schedule"]["step_count"]))
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
+        self.epoch, self.row = int(state["epoch"]), state.get("row")
         self.started = state.get("started", self.started)
         set_rng_states(state["rng"], self.device, self.shuffle)
         self.resume_position = state.get("position")

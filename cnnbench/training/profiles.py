@@ -38,9 +38,10 @@ def apply_profile(recipe: dict, device: str | None, profile: str | None = "auto"
     blocks = {name: recipe.pop(name) for name in PROFILES if name in recipe}
     chosen = profile_for(device or recipe.get("device"), profile or recipe.get("profile"))
     recipe["profile"] = chosen
+    for name, block in blocks.items():  # every block, also those this device does not use
+        if block is not None and not isinstance(block, dict):
+            raise CnnbenchError(f"the recipe's {name}: block must be a mapping of keys to values")
     block = blocks.get(chosen) or {}
-    if not isinstance(block, dict):
-        raise CnnbenchError(f"the recipe's {chosen}: block must be a mapping of keys to values")
     if isinstance(block.get("model_args"), dict) and isinstance(recipe.get("model_args"), dict):
         block = {**block, "model_args": {**recipe["model_args"], **block["model_args"]}}
     return {**recipe, **block}

@@ -4,6 +4,8 @@ A run folder holds (the names are ``files.RunLayout``'s)::
 
     .lock                  the pid of the process training in it (one at a time)
     config.yaml            the resolved configuration
+    environment.json       where it came from: versions, git commit, host, command, times
+                           (``provenance``)
     metrics.jsonl          one JSON object per epoch, appended after that epoch's checkpoint
     tensorboard/           event files (scalars, hyper-parameters, graph, images)
     checkpoints/last.pt    written atomically every epoch (and mid-epoch when interrupted);
@@ -15,7 +17,9 @@ A sweep's folder (``cnnbench.sweep``) holds run folders and its ``sweep.yaml``
 
 The order of writes keeps a folder consistent whatever stops the process: the checkpoint is
 renamed into place before the epoch's row is appended, so the log never runs ahead of
-``last.pt``; a resume drops rows after the checkpoint's epoch and a torn last line.
+``last.pt``; ``last.pt`` carries that row, so a resume writes it back if a kill kept it out of
+the log, and drops rows after the checkpoint's epoch and a torn last line. ``best.pt`` is
+written after ``last.pt``; a resume rewrites it if ``last.pt`` says it should hold that epoch.
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ from cnnbench.checkpoints import pid_alive, remove_stale_temporaries
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import RunLayout, check_folder, guarded, write_text
 from cnnbench.strict_json import dumps
+
+
+ENVIRONMENT = "environment.json"
+# The fields of environment.json that say what made a run, set side by side by ``--compare``
+# (not the times, which always differ).
+PROVENANCE = ("cnnbench", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda",
+              "cudnn", "device", "device_name", "host", "command")
 
 
 def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
@@ -54,6 +65,9 @@ def check_run_dir(path: str | os.PathLike) -> Path:
     """``--run-dir`` must be new or empty, in a place we may write: an existing run is never
     overwritten. Nothing is made (``claim_run_dir`` makes it)."""
     path = Path(path)
+    if os.path.lexists(path) and not path.exists():
+        raise CnnbenchError(f"{path} is a link to nothing (dangling, or looping): choose another "
+                            f"--run-dir")
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not failed_start(path):
         raise CnnbenchError(f"{path} already exists and is not empty: a run is never overwritten "
                             f"(use --resume {path} to continue it, or another --run-dir)")
@@ -137,32 +151,52 @@ def release_run(path: Path, abandon: bool = False) -> None:
     RunLayout(path).lock.unlink(missing_ok=True)
 
 
-def reconcile_metrics(run_dir: str | os.PathLike, epoch: int) -> str | None:
+def reconcile_metrics(run_dir: str | os.PathLike, epoch: int,
+                      row: dict | None = None) -> str | None:
     """Make ``metrics.jsonl`` agree with a checkpoint of ``epoch`` completed epochs: rows after
     it (a kill between checkpoint and log in an older version) and unreadable lines (a torn
-    last line) go. Returns what was done, or None when the log was already consistent."""
+    last line) go, and the checkpoint's own ``row`` (that epoch's, which ``last.pt`` carries)
+    is written back if a kill after the checkpoint kept it out of the log. Returns what was
+    done, or None when the log was already consistent."""
     path = RunLayout(run_dir).metrics
-    if not path.is_file():
-        return None
+    if path.exists() and not path.is_file():
+        raise CnnbenchError(f"{path} is not a file: move it away to resume {run_dir}")
     kept, torn, ahead = [], 0, 0
-    for line in path.read_text().splitlines():
+    for line in (path.read_text(errors="replace").splitlines() if path.is_file() else []):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except ValueError:
+        logged = _row(line)
+        if logged is None:
             torn += 1
-            continue
-        if row.get("epoch", 0) > epoch:
+        elif logged["epoch"] > epoch:
             ahead += 1
-            continue
-        kept.append(row)
-    if not torn and not ahead:
+        else:
+            kept.append(logged)
+    restore = (isinstance(row, dict) and row.get("epoch") == epoch and epoch > 0
+               and all(r["epoch"] != epoch for r in kept))
+    if not torn and not ahead and not restore:
         return None
+    kept += [row] if restore else []
     write_text(path, "".join(dumps(r) + "\n" for r in kept))
     done = ([f"dropped {ahead} row(s) after epoch {epoch} (the checkpoint's)"] if ahead else [])
     done += [f"removed {torn} unreadable (torn) line(s)"] if torn else []
+    done += [f"wrote back epoch {epoch}'s row from the checkpoint"] if restore else []
     return f"{path}: {' and '.join(done)}"
+
+
+def _row(line: str) -> dict | None:
+    """A log line as a row (a JSON object of numbers with an integer ``epoch``), or None."""
+    row = _json(line)
+    ok = (isinstance(row, dict) and type(row.get("epoch")) is int
+          and all(v is None or type(v) in (int, float) for v in row.values()))
+    return row if ok else None
+
+
+def _json(line: str):
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read
+        return None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -170,14 +204,18 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     path = RunLayout(run_dir).metrics
     if not path.is_file():
         return []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise CnnbenchError(f"cannot read {path}: {exc.strerror or exc}") from None
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise CnnbenchError(f"{path} line {n} is not JSON (torn by a kill?); "
-                                    f"--resume repairs it") from None
+            row = _row(line)
+            if row is None:
+                what = "a metrics row" if _json(line) else "JSON (torn by a kill?)"
+                raise CnnbenchError(f"{path} line {n} is not {what}; --resume repairs it")
+            rows.append(row)
     return rows
 
 
@@ -186,3 +224,12 @@ def resolve_mode(mode: str | None, monitor: str) -> str:
     if mode in ("max", "min"):
         return mode
     return "min" if "loss" in monitor or "error" in monitor else "max"
+
+
+def read_environment(run_dir: str | os.PathLike) -> dict:
+    """A run's ``environment.json``: {} for a run made before it was written, or unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / ENVIRONMENT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,71 @@
+"""TPE with pruning against a 16-point grid: lenet's lr and weight decay on Fashion-MNIST.
+
+Run: ``python benchmarks/search_vs_grid.py [--limit 8000] [--epochs 4] [--pruner median]
+[--dir runs/bench-search]`` (the grid's folder is shared: a second pruner reuses its runs)
+
+The grid: lr 1e-3, 3e-3, 1e-2, 3e-2 times weight_decay 0, 1e-4, 1e-3, 1e-2 (16 runs, seed 0).
+The search: ``--search tpe --trials 16 --space lr=log:1e-3..3e-2 --space
+weight_decay=0,1e-4,1e-3,1e-2`` (the same ranges; Optuna's TPE sampler; ``--pruner median``:
+MedianPruner with 4 trials run whole first, ``halving``: SuccessiveHalvingPruner), seed 0. Both are the whole ``cnnbench sweep`` command, each run on one
+thread, ``--limit`` images per split. The target: TPE's best trial (by validation accuracy)
+within 0.005 of the best test accuracy of the grid, training at most 60 % of the grid's epochs.
+Prints one JSON object; the folders stay under ``--dir`` (the same command continues them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+
+def sweep(args, *options: str) -> tuple[dict, float]:
+    command = [sys.executable, "-m", "cnnbench", "sweep", "lenet", "--limit", str(args.limit),
+               "--epochs", str(args.epochs), "--seeds", "0", "--set", "threads=1",
+               "--set", "log_graph=false", "--set", "log_images=false", "--quiet", "--json",
+               *options]
+    t0 = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"sweep failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout), time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=8000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--dir", default="runs/bench-search")
+    parser.add_argument("--pruner", default="median", help="median, halving or none")
+    args = parser.parse_args()
+    grid, grid_s = sweep(args, "--grid", "lr=1e-3,3e-3,1e-2,3e-2",
+                         "--grid", "weight_decay=0,1e-4,1e-3,1e-2", "--dir", f"{args.dir}/grid")
+    tpe, tpe_s = sweep(args, "--search", "tpe", "--trials", "16",
+                       "--space", "lr=log:1e-3..3e-2", "--space", "weight_decay=0,1e-4,1e-3,1e-2",
+                       "--pruner", args.pruner, "--dir", f"{args.dir}/tpe-{args.pruner}")
+    grid_tests = [r["test"]["mean"] for r in grid["rows"]]
+    grid_pick = next(r for r in grid["rows"] if r["best"])
+    best = next(r for r in tpe["rows"] if r["trial"] == tpe["best"])
+    grid_epochs = 16 * args.epochs
+    print(json.dumps({
+        "limit": args.limit, "epochs": args.epochs, "pruner": args.pruner,
+        "grid": {"best_test_acc": max(grid_tests),
+                 "test_acc_of_best_val": grid_pick["test"]["mean"],
+                 "best_setting": grid_pick["setting"], "epochs": grid_epochs,
+                 "seconds": round(grid_s, 1)},
+        "tpe": {"test_acc_of_best_trial": best["test_acc"], "best_params": best["params"],
+                "best_test_acc_any_trial": max(r["test_acc"] for r in tpe["rows"]
+                                               if r["test_acc"] is not None),
+                "counts": tpe["counts"], "epochs": tpe["epochs"],
+                "seconds": round(tpe_s, 1)},
+        "gap": max(grid_tests) - best["test_acc"],
+        "epoch_share": tpe["epochs"] / grid_epochs,
+        "reached": (max(grid_tests) - best["test_acc"] <= 0.005
+                    and tpe["epochs"] <= 0.6 * grid_epochs),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

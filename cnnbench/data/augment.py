@@ -1,0 +1,123 @@
+"""Augmentation at real sizes for classification, from ``torchvision.transforms.v2``.
+
+The keys (classification options) name torchvision's and timm's transforms:
+
+- ``rrc_scale: [0.08, 1.0]`` and ``rrc_ratio``: ``RandomResizedCrop`` to the input size (off
+  while ``rrc_scale`` is unset: the image is fitted whole, as before);
+- ``color_jitter: 0.4``: ``ColorJitter`` of brightness, contrast and saturation by that much
+  (timm's ``--color-jitter``);
+- ``auto_augment``: ``TrivialAugmentWide``, ``RandAugment`` (2 ops, magnitude 9) or
+  ``AutoAugment`` with its ImageNet policy;
+- ``crop_pct: 0.875``: evaluation resizes the shorter side to ``size / crop_pct`` and takes the
+  centre ``size`` crop (timm's name; unset: the image is fitted whole).
+
+``random_erasing``, ``crop_padding`` and MixUp/CutMix stay batched on the device
+(``transforms.py``) in either data mode, and so does ``hflip`` in memory. The transforms here take one uint8 ``[C, H, W]``
+image each: with ``data_mode: stream`` they run in the DataLoader workers on the decoded file
+at its own size (``stream.py``, each image seeded from the run's seed, the epoch and its
+place in it); with the data in memory they run on the device, image by image (each draws its
+own crop) on the batch the trainer took (``apply``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.keys import Key
+
+AUTO_AUGMENT = ("none", "trivialaugment", "randaugment", "autoaugment")
+
+KEYS = (
+    Key("rrc_scale", None, list, bounds="(0, 1]",
+        help="RandomResizedCrop's area range, e.g. [0.08, 1.0] (unset: no random crop)"),
+    Key("rrc_ratio", [0.75, 4 / 3], list, bounds="(0, inf)",
+        help="RandomResizedCrop's aspect-ratio range"),
+    Key("color_jitter", 0.0, float, bounds="[0, inf)",
+        help="ColorJitter brightness, contrast and saturation (timm's --color-jitter)"),
+    Key("auto_augment", "none", str, AUTO_AUGMENT,
+        help="TrivialAugmentWide, RandAugment (2 ops, magnitude 9) or AutoAugment (ImageNet)"),
+    Key("crop_pct", None, float, bounds="(0, 1]",
+        help="eval: resize to size / crop_pct, centre crop (unset: fit the whole image)"),
+)
+
+
+def _pair(config: dict, key: str) -> tuple[float, float]:
+    value = config[key]
+    if len(value) != 2 or value[0] > value[1]:
+        raise CnnbenchError(f"{key} takes [low, high] with low <= high, not {value}")
+    return float(value[0]), float(value[1])
+
+
+def _random_steps(config: dict, size: tuple[int, int]) -> list:
+    policy = config.get("auto_augment") or "none"
+    if config.get("rrc_scale") is None and not config.get("color_jitter") and policy == "none":
+        return []  # without importing torchvision (a Fashion-MNIST run does not need it)
+    from torchvision.transforms import v2
+
+    steps = []
+    if config.get("rrc_scale") is not None:
+        steps.append(v2.RandomResizedCrop(size, scale=_pair(config, "rrc_scale"),
+                                          ratio=_pair(config, "rrc_ratio"), antialias=True))
+    jitter = float(config.get("color_jitter") or 0.0)
+    if jitter:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    if policy == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide())
+    elif policy == "randaugment":
+        steps.append(v2.RandAugment(num_ops=2, magnitude=9))
+    elif policy == "autoaugment":
+        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
+    return steps
+
+
+def train_transform(config: dict, size: tuple[int, int]):
+    """The per-image random training transform on images already at ``size`` (None when no
+    key asks for one)."""
+    steps = _random_steps(config, size)
+    if not steps:
+        return None
+    from torchvision.transforms import v2
+
+    return v2.Compose(steps)
+
+
+def eval_transform(config: dict, size: tuple[int, int]):
+    """Resize + centre crop with ``crop_pct`` (None when unset)."""
+    crop_pct = config.get("crop_pct")
+    if crop_pct is None:
+        return None
+    from torchvision.transforms import v2
+
+    shorter = int(min(size) / float(crop_pct))  # timm: scale_size = floor(img_size / crop_pct)
+    return v2.Compose([v2.Resize(shorter, antialias=True), v2.CenterCrop(size)])
+
+
+def stream_transform(config: dict, size: tuple[int, int], train: bool):
+    """A whole decoded file (any size) -> uint8 ``[C, *size]`` in a stream's workers, or None
+    when no key asks for one (then the file is fitted as in memory, through Pillow). Training:
+    the random crop (or the fit), ``hflip`` (here, not on the device: a batch flip in the
+    trainer's process would take a core from the workers), then the colour transforms."""
+    crop = eval_transform(config, size)
+    steps = _random_steps(config, size) if train else []
+    flip = train and bool(config.get("hflip"))
+    if not steps and not flip:
+        return crop
+    from torchvision.transforms import v2
+
+    if config.get("rrc_scale") is None:
+        steps.insert(0, crop or v2.Resize(size, antialias=True))
+    if flip:
+        steps.insert(1, v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def apply(transform, images: torch.Tensor, each: bool) -> torch.Tensor:
+    """``transform`` on a uint8 batch: image by image (``each``: a random transform draws for
+    every image) or once for the batch (a deterministic one); the output size is the
+    transform's."""
+    if transform is None:
+        return images
+    if not each:
+        return transform(images)
+    return torch.stack([transform(image) for image in images])

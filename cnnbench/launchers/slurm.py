@@ -1,0 +1,127 @@
+"""The Slurm launcher (`cnnbench sweep --launcher slurm`): a job array through ``submitit``.
+
+``--slurm KEY=VALUE,...`` sets ``submitit.SlurmExecutor.update_parameters`` by its names
+(``partition``, ``time`` in minutes, ``gpus_per_node``, ``cpus_per_task``, ``mem``, ``nodes``,
+``ntasks_per_node``, ...); ``--parallel N`` tasks run at once (``array_parallelism``). The
+sweep follows the jobs until each ends; their logs are in ``DIR/slurm/JOBID/``. A job's time
+limit or a preemption requeues it (``submitit.helpers.Checkpointable``): the training writes its
+checkpoint on the SIGTERM that ends the job, and the requeued call resumes it. A job cancelled
+(``scancel``) checkpoints the same way; the next run of the sweep resumes it.
+
+Before any folder is made, ``check`` asks the controller (``scontrol ping``): sbatch missing or
+the controller down is one line. ``.ci/slurm-local.sh start`` starts a one-node cluster on
+this machine for the tests.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import submitit
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.launchers.base import Launcher, last_line
+
+
+class SlurmLauncher(Launcher):
+    """A Slurm cluster, through submitit: one job array, followed until every task ends."""
+
+    name = "slurm"
+    poll_seconds = 2.0
+
+    def __init__(self, parallel: int = 1, options: dict | None = None):
+        self.parallel, self.options = parallel, dict(options or {})
+
+    def check(self) -> None:
+        if shutil.which("sbatch") is None:
+            raise CnnbenchError("Slurm is not reachable: sbatch is not on PATH (install "
+                                "Slurm's client tools, or use --launcher local)")
+        try:
+            ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
+                                  timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CnnbenchError(f"Slurm is not reachable: scontrol ping failed ({exc})") from None
+        text = " ".join((ping.stdout + ping.stderr).split())
+        if ping.returncode or "UP" not in text:
+            raise CnnbenchError(f"Slurm's controller is down or unreachable (scontrol ping: "
+                                f"{text or 'exit ' + str(ping.returncode)})")
+        self.executor(Path("/nonexistent"))  # unknown --slurm options: one line, here
+
+    def executor(self, folder: Path):
+        executor = submitit.SlurmExecutor(folder=folder / "slurm" / "%j", max_num_timeout=3)
+        try:
+            executor.update_parameters(array_parallelism=self.parallel, **self.options)
+        except (ValueError, TypeError) as exc:
+            reason = " ".join(str(exc).split())
+            raise CnnbenchError(f"bad --slurm options: {reason[:300]}") from None
+        return executor
+
+    def launch(self, jobs, folder, say, stop=None, envs=None):
+        executor = self.executor(Path(folder).resolve())
+        with executor.batch():
+            handles = [executor.submit(Requeued(job.call)) for job in jobs]
+        pending = {}
+        for job, handle in zip(jobs, handles):
+            say(f"{job.name}: Slurm job {handle.job_id}")
+            pending[handle.job_id] = (job, handle)
+        failures, cancelled = [], False
+        while pending:
+            if stop is not None and stop.signum is not None and not cancelled:
+                subprocess.run(["scancel", *pending], capture_output=True, timeout=60)
+                cancelled = True  # each run checkpoints on the SIGTERM: resumable
+            queued = self.queued()
+            for job_id in [j for j in pending if j not in queued]:
+                job, handle = pending.pop(job_id)
+                outcome = self.outcome(handle)
+                say(f"{job.name}: {outcome} (Slurm job {job_id})")
+                if outcome != "finished":
+                    failures.append((job.name, outcome))
+            if pending:
+                time.sleep(self.poll_seconds)
+        return failures
+
+    @staticmethod
+    def queued() -> set[str]:
+        """The ids of this cluster's jobs still pending or running (array tasks one by one:
+        ``12_0``); read with ``squeue``, which needs no accounting database (``sacct`` does)."""
+        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True,
+                              text=True, timeout=60)
+        if done.returncode:
+            raise CnnbenchError(f"squeue failed while following the jobs: "
+                                f"{last_line_of(done.stderr) or done.returncode}")
+        return {line.strip() for line in done.stdout.splitlines() if line.strip()}
+
+    @staticmethod
+    def outcome(handle) -> str:
+        """``finished``, or why not: the job's error (its log's last line), a stop on a signal
+        (resumable), or killed with no result (cancelled, out of time or memory)."""
+        result = Path(handle.paths.result_pickle)
+        if result.is_file():
+            status, value = submitit.core.utils.pickle_load(result)
+            if status == "success":
+                return "finished"
+            text = str(value)
+            if "Interrupted" in text:
+                return "stopped, resumable: " + (last_line(handle.paths.stderr) or "a signal")
+            return "failed: " + (last_line_of(text) or last_line(handle.paths.stderr))
+        return "ended without a result: " + (last_line(handle.paths.stderr)
+                                             or "cancelled or killed")
+
+
+def last_line_of(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+class Requeued(submitit.helpers.Checkpointable):
+    """A job's callable that Slurm's time limit or a preemption requeues as it is: the run
+    checkpoints on the SIGTERM that ends the job, and the requeued call resumes it."""
+
+    def __init__(self, call):
+        self.call = call
+
+    def __call__(self):
+        return self.call()

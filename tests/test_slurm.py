@@ -1,0 +1,161 @@
+"""sweep --launcher slurm on a real (one-node, localhost) Slurm: `.ci/slurm-local.sh start`.
+
+The tests that submit jobs are skipped, saying so, when no Slurm controller answers here;
+the one-line refusals (sbatch missing, the controller down, bad --slurm options) run anyway
+where Slurm's client tools are installed."""
+
+import shutil
+import subprocess
+import time
+
+import pytest
+import torch
+
+from cli_run import cli
+from cnnbench import sweep
+from cnnbench.errors import CnnbenchError
+from cnnbench.launchers import get_launcher
+from test_sweep import tiny
+
+pytestmark = pytest.mark.usefixtures("keep_threads")
+
+
+def slurm_up() -> bool:
+    if shutil.which("sbatch") is None:
+        return False
+    done = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    return done.returncode == 0 and "UP" in done.stdout
+
+
+SLURM = pytest.mark.skipif(not slurm_up(), reason="no Slurm controller answers `scontrol "
+                                                  "ping` here: start one with "
+                                                  "`.ci/slurm-local.sh start` (root)")
+# The tests that submit jobs wait for the controller's scheduling passes (a minute or more
+# each): slow, and marked slurm; .ci/run runs them with `-m slurm` after starting the cluster.
+
+
+def weights(run):
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+@SLURM
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_grid_through_slurm_equals_the_local_one_and_reports_a_failed_job(
+        tmp_path, fmnist_dir):
+    fixed = tiny(fmnist_dir, threads=1, epochs=2)
+    grid = {"lr": [0.05, 0.1]}
+    lines = []
+    slurm = sweep.run_sweep(sweep.spec("lenet", None, fixed, grid, [0]), tmp_path / "slurm",
+                            launcher=get_launcher("slurm", 2), say=lines.append)
+    local = sweep.run_sweep(sweep.spec("lenet", None, fixed, grid, [0]), tmp_path / "local")
+    assert [r["test"] for r in slurm["rows"]] == [r["test"] for r in local["rows"]]
+    for name in ("lr=0.05,seed=0", "lr=0.1,seed=0"):
+        a, b = weights(tmp_path / "slurm" / name), weights(tmp_path / "local" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise: one thread, same seed
+    assert sum("finished (Slurm job" in line for line in lines) == 2, lines
+    assert list((tmp_path / "slurm" / "slurm").iterdir())  # submitit's logs
+
+    # A run whose data vanished before its job ran: its log's last line, the others go on.
+    data = tmp_path / "data"
+    shutil.copytree(fmnist_dir, data)
+    bad = sweep.spec("lenet", None, {**fixed, "data": str(data)}, {"lr": [0.05, 0.1]}, [1])
+    plan, _, folder = sweep.prepare(bad, tmp_path / "bad")
+    sweep.release_run(folder)
+    shutil.rmtree(data)
+    lines.clear()
+    with pytest.raises(CnnbenchError, match=r"2 of 2 runs failed \(lr=0.05,seed=1: failed: "
+                                            r".*cnnbench sweep --resume") as info:
+        sweep.run_sweep(bad, folder, launcher=get_launcher("slurm", 2), say=lines.append)
+    assert "\n" not in str(info.value)
+    assert any("failed:" in line and str(data) in line for line in lines), lines
+
+
+@SLURM
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_scancel_mid_epoch_then_the_same_sweep_resumes_the_runs(tmp_path):
+    from idx_files import write_fashion_mnist
+
+    data = tmp_path / "fmnist"
+    write_fashion_mnist(data, n_train=3000, n_test=100)
+    fixed = tiny(data, threads=1, epochs=3, limit=3000, val_size=100, batch_size=8)
+    s = sweep.spec("lenet", None, fixed, {"lr": [0.05]}, [0])
+    folder = tmp_path / "sweep"
+    run = folder / "lr=0.05,seed=0"
+    lines = []
+
+    import threading
+
+    def cancel_after_epoch_1():
+        while not (run / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        time.sleep(0.3)  # into epoch 2
+        job = next(line.split("Slurm job ")[1] for line in lines if "Slurm job" in line)
+        subprocess.run(["scancel", job.rstrip(")")], check=True)
+
+    watcher = threading.Thread(target=cancel_after_epoch_1, daemon=True)
+    watcher.start()
+    with pytest.raises(CnnbenchError, match="1 of 1 runs failed"):
+        sweep.run_sweep(s, folder, launcher=get_launcher("slurm", 1), say=lines.append)
+    watcher.join()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["position"]["batch"] > 0  # stopped mid-epoch 2
+    table = sweep.run_sweep(s, folder, launcher=get_launcher("slurm", 1))
+    assert table["rows"][0]["finished"] == 1
+    local = sweep.run_sweep(s, tmp_path / "local")
+    assert table["rows"][0]["test"] == local["rows"][0]["test"]
+    a, b = weights(run), weights(tmp_path / "local" / "lr=0.05,seed=0")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+needs_client = pytest.mark.skipif(shutil.which("scontrol") is None,
+                                  reason="Slurm's client tools (scontrol) are not installed")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no-sbatch", "Slurm is not reachable: sbatch is not on PATH"),
+    pytest.param("controller-down", "Slurm's controller is down or unreachable (scontrol "
+                                    "ping: ", marks=needs_client),
+    pytest.param("bad-option", "bad --slurm options: ", marks=[needs_client, SLURM]),
+])
+def test_slurm_out_of_reach_is_one_line_before_any_folder(tmp_path, monkeypatch, capsys,
+                                                          case, message):
+    monkeypatch.chdir(tmp_path)
+    options = []
+    if case == "no-sbatch":
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    elif case == "controller-down":  # a cluster whose controller nobody runs
+        conf = tmp_path / "conf" / "slurm.conf"
+        conf.parent.mkdir()
+        conf.write_text("ClusterName=gone\nSlurmctldHost=localhost\nSlurmctldPort=9\n"
+                        "MessageTimeout=2\nAuthType=auth/munge\nNodeName=localhost\n"
+                        "PartitionName=debug Nodes=localhost\n")
+        monkeypatch.setenv("SLURM_CONF", str(conf))
+    else:
+        options = ["--slurm", "partition=debug,gpus_per_nod=1"]
+    code = cli(["sweep", "lenet", "--grid", "lr=0.1,0.2", "--epochs", "1", "--launcher",
+                "slurm", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["conf"], ["empty"])
+
+
+@SLURM
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_two_slurm_jobs_share_one_search(tmp_path, fmnist_dir):
+    from cnnbench import search
+
+    lines = []
+    table = search.run_search(sweep.spec("lenet", None, tiny(fmnist_dir, threads=1), {}, [0]),
+                              search.parse_space(["lr=log:1e-3..0.1"]), "random", 4,
+                              folder=tmp_path / "search", launcher=get_launcher("slurm", 2),
+                              say=lines.append)
+    assert sorted(r["trial"] for r in table["rows"]) == [0, 1, 2, 3]
+    assert [r["state"] for r in table["rows"]] == ["complete"] * 4
+    assert sum("finished (Slurm job" in line for line in lines) == 2, lines  # two workers
+    logs = "".join(p.read_text() for p in (tmp_path / "search" / "slurm").rglob("*.out"))
+    started = sorted(line.split()[0] for line in logs.splitlines()
+                     if line.startswith("trial-") and line.endswith(": training"))
+    assert started == ["trial-000", "trial-001", "trial-002", "trial-003"]

@@ -135,7 +135,8 @@ def train(
         None, "--config", "-c", help="YAML recipe (default: experiments/MODEL.yaml if present)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e",
                                          help="Epochs in total (also when resuming)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=(
+        "Images per optimizer step (per process with --nproc; default: the recipe's).")),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
     optimizer: Optional[str] = typer.Option(None, help="; ".join(
         f"{name}: {o.description}" for name, o in OPTIMIZERS.items()) + "."),
@@ -145,7 +146,9 @@ def train(
     amp: Optional[str] = typer.Option(None, help="none, bf16 (CUDA, CPU) or fp16 (CUDA)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                             help="torch.compile the model."),
-    seed: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help=(
+        "Random seed of the weights, the shuffling and the augmentation (default: the "
+        "recipe's, else 0); the validation split never changes with it.")),
     limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Folder with the IDX files, or SOURCE[:PATH]: fashion-mnist, "
@@ -180,7 +183,10 @@ def train(
                               "accepts (with MODEL: its task's too and the recipe's values), "
                               "with default, type and help; JSON with --json."),
 ) -> None:
-    """Train a model on Fashion-MNIST: metrics, TensorBoard, checkpoints in a run folder.
+    """Train a model (classification, segmentation, detection...) on its task's data: metrics, TensorBoard, checkpoints in a run folder.
+
+    The data are Fashion-MNIST by default (scenes drawn from it for the dense tasks), or
+    `--data` (a class-per-folder tree, CIFAR-10, Pascal VOC).
 
     The recipe is `experiments/MODEL.yaml` when it exists (or `--config FILE`); options on the
     command line beat it. A run lives in `runs/MODEL-YYYYmmdd-HHMMSS/`. Examples:
@@ -252,11 +258,12 @@ def lr_find(
     model: Optional[str] = typer.Argument(None, help=MODEL_HELP + " May come from --config."),
     config: Optional[str] = typer.Option(
         None, "--config", "-c", help="YAML recipe (default: experiments/MODEL.yaml if present)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=(
+        "Images per optimizer step (default: the recipe's).")),
     optimizer: Optional[str] = typer.Option(None, help=", ".join(OPTIMIZERS) + "."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
     amp: Optional[str] = typer.Option(None, help="none, bf16 (CUDA, CPU) or fp16 (CUDA)."),
-    seed: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: the recipe's)."),
     limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
     data: Optional[str] = typer.Option(None, "--data", help="As `cnnbench train --data`."),
     input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
@@ -272,7 +279,8 @@ def lr_find(
     """Learning-rate finder: an exponential lr sweep over real training steps of the recipe.
 
     The smoothed loss (beta 0.98) is followed until it exceeds 4x its best; the suggestion is
-    where it falls fastest (and the minimum / 10). Nothing is written to runs/; the trained
+    fastai's valley (halfway down the longest descent), with the steepest descent and the
+    minimum / 10 beside it. Nothing is written to runs/; the trained
     weights are thrown away. Examples:
 
     * `cnnbench lr-find lenet --limit 5000 --plot lr.png`
@@ -367,8 +375,10 @@ def sweep(
         "A sweep YAML: model, config, grid, seeds; any other key is fixed for every run.")),
     config: Optional[str] = typer.Option(None, "--config", "-c", help=(
         "YAML recipe the runs start from (default: experiments/MODEL.yaml if present).")),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e",
+                                         help="Epochs of every run (default: the recipe's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=(
+        "Images per optimizer step of every run (default: the recipe's).")),
     limit: Optional[int] = typer.Option(None, help="At most N images per split (quick runs)."),
     data: Optional[str] = typer.Option(None, "--data", help="As `cnnbench train --data`."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
@@ -518,9 +528,15 @@ def eval_(
 @app.command()
 def predict(
     run: str = typer.Argument(..., help="A run folder (runs/MODEL-TIME)."),
-    images: List[str] = typer.Argument(..., metavar="IMAGE...", help="PNG or JPEG files."),
+    images: List[str] = typer.Argument(..., metavar="FOLDER|FILE...", help=(
+        "Image files (PNG, JPEG, anything Pillow reads) or folders of them (recursively).")),
     checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP),
-    top: int = typer.Option(3, "--top", min=1, help="Classes shown per image."),
+    top: int = typer.Option(3, "--top", min=1, help="Classes (or boxes) kept per image."),
+    csv: Optional[str] = typer.Option(None, "--csv", help=(
+        "Write one row per file to FILE.csv (path, size, top classes and scores, boxes or mask "
+        "shares) as the batches go, and print a summary instead of every file.")),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1,
+                                   help="Files read and predicted at a time."),
     out: Optional[str] = typer.Option(None, "--out", help="Write each image with its "
                                       "prediction drawn to this folder."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps "
@@ -530,14 +546,55 @@ def predict(
     """Class and score (or boxes, or mask shares) per image file, from a run's checkpoint.
 
     Each file is read as the training data were (grey or colour, the model's input size, the
-    task's normalisation). Examples: `cnnbench predict runs/lenet-20260101-120000 shoe.png`,
-    `cnnbench predict RUN a.png b.jpg --top 5 --out drawn/`.
+    task's normalisation), `--batch-size` files at a time. Examples:
+    `cnnbench predict runs/lenet-20260101-120000 shoe.png`,
+    `cnnbench predict RUN a.png b.jpg --top 5 --out drawn/`,
+    `cnnbench predict RUN photos/ --csv predictions.csv --batch-size 256`.
     """
     from cnnbench import render
-    from cnnbench.predict import predict as predict_files
+    from cnnbench.predict import predict_csv, predict_stream
 
-    rows = predict_files(run, images, checkpoint, top=top, out=out, device=device)
-    render.print_json(rows) if as_json else render.predictions_lines(rows)
+    if csv is None:
+        about, rows = predict_stream(run, images, checkpoint, top=top, out=out, device=device,
+                                     batch_size=batch_size)
+        render.print_json(list(rows)) if as_json else render.predictions_lines(rows)
+        return
+    with render.progress_bar("predict", quiet=as_json) as progress:
+        result = predict_csv(run, images, csv, checkpoint, top=top, out=out, device=device,
+                             batch_size=batch_size, progress=progress)
+    render.print_json(result) if as_json else render.predict_csv_line(result)
+
+
+# --- export (issue 26) ---
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="A run folder (runs/MODEL-TIME)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (onnxruntime, any ONNX "
+                            "runtime) or torchscript (torch.jit.load)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="The file to write (default: "
+                                      "RUN/export/best.onnx or RUN/export/best.torchscript.pt)."),
+    input_dtype: str = typer.Option("uint8", "--input-dtype", help="What the file takes: uint8 "
+                                    "pixels 0-255, or float32 in [0, 1]."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Export a run's checkpoint to ONNX or TorchScript, normalisation inside, and check it.
+
+    The file takes images `[N, C, H, W]` at the run's input size (any batch size N), scales and
+    normalises them as training did, and returns the task's output (detection: the boxes decoded
+    for every anchor and the class scores, no NMS). Class names, input and outputs are in its
+    metadata. It is then loaded back (onnxruntime's CPU provider, torch.jit) and compared with
+    the eager model on the run's own test images: the largest difference is printed.
+    Examples: `cnnbench export runs/lenet-20260101-120000`,
+    `cnnbench export RUN --format torchscript --checkpoint last --out lenet.pt`.
+    """
+    from cnnbench import render
+    from cnnbench.export import export as export_run
+
+    result = export_run(run, fmt, checkpoint, out=out, input_dtype=input_dtype)
+    render.print_json(result) if as_json else render.export_lines(result)
+
 
 # --- bench (issue 4) ---
 
@@ -546,7 +603,8 @@ def bench(
     models: List[str] = typer.Argument(..., metavar="MODEL", help=(
         MODEL_HELP + " One or more; shell wildcards match several (quote them): 'lenet*', "
         "'torchvision:resnet1*'. Or `deformconv` alone for the deformable convolution "
-        "implementations side by side.")),
+        "implementations side by side. Or one FILE.onnx / FILE.pt that `cnnbench export` "
+        "wrote.")),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", "-b",
                                     help="Batch sizes, comma-separated."),
     input_size: Optional[str] = typer.Option(None, "--input-size", "-i", help=INPUT_HELP),
@@ -580,6 +638,10 @@ def bench(
 ) -> None:
     """Speed figures: inference and training step per batch size, memory, FLOP/s.
 
+    An exported file (`cnnbench export`: FILE.onnx, FILE.pt) is timed in its runtime
+    (onnxruntime's CPU provider, torch.jit) beside the run's model in eager PyTorch (and
+    torch.compile with `--compile`), with each one's speed relative to eager.
+
     Medians and IQRs from torch.utils.benchmark; `--json`/`--csv` use timm's column names
     (infer_samples_per_sec, infer_step_time, train_samples_per_sec, param_count, gmacs, ...).
     `deformconv` compares ours, torchvision's, the notes' deformable convolution and a plain
@@ -594,7 +656,8 @@ def bench(
     `cnnbench bench torchvision:resnet50 --device cuda --precision bf16 --channels-last`,
     `cnnbench bench vgg11 --sweep size --plot vgg.png`, `cnnbench bench lenet --csv lenet.csv`,
     `cnnbench bench deformconv`, `cnnbench bench deformconv --shape 4,32,28,28 --json`,
-    `cnnbench bench deformconv --sweep shape --plot dcn.png`.
+    `cnnbench bench deformconv --sweep shape --plot dcn.png`,
+    `cnnbench bench runs/lenet-20260101-120000/export/best.onnx -b 1,64 --compile`.
     """
     import os
 
@@ -616,7 +679,18 @@ def bench(
     op = next((m for m in models if m in benchmarks.OP_BENCHES), None)
     if op is not None and len(models) > 1:
         raise CnnbenchError(f"{op} runs alone: `cnnbench bench {op}`")
-    if op is not None:
+    exported = next((m for m in models if benchmarks.is_exported_file(m)), None)
+    if exported is not None:
+        if len(models) > 1:
+            raise CnnbenchError(f"an exported file is timed alone: `cnnbench bench {exported}`")
+        if sweep or plot or device not in ("auto", "cpu") or precision != "fp32":
+            raise CnnbenchError("an exported file is timed on the CPU in fp32 per --batch-sizes "
+                                "(no --sweep, --plot, --device or --precision)")
+        result = benchmarks.bench_exported(
+            exported, batch_sizes=benchmarks.parse_int_list(batch_sizes, "--batch-sizes"),
+            min_run_time=min_run_time, threads=threads, compile=compile_)
+        show, rows = render.exported_bench_table, result["rows"]
+    elif op is not None:
         op_bench = benchmarks.OP_BENCHES[op]
         result = op_bench.run(benchmarks.parse_shape(shape), device=device, precision=precision,
                               min_run_time=min_run_time, sweep=sweep)

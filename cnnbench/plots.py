@@ -144,7 +144,8 @@ def _fit(fig, text: str, points: float) -> str:
 def save_lr_find_png(result: dict, path: str) -> None:
     """The learning-rate range test of :func:`cnnbench.training.lr_find.lr_find`: each step's
     loss (faint) and the smoothed loss against the learning rate (log axis), the suggestion
-    marked with a dot and the minimum / 10 with a dashed line."""
+    (valley) marked with a dot, the steepest descent with a triangle and the minimum / 10 with a
+    dashed line."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
@@ -152,10 +153,16 @@ def save_lr_find_png(result: dict, path: str) -> None:
     lrs = result["lrs"]
     ax.plot(lrs, result["losses"], color="0.75", linewidth=0.8, label="step loss")
     ax.plot(lrs, result["smoothed"], color="tab:blue", label="smoothed loss (beta 0.98)")
-    suggested = result["suggested_lr"]
-    at = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / suggested)))
-    ax.plot([suggested], [result["smoothed"][at]], "o", color="tab:red", markersize=8,
-            label=f"suggested lr {suggested:.2e} ({result['rule']})")
+
+    def mark(lr, style, colour, label):
+        at = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / lr)))
+        ax.plot([lr], [result["smoothed"][at]], style, color=colour, markersize=8, label=label)
+
+    mark(result["suggested_lr"], "o", "tab:red",
+         f"suggested lr {result['suggested_lr']:.2e} ({result['rule']})")
+    if result.get("steepest_lr") is not None:
+        mark(result["steepest_lr"], "^", "tab:orange",
+             f"steepest descent {result['steepest_lr']:.2e}")
     ax.axvline(result["minimum_div10_lr"], color="tab:green", linestyle="--", linewidth=1,
                label=f"minimum / 10: {result['minimum_div10_lr']:.2e}")
     ax.set_xscale("log")

@@ -6,13 +6,18 @@ training), grey or colour as the model's input channels, at the run's input size
 the normalisation (``Context``), so no data set is loaded (a checkpoint older than that loads
 the run's data once to find them). What a task reports and draws is one entry of
 ``PREDICTORS``: the top classes, the boxes, or the share of the image each class covers.
+
+Folders give their image files (recursively, sorted). Every file's header is checked before any
+work; the files are then read and predicted ``--batch-size`` at a time and each row is handed on
+(``predict_stream``) or written to the CSV table (``predict_csv``) as it comes, so memory stays
+flat in the number of files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -165,10 +170,59 @@ def load_model(config: dict, state: dict, device: torch.device):
     return task_cls(config, context), model.to(device).eval()
 
 
+BATCH_SIZE = 64  # files read and predicted at a time: memory stays flat in the number of files
+
+
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """The files named, and the image files under each folder named (recursively, sorted by
+    path; any suffix Pillow knows), in the order given. A name that is neither, or a folder
+    with no image in it, is a one-line error."""
+    from PIL import Image
+
+    suffixes = {s.lower() for s in Image.registered_extensions()}
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in suffixes and p.is_file())
+            if not found:
+                raise CnnbenchError(f"no image files in folder {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CnnbenchError(f"no image file or folder {path}")
+    return files
+
+
+def check_readable(path: Path) -> None:
+    """Pillow recognises ``path`` (its header only: cheap enough for every file up front)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else \
+            type(exc).__name__
+        raise CnnbenchError(f"{path} is not an image Pillow can read ({reason})") from None
+
+
 def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: int = 3,
-            out: str | Path | None = None, device: str | None = None) -> list[dict]:
+            out: str | Path | None = None, device: str | None = None,
+            batch_size: int = BATCH_SIZE) -> list[dict]:
     """Per file: the predictions (top ``top`` classes, the boxes or the mask's classes) and,
-    with ``out``, the path of the picture with them drawn."""
+    with ``out``, the path of the picture with them drawn. Folders give their image files."""
+    return list(predict_stream(run, images, checkpoint, top, out, device, batch_size)[1])
+
+
+def predict_stream(run: str | Path, images: list[str], checkpoint: str = "best", top: int = 3,
+                   out: str | Path | None = None, device: str | None = None,
+                   batch_size: int = BATCH_SIZE) -> tuple[dict, Iterator[dict]]:
+    """``(what is predicted, the rows one file at a time)``: everything is checked here (the
+    run, the options, every file's header) before the first row; the files are then read and
+    predicted ``batch_size`` at a time, so memory does not grow with their number."""
     from cnnbench import recipe as cfg
     from cnnbench.devices import resolve_device
 
@@ -178,46 +232,116 @@ def predict(run: str | Path, images: list[str], checkpoint: str = "best", top: i
         raise CnnbenchError(f"{run} trained a {config.get('task')} task: predict knows "
                             f"{', '.join(PREDICTORS)}")
     if not images:
-        raise CnnbenchError("give at least one image file")
+        raise CnnbenchError("give at least one image file or folder")
     if top < 1:
         raise CnnbenchError(f"--top must be at least 1, not {top}")
+    if batch_size < 1:
+        raise CnnbenchError(f"--batch-size must be at least 1, not {batch_size}")
     folder = output_folder(run, out) if out else None
     if device is not None:
         config["device"] = cfg.check("device", device, source="command line")
-    channels, size = int(config["input_size"][0]), tuple(config["input_size"][-2:])
-    read = [read_image(p, channels, size) for p in images]  # every file, before any work
-    batch = torch.stack([pixels for pixels, _ in read])
-
+    files = image_files(images)
+    for path in files:  # every file, before any work
+        check_readable(path)
     device = resolve_device(config["device"])
     task, model = load_model(config, state, device)
-    targets = predictor.targets(task, len(images))
-    with torch.inference_mode():
-        x, _ = task.prepare(batch.to(device), _to(targets, device), train=False)
-        output = _to(model(x), torch.device("cpu"))
-    found = predictor.read(task, output, top)
-    rows = [{"file": str(path), "size": list(original), "predictions": items,
-             "summary": ", ".join(f"{p['class']} {p['score']:.2f}" for p in items[:1])
-             or "nothing found", "picture": None}
-            for path, (_, original), items in zip(images, read, found)]
-    if folder is not None:
-        from cnnbench import plots
+    about = {"run": str(run), "model": config["model"], "task": config["task"],
+             "checkpoint": checkpoint, "files": len(files), "top": top}
+    rows = _rows(task, model, predictor, files, config, device, top, folder, batch_size,
+                 {**about, "run_name": run.name})
+    return about, rows
 
+
+def _rows(task, model, predictor, files, config, device, top, folder, batch_size, about):
+    channels, size = int(config["input_size"][0]), tuple(config["input_size"][-2:])
+    taken: set = set()
+    if folder is not None:
         with guarded(folder):
             folder.mkdir(parents=True, exist_ok=True)
-        taken = set()
-        for i, row in enumerate(rows):
-            name = _free_name(Path(row["file"]).stem, taken)
-            grid = predictor.draw(task, batch[i], _index(output, i), row["predictions"])
-            title = (f"{Path(row['file']).name}: {grid.what} by {run.name} "
-                     f"({config['model']}, {checkpoint}.pt)")
-            plots.save_png(plots.grid_figure(grid, title), folder / name)
-            row["picture"] = str(folder / name)
-    for row in rows:  # boxes in the file's own pixels (drawn above in fractions)
-        w, h = row["size"]
-        for p in row["predictions"]:
-            if "box" in p:
-                p["box"] = [round(v * s, 1) for v, s in zip(p["box"], (w, h, w, h))]
-    return rows
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        read = [read_image(p, channels, size) for p in chunk]
+        batch = torch.stack([pixels for pixels, _ in read])
+        targets = predictor.targets(task, len(chunk))
+        with torch.inference_mode():
+            x, _ = task.prepare(batch.to(device), _to(targets, device), train=False)
+            output = _to(model(x), torch.device("cpu"))
+        found = predictor.read(task, output, top)
+        for i, (path, (_, original), items) in enumerate(zip(chunk, read, found)):
+            row = {"file": str(path), "size": list(original), "predictions": items,
+                   "summary": ", ".join(f"{p['class']} {p['score']:.2f}" for p in items[:1])
+                   or "nothing found", "picture": None}
+            if folder is not None:
+                from cnnbench import plots
+
+                name = _free_name(path.stem, taken)
+                grid = predictor.draw(task, batch[i], _index(output, i), items)
+                title = (f"{path.name}: {grid.what} by {about['run_name']} "
+                         f"({about['model']}, {about['checkpoint']}.pt)")
+                plots.save_png(plots.grid_figure(grid, title), folder / name)
+                row["picture"] = str(folder / name)
+            w, h = original  # boxes in the file's own pixels (drawn above in fractions)
+            for p in items:
+                if "box" in p:
+                    p["box"] = [round(v * s, 1) for v, s in zip(p["box"], (w, h, w, h))]
+            yield row
+
+
+# -- the table: one CSV row per file --
+
+def csv_columns(task: str, top: int) -> list[str]:
+    """``file, width, height`` and per rank ``class_i, score_i`` (segmentation: ``share_i``,
+    the part of the image the class covers), with ``box_i`` (x0 y0 x1 y1 in the file's
+    pixels) for the box tasks."""
+    score = "share" if task == "segmentation" else "score"
+    box = task in ("single-object", "detection")
+    columns = ["file", "width", "height"]
+    for i in range(1, top + 1):
+        columns += [f"class_{i}", f"{score}_{i}"] + ([f"box_{i}"] if box else [])
+    return columns
+
+
+def csv_row(row: dict, task: str, top: int) -> list:
+    score = "share" if task == "segmentation" else "score"
+    cells = {"file": row["file"], "width": row["size"][0], "height": row["size"][1]}
+    for i, p in enumerate(row["predictions"][:top], 1):
+        cells[f"class_{i}"], cells[f"{score}_{i}"] = p["class"], f"{p['score']:.6g}"
+        if "box" in p:
+            cells[f"box_{i}"] = " ".join(f"{v:g}" for v in p["box"])
+    return [cells.get(c, "") for c in csv_columns(task, top)]
+
+
+def predict_csv(run: str | Path, images: list[str], csv_path: str | Path,
+                checkpoint: str = "best", top: int = 3, out: str | Path | None = None,
+                device: str | None = None, batch_size: int = BATCH_SIZE,
+                progress: Callable[[int, int], None] | None = None) -> dict:
+    """Predict every file (folders: their image files) into ``csv_path``, one row per file,
+    written as the batches are predicted (nothing kept in memory) and renamed into place at the
+    end; ``progress(done, total)`` is called after each batch."""
+    import csv
+    import io
+    import time
+
+    from cnnbench import files
+
+    csv_path = files.check_file(csv_path, "--csv")
+    t0 = time.perf_counter()
+    about, rows = predict_stream(run, images, checkpoint, top, out, device, batch_size)
+
+    def write(f):
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.writer(text)
+        writer.writerow(csv_columns(about["task"], top))
+        for i, row in enumerate(rows, 1):
+            writer.writerow(csv_row(row, about["task"], top))
+            if progress is not None and (i % batch_size == 0 or i == about["files"]):
+                progress(i, about["files"])
+        text.flush()
+        text.detach()  # the file stays open for files.write_with to close
+
+    files.write_with(csv_path, write)
+    return {**about, "csv": str(csv_path), "batch_size": batch_size,
+            "seconds": time.perf_counter() - t0}
 
 
 def _to(tree, device):

@@ -6,6 +6,7 @@ Rich turns colour off by itself when ``NO_COLOR`` is set or the output is not a 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 import yaml
 from rich.console import Console
@@ -222,6 +223,9 @@ def lr_find_lines(result: dict) -> None:
     out.print(f"smoothed loss: lowest {result['min_loss']:.4f} at lr "
               f"{result['min_loss_lr']:.2e}; minimum / 10: {result['minimum_div10_lr']:.2e}")
     out.print(f"suggested lr: {result['suggested_lr']:.2e} ({result['rule']})")
+    if result.get("steepest_lr") is not None:
+        out.print(f"steepest descent: {result['steepest_lr']:.2e} (fastai's steep, Lightning's "
+                  "suggestion; often too high)")
     if result.get("plot"):
         out.print(f"Plot written to {result['plot']}")
 
@@ -429,6 +433,57 @@ def predictions_lines(rows: list[dict]) -> None:
         if r.get("picture"):
             out.print(f"  drawn: {r['picture']}", soft_wrap=True)
 
+def export_lines(result: dict) -> None:
+    """`cnnbench export`: the file, what it takes and returns, and the check."""
+    out.print(f"{result['file']}: {result['format']}, {result['bytes'] / 2**20:.1f} MiB, "
+              f"{result['model']} ({result['task']}) {result['checkpoint']}.pt of epoch "
+              f"{result['epoch']}", soft_wrap=True)
+    out.print(f"  input   {result['input']['text']}", soft_wrap=True)
+    out.print(f"  output  {result['outputs']['text']}", soft_wrap=True)
+    names = result["class_names"]
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
+    out.print(f"  classes {shown} (in the file's metadata)", soft_wrap=True)
+    out.print(f"  check   max abs difference from the eager model {result['max_abs_diff']:.3g} "
+              f"on {result['checked_images']} test images (one batch, then one image; "
+              f"largest output {result['max_abs_output']:.3g})",
+              soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(what: str, quiet: bool = False):
+    """A bar on stderr for long work: yields ``update(done, total)``; the bar starts at the
+    first update (an error before it prints its one line alone); nothing when ``quiet``."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    bar = None
+
+    def update(done: int, total: int | None = None) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                           transient=True)
+            bar.add_task(what, total=total)
+            bar.start()
+        bar.update(bar.task_ids[0], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def predict_csv_line(result: dict) -> None:
+    """`cnnbench predict --csv`: one line."""
+    out.print(f"{result['files']:,} files -> {result['csv']} ({result['model']}, "
+              f"{result['task']}, top {result['top']}, {result['checkpoint']}.pt) in "
+              f"{result['seconds']:.1f} s", soft_wrap=True)
+
+
 # --- bench (issue 4) ---
 
 def _ms(value, spread=None) -> str:
@@ -492,6 +547,24 @@ def bench_table(result: dict | list[dict]) -> None:
                       f"{_scale(a, b, res['sweep']):.1f} the work")
     out.print("ms/step is the median ± half the IQR")
     for note in dict.fromkeys(n for res in results for n in res["notes"]):
+        out.print(f"Note  {note}")
+
+
+def exported_bench_table(result: dict) -> None:
+    """`cnnbench bench FILE`: each runtime per batch size, and its speed against eager."""
+    table = Table(title=f"{result['file']} ({result['model']}) on {result['device_name']}, "
+                        f"threads: {result['threads_source']}", title_justify="left")
+    for col in ("batch", "runtime", "infer ms/step", "infer samples/s", "speed vs eager"):
+        table.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
+    for r in result["rows"]:
+        ratio = r["speed_vs_eager"]
+        table.add_row(str(r["infer_batch_size"]), r["runtime"],
+                      _ms(r["infer_step_time"], r["infer_step_time_iqr"]),
+                      f"{r['infer_samples_per_sec']:,.1f}",
+                      "--" if ratio is None else f"{ratio:.2f}x")
+    out.print(table)
+    out.print(f"input {result['input']}; ms/step is the median ± half the IQR")
+    for note in result["notes"]:
         out.print(f"Note  {note}")
 
 

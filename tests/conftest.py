@@ -35,3 +35,26 @@ def fmnist_dir(tmp_path_factory):
 def scene_cache(tmp_path_factory, monkeypatch):
     """Scenes drawn by a test are cached in the test session's folder, not in ~/.cache."""
     monkeypatch.setenv("CNNBENCH_SCENES_CACHE", str(tmp_path_factory.getbasetemp() / "scenes"))
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(fmnist_dir):
+    """The installed Fashion-MNIST when present (else the tests' small IDX files)."""
+    from cnnbench.data import fashion_mnist as fm
+
+    real = fm.DEBIAN_DIR / "t10k-images-idx3-ubyte.gz"
+    return str(fm.DEBIAN_DIR if real.is_file() else fmnist_dir)
+
+
+@pytest.fixture(scope="session")
+def lenet_256(tmp_path_factory, fashion_dir):
+    """A one-epoch LeNet run on 256 Fashion-MNIST images (export, predict)."""
+    from cnnbench.train import train
+
+    root = tmp_path_factory.mktemp("lenet256")
+    (root / "none.yaml").write_text("")
+    train("lenet", config_file=root / "none.yaml",
+          overrides={"limit": 256, "val_size": 64, "batch_size": 32, "epochs": 1,
+                     "log_graph": False, "log_images": False, "data": fashion_dir},
+          run_dir=root / "run")
+    return root / "run"

@@ -78,15 +78,30 @@ def test_lr_find_stops_once_the_smoothed_loss_exceeds_four_times_its_best(fmnist
         assert smooth == pytest.approx(average / (1 - 0.98 ** (i + 1)))
 
 
-def test_lr_find_suggests_the_steepest_descent_and_the_minimum_over_ten():
+def test_lr_find_suggests_the_valley_beside_the_steepest_descent_and_the_minimum_over_ten():
     lrs = [10 ** (-5 + i * 0.1) for i in range(51)]  # 1e-5 .. 1
     # falls fastest at 1e-3 (a logistic step in log10 lr), lowest at 1e-1, then rises
     smoothed = [2 - 1 / (1 + math.exp(-4 * (math.log10(lr) + 3))) + max(0, math.log10(lr) + 1)
                 for lr in lrs]
     found = suggest(lrs, smoothed)
-    assert found["suggested_lr"] == pytest.approx(1e-3) == found["steepest_lr"]
+    assert found["steepest_lr"] == pytest.approx(1e-3)
+    # valley: steps 5..45 are searched (a tenth in, the last 5 out); the loss falls from step 5
+    # to the minimum at step 40, 36 steps: start 40 - 36 = 4, span 36, 4 + 12 + 6 = step 22.
+    assert found["suggested_lr"] == found["valley_lr"] == pytest.approx(10 ** -2.8)
+    assert "valley" in found["rule"]
     assert found["min_loss_lr"] == pytest.approx(1e-1)
     assert found["minimum_div10_lr"] == pytest.approx(1e-2)
+
+
+def test_valley_is_fastais_longest_descent_not_the_first_dip():
+    """A short steep dip early, then a long steady descent: the valley lies in the long one."""
+    lrs = [10 ** (-6 + i * 0.1) for i in range(60)]
+    smoothed = [3.0] * 10 + [2.0, 2.9, 3.0, 3.0] + [3.0 - 0.05 * i for i in range(40)] + [9.0] * 6
+    found = suggest(lrs, smoothed)
+    # The longest falling subsequence is a 3.0 and the 39 falling steps 15..53: it ends at step
+    # 53, 40 long, so start 53 - 40 = 13, span 40, and 13 + 13 + 6 = step 32.
+    assert found["valley_lr"] == found["suggested_lr"] == lrs[32]
+    assert found["steepest_lr"] < lrs[12]  # the steepest slope is the dip
 
 
 def test_lr_find_with_a_bad_range_is_one_line(fmnist_dir, capsys, tmp_path, monkeypatch):

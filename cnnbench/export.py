@@ -404,7 +404,9 @@ def export(run: str | Path, fmt: str = "onnx", checkpoint: str = "best",
     if refused:
         raise CnnbenchError(refused)
     path = Path(out) if out is not None else default_out(loaded.run, checkpoint, fmt)
-    path = files.check_file(path, "--out")
+    files.check_folder(path.parent, "--out")  # made below when new
+    if path.parent.is_dir():
+        path = files.check_file(path, "--out")
     images = check_images(loaded, check)
     if not len(images):
         raise CnnbenchError(f"{loaded.run}: the test split is empty, nothing to check on")

@@ -1,5 +1,5 @@
-"""Weight files: read safely (``weights_only=True``, one clear error for a bad file), written
-atomically, and loaded into a model by name and shape (``init_from``, torchvision's weights from
+"""Weight files: read safely (``weights_only=True``, one clear error for a bad file; written by
+``files.save_torch``), and loaded into a model by name and shape (``init_from``, torchvision's weights from
 the hub cache: never the network)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cnnbench.errors import CnnbenchError, say, shown
+from cnnbench.files import RunLayout
 
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel's, torch.compile's
 
@@ -28,19 +29,6 @@ def read_checkpoint(path: str | os.PathLike):
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise CnnbenchError(f"cannot read checkpoint {path}: it is truncated or damaged, or not "
                             f"a PyTorch weights file ({reason})") from None
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file.
-    On any failure (a full disk, Ctrl-C) the temporary file goes and ``path`` stays as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def pid_alive(pid: int) -> bool:
@@ -90,7 +78,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 # -- weights into a model: by name and shape (init_from, torchvision weights) --
 
-CHECKPOINT_NAMES = ("best", "last")  # a run folder's checkpoints/NAME.pt
+CHECKPOINT_NAMES = RunLayout.CHECKPOINT_NAMES  # a run folder's checkpoints/NAME.pt
 
 
 def weights_file(path: str | os.PathLike, checkpoint: str | None = None,
@@ -102,12 +90,12 @@ def weights_file(path: str | os.PathLike, checkpoint: str | None = None,
                             f"{checkpoint!r}")
     path = Path(path).expanduser()
     if path.is_dir():
-        names = [checkpoint] if checkpoint else CHECKPOINT_NAMES
-        for name in names:
-            if (path / "checkpoints" / f"{name}.pt").is_file():
-                return path / "checkpoints" / f"{name}.pt"
+        layout = RunLayout(path)
+        for name in [checkpoint] if checkpoint else CHECKPOINT_NAMES:
+            if layout.checkpoint(name).is_file():
+                return layout.checkpoint(name)
         if checkpoint:
-            raise CnnbenchError(f"no checkpoint at {path / 'checkpoints' / f'{checkpoint}.pt'}")
+            raise CnnbenchError(f"no checkpoint at {layout.checkpoint(checkpoint)}")
         raise CnnbenchError(f"{what}: {path} is a folder without checkpoints/best.pt or "
                             "last.pt (give a cnnbench run folder or a weights file)")
     if not path.is_file():

@@ -16,7 +16,8 @@ import typer
 import typer.main
 
 from cnnbench import __version__
-from cnnbench.errors import CnnbenchError, report, unforeseen
+from cnnbench.errors import CnnbenchError, unforeseen
+from cnnbench.files import check_file, report
 from cnnbench.training.optimizers import OPTIMIZERS
 from cnnbench.training.schedules import SCHEDULES
 
@@ -287,10 +288,10 @@ def lr_find(
     * `cnnbench lr-find resnet18 --start 1e-5 --end 1 --steps 60 --json`
     """
     from cnnbench import render
-    from cnnbench.bench.output import check_writable
     from cnnbench.train import lr_find as find
 
-    check_writable(plot, "--plot")
+    if plot:
+        check_file(plot, "--plot")
     overrides = _overrides(set_, model_arg, batch_size=batch_size, optimizer=optimizer,
                            device=device, amp=amp, seed=seed, limit=limit, data=data,
                            input_size=input_size)
@@ -334,6 +335,8 @@ def runs(root: str = typer.Option("runs", "--dir", help="Folder holding the runs
         raise CnnbenchError("--compare and --sweep are separate views: give one")
     if plot and not compare:
         raise CnnbenchError("--plot draws the learning curves of the runs of --compare")
+    if plot:
+        check_file(plot, "--plot")
     if sweep_dir:
         from cnnbench.sweep import is_search, summarize
 
@@ -670,7 +673,8 @@ def bench(
     from cnnbench import render
 
     for path, option in ((csv, "--csv"), (plot, "--plot"), (json_file, "--json-file")):
-        benchmarks.check_writable(path, option)
+        if path:
+            check_file(path, option)
     if threads is not None:
         if threads < 1:
             raise CnnbenchError("--threads must be >= 1")
@@ -753,6 +757,8 @@ def receptive_field(
     from cnnbench.inputs import parse_input_size, parse_model_args
     from cnnbench.models import get_model_info
 
+    if erf:
+        check_file(erf, "--erf")
     options = parse_model_args(model_arg)
     size = parse_input_size(input_size, get_model_info(model), options)
     if grid:
@@ -830,7 +836,7 @@ def main() -> None:
             sys.stderr.write(f"error: {message}{where}\n")
         sys.exit(2)
     except CnnbenchError as exc:
-        report(str(exc))  # one line, also from several processes (errors.report)
+        report(str(exc))  # one line, also from several processes (files.report)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

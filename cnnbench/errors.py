@@ -8,11 +8,6 @@ import os
 import sys
 import tempfile
 import traceback
-from pathlib import Path
-
-# Set by ``--nproc``'s launcher (distributed.launch) for its processes: a folder where a failing
-# process leaves its one line, so that N processes give the user one line, whichever fails first.
-LAUNCHER_ERRORS = "CNNBENCH_LAUNCHER_ERRORS"
 
 
 class CnnbenchError(Exception):
@@ -42,26 +37,6 @@ def shown(value, width: int = 60) -> str:
 def say(message: str) -> None:
     """One line on stderr (the CLI's stdout may carry --json)."""
     sys.stderr.write(message + "\n")
-
-
-def report(message: str) -> None:
-    """The one line of an error: on stderr; under ``--nproc``, left for the launcher to print
-    (one line for all processes, also when a process other than rank 0 fails alone); under a
-    plain ``torchrun``, printed by rank 0 only."""
-    folder, rank = os.environ.get(LAUNCHER_ERRORS), os.environ.get("RANK", "0")
-    if folder and Path(folder).is_dir():
-        path = Path(folder) / f"rank{rank}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(message)
-        os.replace(tmp, path)  # the launcher never reads half a line
-    elif rank == "0":
-        sys.stderr.write(f"error: {message}\n")
-
-
-def reported(folder: str | Path) -> dict[int, str]:
-    """The lines ``report`` left in ``folder``, by rank."""
-    return {int(p.name[4:]): p.read_text() for p in Path(folder).glob("rank*")
-            if p.name[4:].isdigit()}
 
 
 def unforeseen(exc: BaseException) -> str:

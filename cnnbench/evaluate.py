@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_leaves
 
 from cnnbench import inference
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import RunLayout, check_folder, guarded
 from cnnbench.tasks.metrics import confusion_matrix, f1_per_class
 
 PICTURES = 8  # images drawn in a predictions grid
@@ -37,12 +38,10 @@ TOP_LOSSES = 16  # images in the top-losses grid (fastai's plot_top_losses)
 
 def output_folder(run: Path, out: str | Path | None) -> Path:
     """``out`` or ``RUN/eval``, checked writable (nothing is made yet)."""
-    from cnnbench.training.runs import check_writable
-
-    folder = Path(out) if out else run / "eval"
+    folder = Path(out) if out else RunLayout(run).eval
     if folder.exists() and not folder.is_dir():
         raise CnnbenchError(f"cannot write pictures to {folder}: it is a file")
-    check_writable(folder)
+    check_folder(folder, "--out" if out else None)
     return folder
 
 
@@ -281,7 +280,8 @@ def evaluate(run: str | Path, checkpoint: str = "best", data: str | None = None,
     for worst in result.get("top_losses", []) if files else ():
         worst["file"] = files[worst["index"]]
     pictures = view.pictures(task, split.images, outputs, result) if view.pictures else {}
-    folder.mkdir(parents=True, exist_ok=True)
+    with guarded(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     from cnnbench import plots
 
     if confusion is not None:

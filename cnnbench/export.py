@@ -396,7 +396,7 @@ def export(run: str | Path, fmt: str = "onnx", checkpoint: str = "best",
     """Write the run's checkpoint as ``fmt`` to ``out`` (default ``RUN/export/``), load it back
     and compare it with the eager model on ``check`` test images; returns what was written and
     the largest difference."""
-    from cnnbench.training.runs import check_writable
+    from cnnbench import files
 
     _check_request(fmt, input_dtype, out)
     loaded = _load_run(run, checkpoint)
@@ -404,7 +404,9 @@ def export(run: str | Path, fmt: str = "onnx", checkpoint: str = "best",
     if refused:
         raise CnnbenchError(refused)
     path = Path(out) if out is not None else default_out(loaded.run, checkpoint, fmt)
-    check_writable(path.parent)
+    files.check_folder(path.parent, "--out")  # made below when new
+    if path.parent.is_dir():
+        path = files.check_file(path, "--out")
     images = check_images(loaded, check)
     if not len(images):
         raise CnnbenchError(f"{loaded.run}: the test split is empty, nothing to check on")
@@ -413,12 +415,14 @@ def export(run: str | Path, fmt: str = "onnx", checkpoint: str = "best",
     example = images[:2] if input_dtype == "uint8" else images[:2].float() / 255
     example = example.contiguous()  # a batch of 2: the batch dimension stays free
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
     try:
-        WRITERS[fmt](module, example, meta, tmp)
+        with files.guarded(path):  # the exporters write to a path: the guard names the cause
+            path.parent.mkdir(parents=True, exist_ok=True)
+            WRITERS[fmt](module, example, meta, tmp)
         difference, scale = max_difference(open_exported(tmp), loaded, images)
-        os.replace(tmp, path)
+        with files.guarded(path):
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return {"file": str(path), "bytes": path.stat().st_size, **meta,

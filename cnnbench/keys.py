@@ -269,6 +269,3 @@ def parse_set(items: list[str] | None) -> dict:
     """``--set KEY=VALUE`` strings -> a dict (values are YAML: 0.1, 1e-3, true, [0.9, 0.99])."""
     return parse_assignments(items, "--set", "label_smoothing=0.1")
 
-
-def dump(config: dict, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))

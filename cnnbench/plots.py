@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import write_with
 
 # The 50/90/99 % squares, in colours that stand out on the heat map and on the legend's grey.
 MASS_COLOURS = {"50%": "white", "90%": "lime", "99%": "magenta"}
@@ -77,34 +78,11 @@ def save_erf_png(erf: dict, path: str) -> None:
 
 
 def save_png(fig, path: str) -> None:
-    """``fig`` to ``path`` atomically (drawn aside, then renamed into place)."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``fig`` to ``path`` as a PNG, whole or not at all (``files.write_with``)."""
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
+        write_with(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    except ValueError as exc:  # a figure matplotlib cannot draw (too large)
         raise CnnbenchError(f"cannot write {path}: {exc}") from None
-
-
-def _replace_atomically(path, write) -> None:
-    """``write(tmp)`` then rename to ``path``: a picture is never seen half-written."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CnnbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_picture_png(picture, path) -> None:
@@ -117,7 +95,7 @@ def save_picture_png(picture, path) -> None:
     if picture.shape[0] == 1:
         picture = picture.expand(3, -1, -1)
     pixels = picture.permute(1, 2, 0).contiguous().cpu().numpy()
-    _replace_atomically(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+    write_with(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
 def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = False) -> None:
@@ -149,7 +127,7 @@ def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = F
             ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
                     color="white" if top and shade[i, j] > top / 2 else "black")
     fig.suptitle(_fit(fig, title, 10), fontsize=10)  # centred on the figure, not the axes
-    _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    save_png(fig, path)
 
 
 def _fit(fig, text: str, points: float) -> str:
@@ -199,10 +177,7 @@ def save_lr_find_png(result: dict, path: str) -> None:
                  f"{result['batch_size']}): {result['steps']} steps{diverged}", fontsize="medium")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
-    try:
-        fig.savefig(path, format="png", dpi=100)
-    except (OSError, ValueError) as exc:
-        raise CnnbenchError(f"cannot write {path}: {exc}") from None
+    save_png(fig, path)
 
 
 def save_curves_png(comparison: dict, path: str) -> None:

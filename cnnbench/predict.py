@@ -1,7 +1,7 @@
 """`cnnbench predict`: a run's checkpoint on image files (fastai's ``learn.predict``).
 
-Each file is read with Pillow and made what the training images were: grey or colour as the
-model's input channels, resized (bilinear) to the run's input size, uint8; the task's
+Each file is decoded by training's reader (``data.images.read_with_size``: the same tensor as in
+training), grey or colour as the model's input channels, at the run's input size; the task's
 ``prepare`` then normalises it exactly as in training. The task and the model come from the
 one inference loader (``inference``): the checkpoint holds the class names and the
 normalisation (``Context``), so no data set is loaded (a checkpoint older than that loads the
@@ -20,38 +20,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from cnnbench import inference
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate import output_folder
+from cnnbench.files import guarded
 
 
 def read_image(path: str | Path, channels: int,
                size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """uint8 ``[channels, H, W]`` of an image file (PNG, JPEG, anything Pillow reads), and the
-    file's own ``(width, height)``."""
-    from PIL import Image, UnidentifiedImageError
+    """uint8 ``[channels, H, W]`` of an image file (PNG, JPEG, anything Pillow reads) as
+    training reads it, and the file's own ``(width, height)``."""
+    from cnnbench.data import images
 
     path = Path(path)
     if not path.is_file():
         raise CnnbenchError(f"no image file {path}")
     try:
-        with Image.open(path) as image:
-            original = image.size
-            image = image.convert("L" if channels == 1 else "RGB")
-            h, w = size
-            if image.size != (w, h):
-                image = image.resize((w, h), Image.Resampling.BILINEAR)
-            pixels = np.array(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else \
-            type(exc).__name__
-        raise CnnbenchError(f"{path} is not an image Pillow can read ({reason})") from None
-    tensor = torch.from_numpy(pixels)
-    tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
-    return tensor, original
+        pixels, original = images.read_with_size(path, size, channels)
+    except images.BadImage as exc:
+        raise CnnbenchError(f"{path} is not an image Pillow can read ({exc.reason})") from None
+    return images.to_tensor(pixels), original
 
 
 # -- per task: targets for ``prepare``, what to report, what to draw --
@@ -241,7 +231,8 @@ def _rows(task, model, predictor, files, config, device, top, folder, batch_size
     channels, size = int(config["input_size"][0]), tuple(config["input_size"][-2:])
     taken: set = set()
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        with guarded(folder):
+            folder.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         read = [read_image(p, channels, size) for p in chunk]
@@ -303,30 +294,27 @@ def predict_csv(run: str | Path, images: list[str], csv_path: str | Path,
     written as the batches are predicted (nothing kept in memory) and renamed into place at the
     end; ``progress(done, total)`` is called after each batch."""
     import csv
-    import os
+    import io
     import time
 
-    from cnnbench.training.runs import check_writable
+    from cnnbench import files
 
-    csv_path = Path(csv_path)
-    if csv_path.is_dir():
-        raise CnnbenchError(f"--csv {csv_path} is a folder: name the file")
-    check_writable(csv_path.parent)
+    csv_path = files.check_file(csv_path, "--csv")
     t0 = time.perf_counter()
     about, rows = predict_stream(run, images, checkpoint, top, out, device, batch_size)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(csv_columns(about["task"], top))
-            for i, row in enumerate(rows, 1):
-                writer.writerow(csv_row(row, about["task"], top))
-                if progress is not None and (i % batch_size == 0 or i == about["files"]):
-                    progress(i, about["files"])
-        os.replace(tmp, csv_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(f):
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.writer(text)
+        writer.writerow(csv_columns(about["task"], top))
+        for i, row in enumerate(rows, 1):
+            writer.writerow(csv_row(row, about["task"], top))
+            if progress is not None and (i % batch_size == 0 or i == about["files"]):
+                progress(i, about["files"])
+        text.flush()
+        text.detach()  # the file stays open for files.write_with to close
+
+    files.write_with(csv_path, write)
     return {**about, "csv": str(csv_path), "batch_size": batch_size,
             "seconds": time.perf_counter() - t0}
 

@@ -14,11 +14,12 @@ from pathlib import Path
 from cnnbench import recipe
 from cnnbench.checkpoints import pid_alive
 from cnnbench.errors import CnnbenchError, did_you_mean, shown
+from cnnbench.files import SWEEP_PLAN, RunLayout
 from cnnbench.keys import read_yaml
 from cnnbench.registry import TASKS
 from cnnbench.tasks.base import get_task
-from cnnbench.training.runs import (LOCK, PROVENANCE, lock_holder, monitor_name,
-                                    read_environment, read_metrics, resolve_mode)
+from cnnbench.training.runs import (PROVENANCE, lock_holder, monitor_name, read_environment,
+                                    read_metrics, resolve_mode)
 
 
 def list_runs(root: str | os.PathLike = "runs", columns: list[str] | None = None) -> list[dict]:
@@ -37,7 +38,7 @@ def list_runs(root: str | os.PathLike = "runs", columns: list[str] | None = None
 
 def sweep_dirs(root: str | os.PathLike = "runs") -> list[str]:
     """The sweep folders under ``root`` (``cnnbench runs --sweep DIR`` shows each)."""
-    return sorted(str(p.parent) for p in Path(root).glob("*/sweep.yaml"))
+    return sorted(str(p.parent) for p in Path(root).glob(f"*/{SWEEP_PLAN}"))
 
 
 def run_row(folder: Path, columns: list[str] = ()) -> dict:
@@ -134,7 +135,7 @@ def check_columns(columns: list[str] | None) -> list[str]:
 def find_run(name: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
     """A run folder given by its path, or by its name under ``root``."""
     for path in (Path(name), Path(root) / name):
-        if (path / "config.yaml").is_file():
+        if RunLayout(path).config.is_file():
             return path
     raise CnnbenchError(f"no run {str(name)!r} (a folder with config.yaml, as a path or under "
                         f"{root})")
@@ -172,9 +173,10 @@ def compare_runs(names: list[str], root: str | os.PathLike = "runs") -> dict:
 
 
 def _looks_like_run(folder: Path) -> bool:
-    if (folder / "sweep.yaml").is_file():
+    if (folder / SWEEP_PLAN).is_file():
         return False
-    return any((folder / name).exists() for name in ("config.yaml", "checkpoints", LOCK))
+    return any((folder / name).exists()
+               for name in (RunLayout.CONFIG, RunLayout.CHECKPOINTS, RunLayout.LOCK))
 
 
 def _status(folder: Path, metrics: list[dict], results: dict, damage: str | None) -> str:
@@ -188,9 +190,9 @@ def _status(folder: Path, metrics: list[dict], results: dict, damage: str | None
         return f"damaged: {damage}"
     if results:  # early stopping (``patience``) is a normal end too
         return "stopped early" if results.get("stopped_early") else "finished"
-    if not (folder / "config.yaml").is_file():
-        return "damaged: no config.yaml"
-    if not (folder / "checkpoints" / "last.pt").is_file():
+    if not RunLayout(folder).config.is_file():
+        return f"damaged: no {RunLayout.CONFIG}"
+    if not RunLayout(folder).last.is_file():
         return "damaged: no checkpoint (stopped before its first epoch ended)"
     return "interrupted"
 

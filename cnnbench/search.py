@@ -31,12 +31,13 @@ import yaml
 from cnnbench import recipe as cfg
 from cnnbench import train
 from cnnbench.errors import CnnbenchError, did_you_mean
+from cnnbench.files import write_yaml
 from cnnbench.keys import parse_assignments, parse_value
 from cnnbench.launchers import Job, LocalLauncher
 from cnnbench.sweep import (PLAN, Stop, _check_model_args, _sha256, check_same_plan,
                             default_folder, read_plan, run_state, slots, split_values)
 from cnnbench.training.runs import (claim_run_dir, lock_holder, lock_run, read_metrics,
-                                    release_run, resolve_mode, write_atomic)
+                                    release_run, resolve_mode)
 
 SEARCH_KEYS = ("model", "config", "config_sha256", "fixed", "space", "search", "pruner",
                "seeds", "storage")  # what a rerun must match (``--trials`` may grow)
@@ -248,12 +249,11 @@ def prepare(s: dict, space: dict, search: str, trials: int, pruner: str = "media
         lock_run(folder)
         saved = read_plan(folder)
         if saved.get("trials") != trials:  # more trials continue the same study
-            write_atomic(folder / PLAN, yaml.safe_dump({**saved, "trials": trials},
-                                                       sort_keys=False))
+            write_yaml(folder / PLAN, {**saved, "trials": trials})
         plan = read_plan(folder)
     else:
         folder = claim_run_dir(folder)
-        write_atomic(folder / PLAN, yaml.safe_dump(plan, sort_keys=False))
+        write_yaml(folder / PLAN, plan)
     try:
         load_study(plan, folder, opened)
     except BaseException:

@@ -42,13 +42,14 @@ import yaml
 from cnnbench import recipe as cfg
 from cnnbench import train
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import SWEEP_PLAN, RunLayout, guarded, write_yaml
 from cnnbench.keys import parse_assignments, parse_value
 from cnnbench.launchers import Job
 from cnnbench.runs import list_runs
 from cnnbench.training.runs import (claim_run_dir, lock_holder, lock_run,
-                                    release_run, resolve_mode, write_atomic)
+                                    release_run, resolve_mode)
 
-PLAN = "sweep.yaml"
+PLAN = SWEEP_PLAN
 FILE_KEYS = ("model", "config", "grid", "seeds")  # a sweep file's own keys; the rest are fixed
 PLAN_KEYS = ("model", "config", "config_sha256", "fixed", "grid", "seeds")  # what must match
 
@@ -283,15 +284,15 @@ def prepare(s: dict, folder: str | os.PathLike | None = None, resume: bool = Fal
     if resume:
         read_plan(folder)  # the one-line error: not a sweep
     folder = claim_run_dir(folder)
-    write_atomic(folder / PLAN, yaml.safe_dump(plan, sort_keys=False))
+    write_yaml(folder / PLAN, plan)
     return plan, configs, folder
 
 
 def run_state(folder: Path) -> str:
     """``finished`` (results.json), ``resume`` (a checkpoint to continue) or ``start``."""
-    if (folder / "results.json").is_file():
+    if RunLayout(folder).results.is_file():
         return "finished"
-    return "resume" if (folder / "checkpoints" / "last.pt").is_file() else "start"
+    return "resume" if RunLayout(folder).last.is_file() else "start"
 
 
 class Stop:
@@ -451,7 +452,7 @@ def _clear_failed_start(run_dir: Path) -> None:
 
     from cnnbench.checkpoints import pid_alive
 
-    if run_dir.exists() and not (run_dir / "checkpoints" / "last.pt").is_file():
+    if run_dir.exists() and not RunLayout(run_dir).last.is_file():
         holder = lock_holder(run_dir)
         if holder is not None and holder != os.getpid() and pid_alive(holder):
             raise CnnbenchError(f"{run_dir} is in use by another run (process {holder})")
@@ -500,7 +501,7 @@ def one_thread(config: dict, extra: dict, run_dir: Path, state: str) -> bool:
     ``config.yaml`` says (``threads`` unset, it would take the checkpoint's count)."""
     if state == "resume":
         try:
-            config = cfg.read_yaml(run_dir / "config.yaml")
+            config = cfg.read_yaml(RunLayout(run_dir).config)
         except CnnbenchError:
             return False
     return {**config, **extra}.get("threads") == 1
@@ -574,7 +575,8 @@ def _run_processes(plan, folder, todo, total, configs, parallel, stop, say) -> l
     reaches it once, from here): a run on one CPU thread forked (``Forked``), the others
     as ``cnnbench train`` processes, with one GPU each on CUDA; output in ``logs/NAME.log``."""
     envs, extra = slots(configs, parallel)
-    (folder / "logs").mkdir(exist_ok=True)
+    with guarded(folder / "logs"):
+        (folder / "logs").mkdir(exist_ok=True)
     free, running, failures = list(range(parallel)), {}, []
 
     def forward(signum):
@@ -596,7 +598,9 @@ def _run_processes(plan, folder, todo, total, configs, parallel, stop, say) -> l
             else:
                 if state == "start":
                     _clear_failed_start(run_dir)
-                with open(log, "ab") as out:
+                with guarded(log):
+                    out = open(log, "ab")  # closed below, once the child has it
+                with out:
                     proc = subprocess.Popen(worker_command(plan, entry, run_dir, state, extra),
                                             stdout=out, stderr=subprocess.STDOUT,
                                             env={**os.environ, **(envs[slot] if envs else {})},
@@ -687,7 +691,7 @@ def summarize(folder: str | os.PathLike) -> dict:
 
 def _first_config(folder: Path, plan: dict) -> dict:
     for entry in plan["runs"]:
-        path = folder / entry["name"] / "config.yaml"
+        path = RunLayout(folder / entry["name"]).config
         if path.is_file():
             try:
                 return cfg.read_yaml(path)

@@ -16,14 +16,15 @@ import torch
 from cnnbench import recipe
 from cnnbench.checkpoints import load_checkpoint
 from cnnbench.errors import CnnbenchError, say
+from cnnbench.files import RunLayout, check_folder
 from cnnbench.keys import read_yaml
 from cnnbench.training import distributed
 from cnnbench.training import lr_find as finder
 from cnnbench.training.build import build_trainer
 from cnnbench.training.interrupt import resource_errors
 from cnnbench.training.loop import Callback, Trainer
-from cnnbench.training.runs import (check_run_dir, check_writable, claim_run_dir, lock_run,
-                                    new_run_dir, reconcile_metrics, release_run)
+from cnnbench.training.runs import (check_run_dir, claim_run_dir, lock_run, new_run_dir,
+                                    reconcile_metrics, release_run)
 
 # Keys that may change when a run is resumed; the rest would not fit the checkpoint.
 RESUMABLE_KEYS = {"epochs", "device", "amp", "compile", "log_graph", "log_images", "data",
@@ -71,7 +72,7 @@ def train(model: str | None = None, config_file: str | os.PathLike | None = None
     if distributed.is_main() and run_dir:  # a usable place, before the data load
         check_run_dir(run_dir)
     elif distributed.is_main():
-        check_writable(runs_root)
+        check_folder(runs_root, "runs folder")
     trainer = build_trainer(config, reporter=reporter)  # data and model first: errors leave no
     trainer.add_callbacks(*callbacks)  # folder
     trainer.run_dir = distributed.on_main(  # rank 0 claims it; every process learns its path
@@ -96,9 +97,11 @@ def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
            reporter=None, callbacks: list[Callback] = ()) -> dict | None:
     """Continue ``run_dir`` from ``checkpoints/last.pt`` up to ``epochs`` (the total); a run
     stopped after its last epoch but before its results (during the test) is tested."""
+    if distributed.is_main():  # a folder it can write in, before the data load
+        check_folder(run_dir, "--resume")
     trainer = resume_trainer(run_dir, overrides, reporter)
     trainer.add_callbacks(*callbacks)
-    epochs, tested = trainer.config["epochs"], (Path(run_dir) / "results.json").is_file()
+    epochs, tested = trainer.config["epochs"], RunLayout(run_dir).results.is_file()
     if trainer.epoch > epochs or (trainer.epoch == epochs and tested):
         raise CnnbenchError(f"{run_dir} already trained {trainer.epoch} of "
                             f"{trainer.config['epochs']} epochs: give a larger --epochs")
@@ -122,9 +125,9 @@ def _lock_and_reconcile(run_dir: Path, epoch: int, row: dict | None) -> str | No
 def resume_trainer(run_dir: str | os.PathLike, overrides: dict | None = None,
                    reporter=None) -> Trainer:
     run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    if not RunLayout(run).config.is_file():
+        raise CnnbenchError(f"{run} is not a cnnbench run (no {RunLayout.CONFIG})")
+    state = load_checkpoint(RunLayout(run).last)
     saved = state.get("config", {})
     known = recipe.trainer_keys()
     for key, value in saved.items():  # as a recipe's values are (a crafted file is refused)
@@ -152,7 +155,7 @@ def launch_train(nproc: int, argv: list[str], model: str | None, config_file: st
     the options here (one line, no folder, no process), then run the command without them in
     N processes on this node (``nodes``: one of M meeting at a rendezvous)."""
     if resume:
-        saved = Path(resume) / "config.yaml"
+        saved = RunLayout(resume).config
         config = {**(read_yaml(saved) if saved.is_file() else {}), **overrides}
     else:
         config = recipe.resolve(model, config_file, overrides)

@@ -19,7 +19,8 @@ from cnnbench.errors import CnnbenchError
 from cnnbench.training import distributed
 from cnnbench.training.build import build_trainer
 from cnnbench.train import resume, train
-from cnnbench.training.runs import LOCK, read_metrics
+from cnnbench.files import RunLayout
+from cnnbench.training.runs import read_metrics
 
 TESTS = Path(__file__).parent
 # 81 training images (one left out per epoch: 40 per process), 15 validation images (parts of
@@ -188,7 +189,7 @@ def test_resume_of_a_run_locked_by_a_live_process_is_one_line_and_exit_2(
         tmp_path, fmnist_dir, recipe):
     run = tmp_path / "run"
     train("lenet", recipe, {**SMALL, "data": str(fmnist_dir)}, run_dir=run)
-    (run / LOCK).write_text(f"{os.getpid()}\n")  # this test's process: alive
+    RunLayout(run).lock.write_text(f"{os.getpid()}\n")  # this test's process: alive
     done = subprocess.run(  # cnnbench train --resume run --epochs 2 --nproc 2
         [sys.executable, str(TESTS / "ddp_worker.py"), "cli", "train", "--resume", "run",
          "--epochs", "2"], cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True,
@@ -196,7 +197,7 @@ def test_resume_of_a_run_locked_by_a_live_process_is_one_line_and_exit_2(
     assert done.returncode == 2 and exit_codes(tmp_path) == [2, 2]  # not left waiting
     assert done.stderr == (f"error: run is in use by another run (process {os.getpid()}); "
                            f"wait for it or choose another --run-dir\n")
-    assert (run / LOCK).read_text() == f"{os.getpid()}\n"
+    assert RunLayout(run).lock.read_text() == f"{os.getpid()}\n"
     assert [row["epoch"] for row in read_metrics(run)] == [1]
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from cnnbench.checkpoints import load_checkpoint, save_checkpoint
+from cnnbench.checkpoints import load_checkpoint
+from cnnbench.files import save_torch
 from cnnbench.data import fashion_mnist as fm
 from cnnbench.errors import CnnbenchError
 from cnnbench.export import check_images, eager_outputs, export, open_exported, _load_run
@@ -121,7 +122,7 @@ def test_deformable_convolution_is_refused_in_one_line(lenet_run, tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     state = load_checkpoint(run / "checkpoints" / "best.pt")
     model, _ = build("resnet18-dcn", {"num_classes": 10}, in_channels=1)
-    save_checkpoint({**state, "model": model.state_dict()}, run / "checkpoints" / "best.pt")
+    save_torch({**state, "model": model.state_dict()}, run / "checkpoints" / "best.pt")
     with pytest.raises(CnnbenchError, match="deformable convolutions, which cannot be exported"):
         export(run, "onnx")
     assert not (run / "export").exists()

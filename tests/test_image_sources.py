@@ -404,3 +404,46 @@ def test_eval_names_the_file_of_each_top_loss(tmp_path, capsys):
     assert cli(["eval", tmp_path / "run"]) == 0
     table = capsys.readouterr().out.split("Top losses")[1]
     assert "file" in table.splitlines()[2] and str(tmp_path / "tree" / "test") in table
+
+
+def kinds_of_file(folder) -> dict:
+    """One 40x30 picture saved as each kind of file an image folder may hold."""
+    rgb = pixels(7, (30, 40, 3))
+    deep = (np.arange(30 * 40, dtype=np.uint32).reshape(30, 40) * 54).astype(np.uint16)
+    made = {"grey.png": Image.fromarray(rgb[..., 0]), "grey16.png": Image.fromarray(deep),
+            "rgb.png": Image.fromarray(rgb),
+            "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])),
+            "palette.png": Image.fromarray(rgb).quantize(16), "photo.jpg": Image.fromarray(rgb)}
+    for name, image in made.items():
+        image.save(folder / name)
+    return made
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_predict_reads_every_kind_of_file_to_the_tensor_training_reads(tmp_path, channels):
+    from cnnbench.predict import read_image
+
+    kinds = kinds_of_file(tmp_path)
+    for name in kinds:
+        tree = tmp_path / name.replace(".", "-")
+        for label in ("a", "b"):
+            (tree / label).mkdir(parents=True)
+            (tree / label / name).write_bytes((tmp_path / name).read_bytes())
+        config = resolved(tree, val_size=0, input_size=[channels, 28, 28])
+        trained = load_data(config, Classification).train.images[0]
+        # a grey model takes colour files in colour: the run's channels are the data's
+        predicted, size = read_image(tmp_path / name, trained.shape[0], (28, 28))
+        assert torch.equal(predicted, trained), name
+        assert size == (40, 30)
+
+
+def test_a_16_bit_grey_png_has_the_same_mean_in_training_and_predict(tmp_path):
+    """The defect: predict read a 16-bit grey PNG to a mean pixel of 254.5 (Pillow's ``L``
+    conversion clips), training to 127.5 (its top byte)."""
+    from cnnbench.predict import read_image
+
+    ramp = np.arange(256 * 256, dtype=np.uint32).reshape(256, 256).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    predicted, _ = read_image(tmp_path / "ramp.png", 1, (256, 256))
+    trained = images.read_image(tmp_path / "ramp.png", (256, 256), 1)
+    assert predicted.double().mean() == 127.5 == trained.mean()

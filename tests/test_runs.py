@@ -135,13 +135,12 @@ def test_a_kill_or_full_disk_while_checkpointing_leaves_a_resumable_folder(
         tmp_path, fmnist_dir, monkeypatch, failure):
     real, saves = torch.save, []
 
-    def dying(state, path, *args, **kwargs):
-        saves.append(path)
+    def dying(state, file, *args, **kwargs):
+        saves.append(file)
         if len(saves) == 3:  # epoch 2's last.pt (epoch 1 wrote last.pt and best.pt)
-            with open(path, "wb") as f:
-                f.write(b"PK\x03\x04 half a zip")
+            file.write(b"PK\x03\x04 half a zip")
             raise failure
-        return real(state, path, *args, **kwargs)
+        return real(state, file, *args, **kwargs)
 
     monkeypatch.setattr(checkpoints.torch, "save", dying)
     expected = KeyboardInterrupt if failure is KeyboardInterrupt else CnnbenchError

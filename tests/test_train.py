@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from cnnbench import recipe as cfg
-from cnnbench.checkpoints import save_checkpoint
+from cnnbench.files import save_torch
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError
 from cnnbench.models import get_model_info, list_models
@@ -170,7 +170,7 @@ def fake_run(folder, epoch=1, **config) -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump({"model": "lenet", **config}))
     state = {"model": {"w": torch.zeros(1000)}, "optimizer": {"state": {}}, "epoch": epoch,
              "config": {"model": "lenet", "epochs": 2, "lr": 0.05, **config}}
-    save_checkpoint(state, folder / "checkpoints" / "last.pt")
+    save_torch(state, folder / "checkpoints" / "last.pt")
 
 
 def test_truncated_checkpoint_gives_a_clear_one_line_error(tmp_path):

@@ -12,13 +12,13 @@ from cnnbench.bench.models import (
     bench_model, bench_models, expand_models, generic_loss, is_wildcard, make_optimizer,
     training_optimizer)
 from cnnbench.bench.ops import DEFORM_SHAPE, OP_BENCHES, bench_deformconv, deform_impls, parse_shape
-from cnnbench.bench.output import check_writable, plot_sweep, write_csv, write_json
+from cnnbench.bench.output import plot_sweep, write_csv, write_json
 from cnnbench.bench.timing import (
     choose_threads, parse_int_list, parse_precision, time_call, time_phases)
 
 __all__ = ["DEFORM_SHAPE", "OP_BENCHES", "bench_deformconv", "bench_exported", "bench_model",
            "bench_models", "is_exported_file",
-           "check_writable", "choose_threads", "deform_impls", "expand_models", "generic_loss",
+           "choose_threads", "deform_impls", "expand_models", "generic_loss",
            "is_wildcard", "make_optimizer", "parse_int_list", "parse_precision", "parse_shape",
            "plot_sweep", "time_call", "time_phases", "training_optimizer", "write_csv",
            "write_json"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import io
 import os
 
+from cnnbench import files
 from cnnbench.errors import CnnbenchError
 
 
@@ -14,22 +15,15 @@ def write_csv(rows: list[dict], path: str) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns and not isinstance(row[k], (dict, list))]
-    try:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-    except OSError as exc:
-        raise CnnbenchError(f"cannot write --csv {path}: {exc.strerror}") from None
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_text(path, text.getvalue())
 
 
 def write_json(result, path: str) -> None:
-    try:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-    except OSError as exc:
-        raise CnnbenchError(f"cannot write --json-file {path}: {exc.strerror}") from None
+    files.write_json(path, result)
 
 
 def plot_sweep(result: dict | list[dict], path: str) -> None:
@@ -97,22 +91,11 @@ def plot_sweep(result: dict | list[dict], path: str) -> None:
         fig.suptitle(f"{models}: step time and throughput against the {swept}, on "
                      f"{result['device_name']} ({result['precision']})")
     fig.tight_layout()
+    kind = os.path.splitext(path)[1][1:].lower() or "png"
     try:
-        fig.savefig(path, dpi=120)
-    except OSError as exc:
-        raise CnnbenchError(f"cannot write --plot {path}: {exc.strerror}") from None
+        files.write_with(path, lambda f: fig.savefig(f, format=kind, dpi=120))
+    except ValueError as exc:  # a format matplotlib does not write
+        raise CnnbenchError(f"cannot write --plot {path}: {exc}") from None
     finally:
         plt.close(fig)
 
-
-def check_writable(path: str | None, option: str) -> None:
-    """Fail before any work when ``path`` cannot be written (missing or read-only folder)."""
-    if not path:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise CnnbenchError(f"cannot write {option} {path}: it is a folder")
-    if not os.path.isdir(folder):
-        raise CnnbenchError(f"cannot write {option} {path}: no folder {folder}")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CnnbenchError(f"cannot write {option} {path}: permission denied")

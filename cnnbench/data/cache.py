@@ -3,8 +3,10 @@
 Entries live under ``$CNNBENCH_CACHE`` (default ``~/.cache/cnnbench``), one folder per kind.
 An entry's name is a hash of everything that decides its content (the files' names, sizes and
 modification times, the target size and channels), so a changed file is a miss, never a stale
-hit. Entries are written atomically (``save_checkpoint``: a temporary file, then a rename) and
+hit. Entries are written atomically (``files.save_torch``: a temporary file, then a rename) and
 read with ``weights_only=True``; a damaged entry is a miss. Deleting the folder is always safe.
+An entry that cannot be written (a full or read-only disk) only costs speed: one warning, and
+the run goes on with the data in memory.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from cnnbench.checkpoints import save_checkpoint
+from cnnbench.errors import say
+from cnnbench.files import WriteFailed, save_torch
 
 DEFAULT_ROOT = "~/.cache/cnnbench"
 
@@ -61,9 +64,28 @@ def load_entry(path: Path) -> dict | None:
         return None
 
 
+_warned = False
+
+
+def store(entry: dict, path: Path) -> bool:
+    """Write ``entry`` atomically; when it cannot be written, warn (once per process) and go on:
+    False."""
+    global _warned
+    try:
+        save_torch(entry, path)
+        return True
+    except WriteFailed as exc:
+        if not _warned:
+            _warned = True
+            say(f"warning: {exc}; the data are not cached (this costs only speed: they are "
+                f"decoded again next time; set CNNBENCH_CACHE to a folder with room)")
+        return False
+
+
 def save_entry(entry: dict, path: Path) -> None:
-    """Write ``entry`` atomically and drop older entries of the same source (stale keys)."""
-    save_checkpoint(entry, path)
+    """Write ``entry`` (:func:`store`) and drop older entries of the same source (stale keys)."""
+    if not store(entry, path):
+        return
     source = path.name.partition("-")[0]
     for old in path.parent.glob(f"{source}-*.pt"):
         if old != path:

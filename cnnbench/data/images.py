@@ -77,14 +77,27 @@ def fit(image, size: tuple[int, int], channels: int | None) -> np.ndarray:
 
 def read_image(path: str | Path, size: tuple[int, int], channels: int | None) -> np.ndarray:
     """One file through :func:`fit`; a file Pillow cannot decode raises ``BadImage``."""
+    return read_with_size(path, size, channels)[0]
+
+
+def read_with_size(path: str | Path, size: tuple[int, int],
+                   channels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`'s array and the file's own ``(width, height)``: the decoder of
+    training (in memory), ``eval`` and ``predict``."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return fit(image, size, channels)
+            return fit(image, size, channels), image.size
     except Exception as exc:  # Pillow raises many kinds for a damaged file
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise BadImage(path, reason) from None
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """:func:`fit`'s ``[H, W]`` or ``[H, W, 3]`` array as uint8 ``[C, H, W]``."""
+    tensor = torch.from_numpy(array)
+    return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
 def decode(path: str | Path, channels: int) -> torch.Tensor:

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from cnnbench.checkpoints import save_checkpoint
 from cnnbench.data import cache, fashion_mnist
 
 CLASS_NAMES = fashion_mnist.CLASS_NAMES
@@ -156,5 +155,5 @@ def load_scenes(params: SceneParams, data_dir=None, cache_dir=None,
         return scenes
     items, labels = fashion_mnist.load_split(params.split, data_dir, strict_count)
     scenes = generate(params, items, labels)
-    save_checkpoint(scenes, path)  # atomic: a temporary file, then a rename
+    cache.store(scenes, path)  # atomic; a cache that cannot be written only costs speed
     return scenes

@@ -13,17 +13,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import sys
 import time
 import warnings
 
 import torch
 
-from cnnbench.keys import dump
 from cnnbench.building import eval_mode
-from cnnbench.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+from cnnbench.checkpoints import load_checkpoint, read_checkpoint
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import RunLayout, append_line, save_torch, write_json, write_yaml
 from cnnbench.keys import Key, declare
 from cnnbench.strict_json import dumps
 from cnnbench.training import provenance
@@ -65,17 +64,14 @@ class RunFolder(Callback):
 
     def before_fit(self, trainer: Trainer) -> None:
         run_dir(trainer).mkdir(parents=True, exist_ok=True)
-        dump(trainer.config, trainer.run_dir / "config.yaml")
+        write_yaml(RunLayout(trainer.run_dir).config, trainer.config)
         self.environment = provenance.start(trainer.run_dir, trainer.device)
 
     def after_fit(self, trainer: Trainer) -> None:
         if self.environment is not None and trainer.run_dir.is_dir():
             provenance.finish(trainer.run_dir, self.environment)
         if trainer.results is not None:
-            path = trainer.run_dir / "results.json"
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(dumps(trainer.results, indent=2) + "\n")  # null for NaN, strict JSON
-            os.replace(tmp, path)
+            write_json(RunLayout(trainer.run_dir).results, trainer.results)  # null for NaN
 
 
 class JSONLog(Callback):
@@ -85,8 +81,7 @@ class JSONLog(Callback):
     order = 45  # after Checkpoint: a kill between the two leaves the log behind, never ahead
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
-        with open(run_dir(trainer) / "metrics.jsonl", "a") as f:
-            f.write(dumps(row) + "\n")
+        append_line(RunLayout(run_dir(trainer)).metrics, dumps(row))
 
     def after_test(self, trainer: Trainer, results: dict) -> None:
         rows = read_metrics(run_dir(trainer))  # also the epochs before a resume
@@ -133,7 +128,7 @@ class TensorBoard(Callback):
         from torch.utils.tensorboard import SummaryWriter
 
         resumed = trainer.epoch > 0
-        folder = run_dir(trainer) / "tensorboard"
+        folder = RunLayout(run_dir(trainer)).tensorboard
         self.writer = SummaryWriter(str(folder), purge_step=trainer.epoch + 1 if resumed else None)
         self.batches = trainer.steps_per_epoch()
         first_step = trainer.epoch * self.batches + 1
@@ -325,13 +320,13 @@ class Checkpoint(Callback):
         holds that epoch too (a kill between the two writes left the previous best there)."""
         if not trainer.epoch or self.best_epoch != trainer.epoch or trainer.resume_position:
             return
-        folder = run_dir(trainer) / "checkpoints"
+        layout = RunLayout(run_dir(trainer))
         try:
-            held = read_checkpoint(folder / "best.pt")
+            held = read_checkpoint(layout.best)
         except CnnbenchError:  # missing or damaged: rewritten below
             held = None
         if not isinstance(held, dict) or held.get("epoch") != trainer.epoch:
-            save_checkpoint(read_checkpoint(folder / "last.pt"), folder / "best.pt")
+            save_torch(read_checkpoint(layout.last), layout.best)
 
     def after_epoch(self, trainer: Trainer, row: dict) -> None:
         worst = -math.inf if self.mode == "max" else math.inf
@@ -340,13 +335,13 @@ class Checkpoint(Callback):
         if improved:
             self.best, self.best_epoch = score, row["epoch"]
         state = trainer.state_dict()
-        save_checkpoint(state, run_dir(trainer) / "checkpoints" / "last.pt")
+        save_torch(state, RunLayout(run_dir(trainer)).last)
         if improved:
-            save_checkpoint(state, trainer.run_dir / "checkpoints" / "best.pt")
+            save_torch(state, RunLayout(trainer.run_dir).best)
 
     def before_test(self, trainer: Trainer) -> None:
         if self.best_epoch and self.best_epoch != trainer.epoch:  # else: they are in place
-            trainer.load_weights(load_checkpoint(run_dir(trainer) / "checkpoints" / "best.pt"))
+            trainer.load_weights(load_checkpoint(RunLayout(run_dir(trainer)).best))
 
     def after_test(self, trainer: Trainer, results: dict) -> None:
         results["best_epoch"] = self.best_epoch

@@ -47,7 +47,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils._pytree import tree_map_only
 
 from cnnbench.data.splits import Split
-from cnnbench.errors import LAUNCHER_ERRORS, CnnbenchError, reported
+from cnnbench.errors import CnnbenchError
+from cnnbench.files import LAUNCHER_ERRORS, reported
 from cnnbench.keys import Key, declare
 from cnnbench.tasks.metrics import Meter
 from cnnbench.training.compiling import build_forward

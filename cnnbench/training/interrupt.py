@@ -8,23 +8,24 @@ continues it on stderr and raises :class:`Interrupted` (exit code 130 for SIGINT
 SIGTERM). ``--resume`` then continues the same epoch at the next step, bitwise as if it had not
 stopped (on the CPU). A second Ctrl-C stops at once (KeyboardInterrupt).
 
-:func:`resource_errors` turns out-of-memory and a full disk into one line naming what to reduce,
-and a DataLoader worker that died (``data_mode: stream``) into a clean stop that ``--resume``
-continues; checkpoints are written atomically and the log after them, so the folder stays resumable.
+:func:`resource_errors` turns out-of-memory into one line naming what to reduce, a file that
+cannot be written (a full disk, a quota, ``ulimit -f``, a read-only disk: ``files.WriteFailed``)
+into one line naming it and how to continue, and a DataLoader worker that died (``data_mode:
+stream``) into a clean stop that ``--resume`` continues; checkpoints are written atomically and
+the log after them, so the folder stays resumable.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import signal
 import threading
 
 import torch
 
-from cnnbench.checkpoints import save_checkpoint
 from cnnbench.data.stream import WorkerDied
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import OUT_OF_SPACE, RunLayout, WriteFailed, failed, save_torch
 from cnnbench.training.loop import Callback, Step, Trainer
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -90,7 +91,7 @@ class Interrupt(Callback):
         failure = None
         if trainer.rank == 0:
             try:
-                save_checkpoint(state, trainer.run_dir / "checkpoints" / "last.pt")
+                save_torch(state, RunLayout(trainer.run_dir).last)
             except BaseException as exc:  # noqa: BLE001 - raised below, after the others know
                 failure = exc
         # The others wait for the checkpoint: the launcher stops every process once one exits.
@@ -115,8 +116,9 @@ class Interrupt(Callback):
 
 @contextlib.contextmanager
 def resource_errors(trainer: Trainer):
-    """Out of memory (CUDA or CPU) or of disk space while training: one line saying what to
-    reduce. Checkpoints are atomic and written before the log, so the folder stays usable."""
+    """Out of memory (CUDA or CPU), or a write that failed, while training: one line saying
+    what to reduce or free. Checkpoints are atomic and written before the log, so a run with a
+    ``last.pt`` continues with ``--resume``."""
     try:
         yield
     except WorkerDied as exc:
@@ -129,13 +131,17 @@ def resource_errors(trainer: Trainer):
         if "allocate" in text and "memory" in text or "out of memory" in text:
             raise CnnbenchError(_memory_advice(trainer, "out of memory")) from None
         raise
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        raise CnnbenchError(f"no space left on the disk{where}: free some space, or give "
-                            f"another --run-dir; the last checkpoint is kept, so --resume "
-                            f"{trainer.run_dir} continues") from None
+    except (WriteFailed, OSError) as exc:
+        if isinstance(exc, OSError):  # a library's own write (TensorBoard's event files)
+            if exc.errno not in OUT_OF_SPACE:
+                raise
+            exc = failed(exc.filename or trainer.run_dir, exc)
+        if trainer.run_dir is None or not RunLayout(trainer.run_dir).last.is_file():
+            raise exc from None
+        advice = "free some space, then " if exc.out_of_space else ""
+        raise WriteFailed(exc.path, f"{exc.cause}; the last checkpoint is kept: {advice}"
+                          f"continue with: cnnbench train --resume {trainer.run_dir}",
+                          exc.errno) from None
 
 
 def _worker_died(trainer: Trainer, reason: str) -> str:
@@ -149,11 +155,11 @@ def _worker_died(trainer: Trainer, reason: str) -> str:
             and all(torch.isfinite(p).all() for p in trainer.model.parameters())):
         state = trainer.state_dict()
         state["position"] = trainer.position()
-        save_checkpoint(state, trainer.run_dir / "checkpoints" / "last.pt")
+        save_torch(state, RunLayout(trainer.run_dir).last)
         where = (f"checkpoint written in epoch {trainer.epoch + 1} after step {steps} of "
                  f"{trainer.steps_per_epoch()}")
     resume = f"; continue with: cnnbench train --resume {trainer.run_dir}" \
-        if trainer.run_dir is not None and (trainer.run_dir / "checkpoints" / "last.pt").is_file() \
+        if trainer.run_dir is not None and RunLayout(trainer.run_dir).last.is_file() \
         else ""
     return f"a data-loading worker stopped ({reason}): {where}{resume}"
 

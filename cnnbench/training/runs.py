@@ -1,6 +1,6 @@
 """Run folders: naming and claiming them, locking them, reading and repairing their metrics.
 
-A run folder holds::
+A run folder holds (the names are ``files.RunLayout``'s)::
 
     .lock                  the pid of the process training in it (one at a time)
     config.yaml            the resolved configuration
@@ -12,7 +12,8 @@ A run folder holds::
                            best.pt when the monitor improves
     results.json           test metrics and timing, written at the end
 
-A sweep's folder (``cnnbench.sweep``) holds run folders and its ``sweep.yaml``.
+A sweep's folder (``cnnbench.sweep``) holds run folders and its ``sweep.yaml``
+(``files.SWEEP_PLAN``). Every file is written through :mod:`cnnbench.files`.
 
 The order of writes keeps a folder consistent whatever stops the process: the checkpoint is
 renamed into place before the epoch's row is appended, so the log never runs ahead of
@@ -32,10 +33,10 @@ from pathlib import Path
 
 from cnnbench.checkpoints import pid_alive, remove_stale_temporaries
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import RunLayout, check_folder, guarded, write_text
 from cnnbench.strict_json import dumps
 
 
-LOCK = ".lock"
 ENVIRONMENT = "environment.json"
 # The fields of environment.json that say what made a run, set side by side by ``--compare``
 # (not the times, which always differ).
@@ -47,7 +48,8 @@ def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
     """``root/<model>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that name is taken;
     made (``mkdir`` is atomic: the name is ours) and locked."""
     base = f"{model.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    Path(root).mkdir(parents=True, exist_ok=True)
+    with guarded(root):
+        Path(root).mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         path = Path(root) / (base if n == 1 else f"{base}-{n}")
         try:
@@ -57,18 +59,6 @@ def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
         lock_run(path)
         return path
     raise CnnbenchError(f"cannot find a free run folder name for {base} in {root}")
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """A folder can be made at ``path``: its nearest existing ancestor is a writable folder."""
-    parent = Path(os.path.abspath(path))
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CnnbenchError(f"cannot make {path}: {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CnnbenchError(f"cannot write in {parent} (permission denied): choose another "
-                            f"--run-dir or runs folder")
 
 
 def check_run_dir(path: str | os.PathLike) -> Path:
@@ -81,7 +71,7 @@ def check_run_dir(path: str | os.PathLike) -> Path:
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not failed_start(path):
         raise CnnbenchError(f"{path} already exists and is not empty: a run is never overwritten "
                             f"(use --resume {path} to continue it, or another --run-dir)")
-    check_writable(path)
+    check_folder(path, "--run-dir")
     return path
 
 
@@ -90,14 +80,15 @@ def failed_start(path: Path) -> bool:
     nothing in it can be resumed, so a new run may take it."""
     holder = lock_holder(path)
     return (holder is not None and not pid_alive(holder)
-            and not (path / "checkpoints" / "last.pt").exists())
+            and not RunLayout(path).last.exists())
 
 
 def claim_run_dir(path: str | os.PathLike) -> Path:
     """Make ``path`` (or take it if empty) and lock it; of two processes claiming one folder,
     exactly one wins, the other gets a one-line error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with guarded(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.mkdir()
     except FileExistsError:
@@ -106,9 +97,9 @@ def claim_run_dir(path: str | os.PathLike) -> Path:
     leftover = failed_start(path)
     lock_run(path)
     for p in path.iterdir() if leftover else ():
-        if not p.name.startswith(LOCK):
+        if not p.name.startswith(RunLayout.LOCK):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    if any(not p.name.startswith(LOCK) for p in path.iterdir()):  # ours, or others' claims
+    if any(not p.name.startswith(RunLayout.LOCK) for p in path.iterdir()):  # ours, or others' claims
         release_run(path)
         check_run_dir(path)
     return path
@@ -117,11 +108,12 @@ def claim_run_dir(path: str | os.PathLike) -> Path:
 def lock_run(path: Path) -> None:
     """Create ``path/.lock`` holding our pid (atomically); a lock left by a process
     that no longer runs is taken over, a live one is a one-line error."""
-    lock = Path(path) / LOCK
+    lock = RunLayout(path).lock
     # Written aside, then hard-linked into place (atomic, fails if it exists): a lock is never
     # seen without its pid.
-    mine = lock.with_name(f"{LOCK}.tmp-{os.getpid()}-{threading.get_ident()}")
-    mine.write_text(f"{os.getpid()}\n")
+    mine = lock.with_name(f"{RunLayout.LOCK}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with guarded(lock):
+        mine.write_text(f"{os.getpid()}\n")
     try:
         for _ in range(2):
             try:
@@ -140,7 +132,7 @@ def lock_run(path: Path) -> None:
 
 def lock_holder(path: Path) -> int | None:
     try:
-        text = (Path(path) / LOCK).read_text().strip()
+        text = RunLayout(path).lock.read_text().strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
@@ -152,19 +144,11 @@ def release_run(path: Path, abandon: bool = False) -> None:
     path = Path(path)
     if lock_holder(path) != os.getpid():
         return
-    if abandon and not (path / "checkpoints" / "last.pt").is_file():
+    if abandon and not RunLayout(path).last.is_file():
         shutil.rmtree(path, ignore_errors=True)
         return
-    remove_stale_temporaries(path / "checkpoints")
-    (path / LOCK).unlink(missing_ok=True)
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """``path`` holds ``text`` whole or not at all (written aside, then renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    remove_stale_temporaries(RunLayout(path).checkpoints)
+    RunLayout(path).lock.unlink(missing_ok=True)
 
 
 def reconcile_metrics(run_dir: str | os.PathLike, epoch: int,
@@ -174,7 +158,7 @@ def reconcile_metrics(run_dir: str | os.PathLike, epoch: int,
     last line) go, and the checkpoint's own ``row`` (that epoch's, which ``last.pt`` carries)
     is written back if a kill after the checkpoint kept it out of the log. Returns what was
     done, or None when the log was already consistent."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunLayout(run_dir).metrics
     if path.exists() and not path.is_file():
         raise CnnbenchError(f"{path} is not a file: move it away to resume {run_dir}")
     kept, torn, ahead = [], 0, 0
@@ -193,7 +177,7 @@ def reconcile_metrics(run_dir: str | os.PathLike, epoch: int,
     if not torn and not ahead and not restore:
         return None
     kept += [row] if restore else []
-    write_atomic(path, "".join(dumps(r) + "\n" for r in kept))
+    write_text(path, "".join(dumps(r) + "\n" for r in kept))
     done = ([f"dropped {ahead} row(s) after epoch {epoch} (the checkpoint's)"] if ahead else [])
     done += [f"removed {torn} unreadable (torn) line(s)"] if torn else []
     done += [f"wrote back epoch {epoch}'s row from the checkpoint"] if restore else []
@@ -217,7 +201,7 @@ def _json(line: str):
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The rows of ``metrics.jsonl``; an unreadable line is a one-line error naming it."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunLayout(run_dir).metrics
     if not path.is_file():
         return []
     try:

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnbench import __version__
+from cnnbench import __version__, inference
 from cnnbench.errors import CnnbenchError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format: the suffix its file takes
@@ -77,8 +77,6 @@ class RunModel:
 def _load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
     """The model, its weights, class names and normalisation of a run's checkpoint (the one
     inference loader, on the CPU)."""
-    from cnnbench import inference
-
     loaded = inference.load(run, checkpoint, overrides={"device": "cpu"})
     return RunModel(loaded.run or loaded.source.parent, checkpoint, loaded.epoch, loaded.config,
                     loaded.task, loaded.model)

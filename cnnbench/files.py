@@ -71,6 +71,7 @@ class RunLayout:
     TENSORBOARD = "tensorboard"
     LOCK = ".lock"  # the pid of the process training in it
     EVAL = "eval"  # `cnnbench eval`'s pictures
+    ENVIRONMENT = "environment.json"  # what made the run (training/provenance.py)
     CHECKPOINT_NAMES = ("best", "last")
 
     root: Path
@@ -117,6 +118,10 @@ class RunLayout:
     @property
     def eval(self) -> Path:
         return self.root / self.EVAL
+
+    @property
+    def environment(self) -> Path:
+        return self.root / self.ENVIRONMENT
 
 
 SWEEP_PLAN = "sweep.yaml"  # a sweep folder's plan, beside its run folders

@@ -23,6 +23,7 @@ from cnnbench import recipe
 from cnnbench.checkpoints import load_checkpoint, weights_file
 from cnnbench.devices import resolve_device
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import RunLayout
 from cnnbench.tasks.base import Task
 from cnnbench.training.build import WEIGHTS, build_evaluator, restore_model
 from cnnbench.training.loop import Trainer
@@ -70,15 +71,15 @@ def open_checkpoint(source: str | os.PathLike, checkpoint: str = "best") -> Open
     if not source.exists():
         raise CnnbenchError(f"no run folder or checkpoint file {source}")
     run = source if source.is_dir() else None
-    if run is not None and not (run / "config.yaml").is_file():
-        raise CnnbenchError(f"{run} is not a cnnbench run (no config.yaml)")
+    if run is not None and not RunLayout(run).config.is_file():
+        raise CnnbenchError(f"{run} is not a cnnbench run (no {RunLayout.CONFIG})")
     file = weights_file(source, checkpoint)
     state = load_checkpoint(file)
-    if run is None and file.parent.name == "checkpoints" \
-            and (file.parent.parent / "config.yaml").is_file():
+    if run is None and file.parent.name == RunLayout.CHECKPOINTS \
+            and RunLayout(file.parent.parent).config.is_file():
         run = file.parent.parent  # RUN/checkpoints/NAME.pt
     if run is not None:
-        stored = recipe.read_yaml(run / "config.yaml")
+        stored = recipe.read_yaml(RunLayout(run).config)
     elif isinstance(state.get("config"), dict):
         stored = state["config"]
     else:

@@ -85,19 +85,6 @@ def save_png(fig, path: str) -> None:
         raise CnnbenchError(f"cannot write {path}: {exc}") from None
 
 
-def save_picture_png(picture, path) -> None:
-    """A ``[3, H, W]`` tensor (uint8, or float in [0, 1]) as a PNG file, written atomically."""
-    import torch
-    from PIL import Image
-
-    if picture.is_floating_point():
-        picture = (picture.clamp(0, 1) * 255).round().to(torch.uint8)
-    if picture.shape[0] == 1:
-        picture = picture.expand(3, -1, -1)
-    pixels = picture.permute(1, 2, 0).contiguous().cpu().numpy()
-    write_with(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
-
-
 def save_confusion_png(matrix, names, path, title: str, normalize_rows: bool = False) -> None:
     """A confusion matrix (rows: true class, columns: predicted) as a heat map with its counts
     (fastai's ``plot_confusion_matrix``); ``normalize_rows`` colours each row's shares (pixel

@@ -78,15 +78,15 @@ TEXT_KEYS = ("model", "task", "monitor", "mode", "started")
 
 def read_run_config(folder: Path) -> dict:
     """A run's ``config.yaml``, its names text and ``epochs`` a whole number."""
-    config = read_yaml(folder / "config.yaml")
-    _check_types(config, "config.yaml", folder)
+    config = read_yaml(RunLayout(folder).config)
+    _check_types(config, RunLayout.CONFIG, folder)
     return config
 
 
 def read_results(folder: Path) -> dict:
     """A run's ``results.json`` ({} before it ends): a JSON object whose names are text and
     whose ``test_*`` and ``best_*`` figures are numbers; anything else is a one-line error."""
-    path = folder / "results.json"
+    path = RunLayout(folder).results
     if not os.path.lexists(path):
         return {}
     try:
@@ -97,7 +97,7 @@ def read_results(folder: Path) -> dict:
         raise CnnbenchError(f"{path} is not JSON") from None
     if not isinstance(results, dict):
         raise CnnbenchError(f"{path} is not a JSON object")
-    _check_types(results, "results.json", folder)
+    _check_types(results, RunLayout.RESULTS, folder)
     return results
 
 

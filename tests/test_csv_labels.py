@@ -89,7 +89,7 @@ def test_space_separated_tags_train_the_multi_label_task(tmp_path):
 def test_a_bad_csv_is_one_line_exit_2_and_leaves_nothing(case, message, tmp_path, capsys,
                                                          monkeypatch):
     root = tmp_path / "d"
-    rows, header, extra = rows_of(6, ["cat", "dog", "eel"]), "fname,label", []
+    rows, extra = rows_of(6, ["cat", "dog", "eel"]), []
     if case == "missing file":
         write(root, rows)
         (root / "001.png").unlink()

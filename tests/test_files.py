@@ -72,9 +72,6 @@ def noise_figure():
 WRITERS = {  # each writes ~2 MB of what the tool writes: more than the disk holds
     "text": lambda path: files.write_text(path, "x" * 2_000_000),
     "torch.save": lambda path: files.save_torch({"w": torch.ones(500_000)}, path),
-    "picture": lambda path: plots.save_picture_png(
-        torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 820, 820), np.uint8)),
-        path),
     "figure": lambda path: plots.save_png(noise_figure(), path),
     "table": lambda path: write_csv([{"model": f"m{i}", "ms": i / 7} for i in range(90_000)],
                                     str(path)),

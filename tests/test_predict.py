@@ -5,7 +5,6 @@ import csv
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from cnnbench import predict as P

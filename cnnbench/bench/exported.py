@@ -18,6 +18,7 @@ import torch
 from cnnbench.bench.timing import (available_cores, choose_threads, device_name, num_threads,
                                    time_call)
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import RunLayout
 
 SUFFIXES = (".onnx", ".pt")
 RUNTIME_NAMES = {"onnx": "onnxruntime (CPU provider)", "torchscript": "torch.jit (TorchScript)"}
@@ -42,7 +43,7 @@ def _pytorch_runners(meta: dict, compile: bool, notes: list) -> dict:
     from cnnbench.export import Exported, _load_run
 
     run = Path(meta.get("run", ""))
-    if not meta.get("run") or not (run / "config.yaml").is_file():
+    if not meta.get("run") or not RunLayout(run).config.is_file():
         notes.append(f"the run {meta.get('run')} is not here: PyTorch not timed beside the file")
         return {}
     loaded = _load_run(run, meta.get("checkpoint", "best"))

@@ -8,8 +8,6 @@ the misclassified test images, the true and predicted class written under each.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -57,12 +55,14 @@ class Classification(Task):
         mean, std, where = normalisation(config, channels, own)
         return Context(tuple(data.class_names), channels, mean, std, args, where)
 
-    @functools.cached_property
-    def transforms(self) -> dict:
-        """``augment``'s per-image transforms at the input size: {train: random, eval: crop}."""
-        size = tuple((self.config["input_size"] or (0, 0, 0))[-2:])
-        return {True: augment.train_transform(self.config, size),
-                False: augment.eval_transform(self.config, size)}
+    def __init__(self, config: dict, context: Context):
+        super().__init__(config, context)
+        # ``augment``'s per-image transforms at the input size: {train: random, eval: crop};
+        # made here, not on the first batch, so that a compiled step traces no lazy attribute
+        # (a cached_property's lock is a graph break).
+        size = tuple((config["input_size"] or (0, 0, 0))[-2:])
+        self.transforms = {True: augment.train_transform(config, size),
+                           False: augment.eval_transform(config, size)}
 
     def prepare(self, images, targets, train: bool):
         c = self.config

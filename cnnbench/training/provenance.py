@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from cnnbench import __version__
-from cnnbench.files import write_text
-from cnnbench.training.runs import ENVIRONMENT, read_environment
+from cnnbench.files import RunLayout, write_text
+from cnnbench.training.runs import read_environment
 
 
 def git_state(folder: Path) -> tuple[str | None, bool | None]:
@@ -90,10 +90,10 @@ def start(run_dir: Path, device: torch.device) -> dict:
     old = read_environment(run_dir)
     earlier = old.pop("earlier", [])
     record = {**environment(device), "earlier": [*earlier, old] if old else earlier}
-    write_text(Path(run_dir) / ENVIRONMENT, json.dumps(record, indent=2) + "\n")
+    write_text(RunLayout(run_dir).environment, json.dumps(record, indent=2) + "\n")
     return record
 
 
 def finish(run_dir: Path, record: dict) -> None:
     record["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_text(Path(run_dir) / ENVIRONMENT, json.dumps(record, indent=2) + "\n")
+    write_text(RunLayout(run_dir).environment, json.dumps(record, indent=2) + "\n")

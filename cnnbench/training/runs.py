@@ -37,7 +37,6 @@ from cnnbench.files import RunLayout, check_folder, guarded, write_text
 from cnnbench.strict_json import dumps
 
 
-ENVIRONMENT = "environment.json"
 # The fields of environment.json that say what made a run, set side by side by ``--compare``
 # (not the times, which always differ).
 PROVENANCE = ("cnnbench", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda",
@@ -235,7 +234,7 @@ def resolve_mode(mode: str | None, monitor: str) -> str:
 def read_environment(run_dir: str | os.PathLike) -> dict:
     """A run's ``environment.json``: {} for a run made before it was written, or unreadable."""
     try:
-        data = json.loads((Path(run_dir) / ENVIRONMENT).read_text())
+        data = json.loads(RunLayout(run_dir).environment.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

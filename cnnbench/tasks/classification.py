@@ -60,7 +60,7 @@ class Classification(Task):
         # ``augment``'s per-image transforms at the input size: {train: random, eval: crop};
         # made here, not on the first batch, so that a compiled step traces no lazy attribute
         # (a cached_property's lock is a graph break).
-        size = tuple((config["input_size"] or (0, 0, 0))[-2:])
+        size = tuple((config.get("input_size") or (0, 0, 0))[-2:])
         self.transforms = {True: augment.train_transform(config, size),
                            False: augment.eval_transform(config, size)}
 

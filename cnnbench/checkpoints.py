@@ -5,6 +5,7 @@ the hub cache: never the network)."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,9 +233,15 @@ def _preset_statistics(entry) -> tuple[tuple, tuple] | None:
     return (tuple(map(float, mean)), tuple(map(float, std))) if mean and std else None
 
 
+# torchvision's published files: NAME-HASH.pth or NAME_HASH.pth (resnet18-f37072fd.pth)
+PUBLISHED_NAME = re.compile(r"[\w.-]+[-_][0-9a-f]{8,}\.pth")
+
+
 def _torchvision_entry_of(file: Path):
     """``(model name, weights entry)`` whose published file is named like ``file``, if any:
     an ``init_from`` file fetched from torchvision is known by its name (``resnet18-f37072fd.pth``)."""
+    if not PUBLISHED_NAME.fullmatch(file.name):  # best.pt, a state dict of one's own...
+        return None
     import torchvision.models as tvm
 
     for name in tvm.list_models():

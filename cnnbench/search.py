@@ -35,7 +35,8 @@ from cnnbench.files import write_yaml
 from cnnbench.keys import parse_assignments, parse_value
 from cnnbench.launchers import Job, LocalLauncher
 from cnnbench.sweep import (PLAN, Stop, _check_model_args, _sha256, check_same_plan,
-                            default_folder, read_plan, run_state, slots, split_values)
+                            default_folder, exit_code_of, read_plan, run_state, slots,
+                            split_values)
 from cnnbench.training.runs import (claim_run_dir, lock_holder, lock_run, read_metrics,
                                     release_run, resolve_mode)
 
@@ -512,7 +513,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from cnnbench import render
-    from cnnbench.training.interrupt import Interrupted
 
     parser = argparse.ArgumentParser(prog="python -m cnnbench.search")
     parser.add_argument("folder")
@@ -522,16 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = parse_assignments(args.set, "--set", "threads=1")
     resume = [int(n) for n in args.resume.split(",") if n]
-    try:
-        work(args.folder, resume, say=print, reporter=render.TrainReporter(quiet=True),
-             extra=extra, worker=args.worker)
-    except Interrupted as exc:
-        print(exc, file=sys.stderr)
-        return exc.exit_code
-    except CnnbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: work(args.folder, resume, say=print,
+                                      reporter=render.TrainReporter(quiet=True),
+                                      extra=extra, worker=args.worker))
 
 
 if __name__ == "__main__":

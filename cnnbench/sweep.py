@@ -407,6 +407,22 @@ class GridRun:
             train_one(self.plan, self.entry, run_dir, state, render.TrainReporter(quiet=True))
 
 
+def exit_code_of(work) -> int:
+    """``work()`` in a sweep's worker process: 0; after a stop on a signal its message on stderr
+    and 128 + the signal; after a one-line error that line and 2."""
+    from cnnbench.training.interrupt import Interrupted
+
+    try:
+        work()
+        return 0
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    except CnnbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def train_one(plan: dict, entry: dict, run_dir: Path, state: str, reporter=None,
               callbacks=(), extra: dict | None = None) -> dict | None:
     """One run of the sweep through the library: resumed from its checkpoint, or trained
@@ -529,7 +545,6 @@ class Forked:
     def child(plan, entry, run_dir, state, extra, log) -> int:
         import traceback
 
-        from cnnbench.training.interrupt import Interrupted
 
         os.setsid()  # a Ctrl-C in the terminal reaches the sweep, which passes it on once
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -541,14 +556,8 @@ class Forked:
         from cnnbench import render
 
         try:
-            train_one(plan, entry, run_dir, state, render.TrainReporter(quiet=True), (), extra)
-            return 0
-        except Interrupted as exc:
-            print(exc, file=sys.stderr)
-            return exc.exit_code
-        except CnnbenchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return exit_code_of(lambda: train_one(plan, entry, run_dir, state,
+                                                  render.TrainReporter(quiet=True), (), extra))
         except KeyboardInterrupt:
             return 130
         except BaseException:  # noqa: BLE001 - the sweep reports it; the log has the trace

@@ -19,6 +19,7 @@ from cnnbench.data import stream
 from cnnbench.data.sources import load_data
 from cnnbench.data.stream import FileSplit
 from cnnbench.tasks.classification import Classification
+from cnnbench.tasks.segmentation import Segmentation
 from cnnbench.errors import CnnbenchError
 from cnnbench.train import train
 from cnnbench.training.build import build_trainer
@@ -148,7 +149,7 @@ def test_stream_is_refused_for_a_source_read_into_memory(fmnist_dir, capsys):
             "data_mode=stream", "--epochs", "1", "-q"]
     assert cli(argv) == 2
     assert capsys.readouterr().err == (
-        "error: data_mode stream reads image files one by one: imagefolder, csv data; "
+        "error: data_mode stream reads image files one by one: imagefolder, csv, masks data; "
         "fashion-mnist is read into memory (data_mode memory or auto)\n")
 
 
@@ -193,3 +194,58 @@ def test_the_imagenet_recipe_trains_a_torchvision_model_from_a_stream(tree, tmp_
                                                       "trivialaugment", 0.875, 0.2, "stream")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["epochs"] == 1 and results["test_loss"] > 0
+
+
+@pytest.fixture
+def mask_tree(tmp_path):
+    """``masks:PATH`` with 16 colour images of 40x40 (fitted to unet's input) and their masks:
+    a square of class 1 or 2 on the background, a void border."""
+    root = tmp_path / "pairs"
+    for part in ("images", "masks"):
+        (root / part).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            root / "images" / f"{i:02d}.png")
+        mask = np.zeros((40, 40), dtype=np.uint8)
+        y, x = rng.integers(0, 24, 2)
+        mask[y:y + 16, x:x + 16] = 1 + i % 2
+        mask[0] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{i:02d}.png")
+    (root / "classes.txt").write_text("square\nother\n")
+    return f"masks:{root}"
+
+
+def unet_overrides(data, mode, **more):
+    return overrides(data, mode, val_size=4, batch_size=4, input_size=[3, 32, 32],
+                     model_args={"width": 4}, **more)
+
+
+def test_masks_stream_the_same_pixels_masks_and_classes_as_memory(mask_tree):
+    loaded = {mode: load_data(cfg.resolve("unet", None, unet_overrides(mask_tree, mode)),
+                              Segmentation) for mode in ("memory", "stream")}
+    assert isinstance(loaded["stream"].train, FileSplit)
+    assert loaded["stream"].info["data_mode"] == "stream"
+    for split in ("train", "val", "test"):
+        memory, streamed = getattr(loaded["memory"], split), getattr(loaded["stream"], split)
+        assert streamed.files == memory.files and len(memory) >= 3
+        order = torch.randperm(len(memory), generator=torch.Generator().manual_seed(1))
+        batches = list(streamed.batches(order, range(0, len(memory), 2), 2))
+        assert torch.equal(torch.cat([b[0] for b in batches]), memory.images[order])
+        for key in ("masks", "multi_hot"):
+            assert torch.equal(torch.cat([b[1][key] for b in batches]),
+                               memory.targets[key][order]), key
+        assert list(batches[0][1]) == list(memory.targets)  # the same keys, in the same order
+    masks = loaded["memory"].train.targets["masks"]
+    assert set(masks.unique().tolist()) == {0, 1, 2, 255}
+
+
+def test_unet_trains_bitwise_alike_from_memory_and_from_streamed_masks(mask_tree, keep_threads):
+    weights = {}
+    for mode in ("memory", "stream"):
+        trainer = build_trainer(cfg.resolve("unet", None, unet_overrides(
+            mask_tree, mode, threads=1, epochs=1)), callbacks=[])  # augment: on
+        trainer.fit()
+        weights[mode] = trainer.model.state_dict()
+    assert isinstance(trainer.train_split, FileSplit)
+    assert all(torch.equal(weights["memory"][k], weights["stream"][k]) for k in weights["memory"])

@@ -9,8 +9,10 @@ images are held out of them as an image folder's are.
 Refused in one line, before anything is decoded into the splits: an image without its mask (or
 a mask without its image), a mask of another size than its image, a mask with a class index
 beyond ``classes.txt``. Images are fitted to the input as an image folder's (Pillow's bilinear),
-masks with the nearest pixel; the splits are kept in memory (a stream of image and mask pairs
-is not built yet).
+masks with the nearest pixel. ``data_mode`` decides as for an image folder: in memory, or
+streamed (``stream.FileSplit``): the pairs are read batch by batch in the DataLoader workers, only
+each image's class-presence vector stays in memory, and the batches are the same pixels and
+masks as in memory (the dense augmentation runs batched on the device in both modes).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnbench.data import images
+from cnnbench.data import images, stream
 from cnnbench.data.dense_transforms import multi_hot
 from cnnbench.data.imagefolder import HELD_OUT_FRACTION
 from cnnbench.data.splits import DataBundle, Split, holdout, sample
@@ -55,13 +57,29 @@ def pairs(root: Path) -> tuple[list[str], list[Path], list[Path]]:
     return names, [found[s] for s in stems], [masks[s] for s in stems]
 
 
-def read_masks(image_files: list[Path], mask_files: list[Path], classes: int,
-               size: tuple[int, int]) -> torch.Tensor:
-    """uint8 ``[N, H, W]`` masks at ``size`` (nearest pixel), each checked against its image's
-    size (from its header) and the class count."""
+def read_mask(mask_file: str | Path, size: tuple[int, int]) -> torch.Tensor:
+    """One mask PNG as uint8 ``[H, W]`` class indices at ``size`` (the nearest pixel)."""
     from PIL import Image
 
-    out = torch.zeros(len(mask_files), *size, dtype=torch.uint8)
+    with Image.open(mask_file) as mask:
+        values = np.array(mask.convert("L") if mask.mode not in ("L", "P") else mask)
+    return _resized(values, size)
+
+
+def _resized(values: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    m = torch.from_numpy(values)[None, None].float()
+    return F.interpolate(m, size=size, mode="nearest")[0, 0].to(torch.uint8)
+
+
+def read_masks(image_files: list[Path], mask_files: list[Path], classes: int,
+               size: tuple[int, int], keep: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(uint8 [N, H, W] masks at size or None unless keep, float multi_hot [N, classes])``:
+    every mask read once and checked against its image's size (from its header) and the class
+    count; the class-presence vector is taken from the mask at ``size``, as the loss sees it."""
+    from PIL import Image
+
+    out = torch.zeros(len(mask_files), *size, dtype=torch.uint8) if keep else None
+    present = torch.zeros(len(mask_files), classes)
     for i, (image_file, mask_file) in enumerate(zip(image_files, mask_files)):
         with Image.open(image_file) as image:
             image_size = image.size
@@ -74,9 +92,11 @@ def read_masks(image_files: list[Path], mask_files: list[Path], classes: int,
         if bad.size:
             raise CnnbenchError(f"mask {mask_file} has class index {int(bad.max())}, beyond the "
                                 f"{classes} classes of classes.txt (0 background, {VOID} void)")
-        m = torch.from_numpy(values)[None, None].float()
-        out[i] = F.interpolate(m, size=size, mode="nearest")[0, 0].to(torch.uint8)
-    return out
+        resized = _resized(values, size)
+        present[i] = multi_hot({"masks": resized[None]}, classes)[0]
+        if keep:
+            out[i] = resized
+    return out, present
 
 
 def load_bundle(path: str | None, config: dict,
@@ -89,13 +109,22 @@ def load_bundle(path: str | None, config: dict,
         raise CnnbenchError(f"no masks folder at {root}: {HINT}")
     names, image_files, mask_files = pairs(root)
     size, channels = images.target_size(config), images.channel_request(config)
-    masks = read_masks(image_files, mask_files, len(names), size)  # every check, first
     limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
-    everything = Split(torch.arange(len(image_files)), {"masks": masks})
+    everything = Split(torch.arange(len(image_files)), {})
     cap = max(1, len(everything) // HELD_OUT_FRACTION)
     train, val = holdout(everything, min(val_size, cap))
     train, test = holdout(train, min(val_size, cap) or cap)
-    chosen = {s: sample(p, limit) for s, p in (("train", train), ("val", val), ("test", test))}
+    parts = {"train": train, "val": val, "test": test}
+    count = sum(len(p) if limit is None else min(limit, len(p)) for p in parts.values())
+    keep = stream.choose_mode(config, count, size, channels, say or (lambda m: None)) == "memory"
+    masks, present = read_masks(image_files, mask_files, len(names), size, keep)  # every check
+    # --limit: stratified by the first class each image holds, as the other sources sample
+    chosen = {s: sample(Split(p.images, {"multi_hot": present[p.images]}), limit)
+              for s, p in parts.items()}
+    info = {"source": f"masks:{path}", "files": len(image_files), "root": os.fspath(root)}
+    if not keep:
+        return _streamed(chosen, image_files, mask_files, present, names, size, channels,
+                         config, info, say)
     rows = torch.cat([p.images for p in chosen.values()]).tolist()
     files = [str(image_files[i]) for i in rows]
     pixels, ok = images.decode_files(files, size, channels,  # at once: one channel count
@@ -105,10 +134,25 @@ def load_bundle(path: str | None, config: dict,
         at = slice(start, start + len(part))
         start += len(part)
         good = ok[at]
-        targets = {"masks": part.targets["masks"][good]}
-        targets["multi_hot"] = multi_hot(targets, len(names))
-        parts[split] = Split(pixels[at][good], targets,
+        kept = part.images[good]
+        parts[split] = Split(pixels[at][good], {"masks": masks[kept], "multi_hot": present[kept]},
                              [f for f, g in zip(files[at], good.tolist()) if g])
     return DataBundle(parts["train"], parts["val"], parts["test"], names,
-                      info={"source": f"masks:{path}", "channels": parts["train"].images.shape[1],
-                            "files": len(image_files), "root": os.fspath(root)})
+                      info={**info, "channels": parts["train"].images.shape[1]})
+
+
+def _streamed(chosen: dict[str, Split], image_files: list[Path], mask_files: list[Path],
+              present: torch.Tensor, names: list[str], size: tuple[int, int],
+              channels: int | None, config: dict, info: dict,
+              say: Callable[[str], None] | None) -> DataBundle:
+    """The pairs as ``stream.FileSplit``s: images and masks read batch by batch in the workers,
+    each image's class-presence vector (``multi_hot``) kept here."""
+    paths = {s: [str(image_files[i]) for i in p.images.tolist()] for s, p in chosen.items()}
+    channels = stream.data_channels([p for s in paths.values() for p in s], channels)
+    parts = {s: stream.file_split(paths[s], {"multi_hot": present[p.images]}, size, channels,
+                                  config, train=s == "train", say=say,
+                                  masks=[str(mask_files[i]) for i in p.images.tolist()],
+                                  read_mask=read_mask)
+             for s, p in chosen.items()}
+    return DataBundle(parts["train"], parts["val"], parts["test"], names,
+                      info={**info, "channels": channels, "data_mode": "stream"})

@@ -1,6 +1,7 @@
 """Streaming splits: image files read batch by batch in ``DataLoader`` workers.
 
-``data_mode`` chooses how a source of image files (``imagefolder``) feeds the trainer:
+``data_mode`` chooses how a source of image files (``imagefolder``, ``csv``, ``masks``) feeds
+the trainer:
 
 - ``memory``: every image decoded once and the whole split kept as one uint8 tensor on the
   device (``splits.Split``); the fastest, for data that fit.
@@ -98,20 +99,25 @@ class FileDataset(Dataset):
 
     Without a ``transform`` each file is fitted to ``size`` as the in-memory path fits it
     (``images.read_image``); with one, it is decoded whole (``images.decode``) and the
-    transform (``augment.stream_transform``) brings it to ``size``, seeded per image."""
+    transform (``augment.stream_transform``) brings it to ``size``, seeded per image. With
+    ``masks`` (segmentation: a mask file per image) each batch comes with its masks at ``size``
+    (``read_mask(path, size)``, a picklable function: ``masks.read_mask``)."""
 
     def __init__(self, files: Sequence[str], size: tuple[int, int], channels: int,
-                 transform=None):
+                 transform=None, masks: Sequence[str] | None = None,
+                 read_mask: Callable | None = None):
         self.files, self.size, self.channels = list(files), tuple(size), channels
         self.transform = transform
+        self.masks, self.read_mask = (list(masks), read_mask) if masks is not None else (None, None)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitems__(self, items: list):
-        """``(uint8 [n, C, H, W], ok bool [n], indices, problems)`` for ``items``: indices, or
-        ``(index, seed)`` pairs for a random transform. A file that cannot be decoded keeps a
-        zero row, ``ok`` False and its message in ``problems``."""
+        """``(uint8 [n, C, H, W], ok bool [n], indices, problems, masks)`` for ``items``:
+        indices, or ``(index, seed)`` pairs for a random transform. A file that cannot be
+        decoded keeps a zero row, ``ok`` False and its message in ``problems``; ``masks`` is
+        uint8 ``[n, H, W]`` or None."""
         problems: list[str] = []
         ok = torch.ones(len(items), dtype=torch.bool)
         indices = [item[0] if isinstance(item, tuple) else item for item in items]
@@ -131,7 +137,10 @@ class FileDataset(Dataset):
             with _own_rng():
                 for k, image in read():
                     batch[k] = image
-        return batch, ok, torch.as_tensor(indices, dtype=torch.int64), problems
+        masks = None
+        if self.masks is not None:
+            masks = torch.stack([self.read_mask(self.masks[i], self.size) for i in indices])
+        return batch, ok, torch.as_tensor(indices, dtype=torch.int64), problems, masks
 
     def _one(self, item):
         if self.transform is None:
@@ -209,10 +218,13 @@ class FileSplit:
     skip_bad: bool = False
     say: Callable[[str], None] | None = None
     transform: Callable | None = None  # augment.stream_transform's, run in the workers
+    masks: list[str] | None = None  # segmentation: each file's mask, read with read_mask
+    read_mask: Callable | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self):
-        self.dataset = FileDataset(self.files, self.size, self.channels, self.transform)
+        self.dataset = FileDataset(self.files, self.size, self.channels, self.transform,
+                                   self.masks, self.read_mask)
         self._sampler = _Lists()
         self._loader: DataLoader | None = None
 
@@ -276,7 +288,7 @@ class FileSplit:
         return loader
 
     def _deliver(self, batch) -> tuple[torch.Tensor, Targets]:
-        pixels, ok, rows, problems = batch
+        pixels, ok, rows, problems, masks = batch
         if problems and not self.skip_bad:
             raise CnnbenchError(f"{problems[0]}: fix or delete it, or set skip_bad_images: "
                                 "true to skip such files")
@@ -285,7 +297,11 @@ class FileSplit:
                 self.say(f"warning: skipped {message.removeprefix('cannot read image ')}")
         if problems:
             pixels, rows = pixels[ok], rows[ok]
-        targets = targets_to(index_targets(self.targets, rows), self.device)
+            masks = masks[ok] if masks is not None else None
+        targets = index_targets(self.targets, rows)
+        if masks is not None:  # first, as the in-memory split holds them
+            targets = {"masks": masks, **targets}
+        targets = targets_to(targets, self.device)
         return pixels.to(self.device, non_blocking=True), targets
 
 
@@ -308,11 +324,17 @@ def default_workers() -> int:
 
 
 def file_split(files: Sequence[str], targets: Targets, size: tuple[int, int], channels: int,
-               config: dict, train: bool, say: Callable[[str], None] | None = None) -> FileSplit:
-    """A :class:`FileSplit` with the configuration's workers, prefetch and augmentation."""
+               config: dict, train: bool, say: Callable[[str], None] | None = None,
+               masks: Sequence[str] | None = None,
+               read_mask: Callable | None = None) -> FileSplit:
+    """A :class:`FileSplit` with the configuration's workers, prefetch and augmentation (the
+    per-image transforms are classification's: a split with ``masks`` has none, its dense
+    augmentation runs on the device on image and mask together)."""
     workers = config.get("workers")
     return FileSplit(list(files), targets, tuple(size), channels,
                      workers=default_workers() if workers is None else int(workers),
                      prefetch=int(config.get("prefetch") or 2), persistent=train,
                      skip_bad=bool(config.get("skip_bad_images", False)), say=say,
-                     transform=augment.stream_transform(config, size, train))
+                     transform=None if masks is not None
+                     else augment.stream_transform(config, size, train),
+                     masks=None if masks is None else list(masks), read_mask=read_mask)

@@ -143,14 +143,15 @@ def random_resized_crop(images: torch.Tensor, size: tuple[int, int], scale=(0.08
 BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2  # ColorJitter's adjustments, as v2 numbers them
 
 
-def blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    """v2's ``_blend`` with a ratio per image (``[N, 1, 1, 1]``): ``images * ratio + other *
-    (1 - ratio)`` clamped to [0, 255], back to uint8 (truncated). v2 adds the second term with
-    ``add_(alpha=)``, a fused multiply-add; in double precision its product is exact and the
-    sum rounds as the fused one does, so each image is v2's to the bit."""
-    wide = wide_float(images.device)
-    out = (images.float() * ratio).to(wide) + (1 - ratio).to(wide) * other.to(wide)
-    return out.float().clamp_(0, 255).to(images.dtype)
+def blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """v2's ``_blend`` of a uint8 image with a ratio per image (``[N, 1, 1, 1]``), on the
+    image's values as float32: ``x * ratio + other * (1 - ratio)`` clamped to [0, 255] and
+    truncated (v2 goes back to uint8). v2 adds the second term with ``add_(alpha=)``, a fused
+    multiply-add; in double precision its product is exact and the sum rounds as the fused one
+    does, so each image is v2's to the bit."""
+    wide = wide_float(x.device)
+    out = (x * ratio).to(wide).addcmul_(other.to(wide), (1 - ratio).to(wide))
+    return out.float().clamp_(0, 255).trunc_()
 
 
 def jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -162,17 +163,17 @@ def jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> 
     from torchvision.transforms.v2.functional import rgb_to_grayscale_image
 
     n, channels = images.shape[:2]
-    x = images
+    x = images.float()  # whole numbers throughout, as v2's uint8 between its steps
     for step in range(order.shape[1]):
         op = order[:, step].view(n, 1, 1, 1)
         ratio = factors.gather(1, order[:, step:step + 1]).view(n, 1, 1, 1)
-        grey = (rgb_to_grayscale_image(x) if channels == 3 else x).float()  # v2: floored
+        grey = rgb_to_grayscale_image(x).floor_() if channels == 3 else x  # v2's, of uint8
         mean = grey.mean(dim=(1, 2, 3), keepdim=True)
-        other = torch.where(op == BRIGHTNESS, 0.0, torch.where(op == CONTRAST, mean, grey))
+        other = torch.where(op == SATURATION, grey, torch.where(op == CONTRAST, mean, 0.0))
         if channels == 1:  # v2 leaves a grey image's saturation alone
             ratio = torch.where(op == SATURATION, 1.0, ratio)
         x = blend(x, other, ratio)
-    return x
+    return x.to(images.dtype)
 
 
 def color_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The memory path's training augmentation (``rrc_scale: [0.08, 1]``, ``hflip``, ``color_jitter:
 0.4``) on a uint8 batch already on the device, two ways, timed in one process, interleaved over
-``--rounds`` rounds (``torch.utils.benchmark``; the median round of each counts):
+``--rounds`` rounds (``torch.utils.benchmark``; the best round of each counts, and the median):
 
 * ``batched``: ``augment.OnDevice`` (``transforms.random_resized_crop`` + ``color_jitter``, each
   image its own draws), then to float and the batched flip, as ``Classification.prepare`` runs;
@@ -29,6 +29,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as VF
 
@@ -53,6 +55,25 @@ def paths(size: int, policy: str, compile: bool) -> dict:
     if compile:  # as the trainer's ``compile:`` takes prepare (inductor fuses the passes)
         found["compiled"] = torch.compile(run_batched)
     return found
+
+
+class Operators(TorchDispatchMode):
+    """Counts the ATen operators run (views aside): on tensors of 3 or more dimensions (the
+    images: each a kernel launch on a GPU) and on the rest (parameter draws; v2 draws on the
+    CPU, ``OnDevice`` on the images' device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.on_images = self.other = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            if any(t.dim() >= 3 for t in tensors):
+                self.on_images += 1
+            else:
+                self.other += 1
+        return func(*args, **(kwargs or {}))
 
 
 def crop_differences(device) -> dict:
@@ -105,11 +126,17 @@ def main() -> None:
                                     num_threads=args.threads)
             seconds[name].append(timer.timeit(1).median)
     print(f"batch {args.batch} at {args.size} px, {args.device}, {args.threads} threads, "
-          f"auto_augment {args.auto_augment}, median of {args.rounds} interleaved rounds:")
-    rate = {name: args.batch / statistics.median(s) for name, s in seconds.items()}
+          f"auto_augment {args.auto_augment}, best of {args.rounds} interleaved rounds "
+          "(median in brackets):")
+    rate = {name: args.batch / min(s) for name, s in seconds.items()}
     for name, s in seconds.items():
-        print(f"  {name:10s} {rate[name]:9.0f} images/s  (rounds: "
-              + ", ".join(f"{args.batch / x:.0f}" for x in s) + ")")
+        print(f"  {name:10s} {rate[name]:9.0f} images/s ({args.batch / statistics.median(s):.0f})"
+              "  rounds: " + ", ".join(f"{args.batch / x:.0f}" for x in s))
+    for name in ("batched", "per image"):
+        with Operators() as ops:
+            fns[name](images)
+        print(f"  {name:10s} operators per batch: {ops.on_images} on the images, "
+              f"{ops.other} others")
     for name in rate:
         if name != "per image":
             print(f"  {name} / per image: {rate[name] / rate['per image']:.2f}x")

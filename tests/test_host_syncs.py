@@ -40,6 +40,8 @@ def test_the_detector_sees_what_syncs_and_only_that():
 STEP_CASES = {"lenet": ({}, {"hflip": True, "crop_padding": 2, "random_erasing": 0.5,
                              "label_smoothing": 0.1, "grad_clip": 1.0}),
               "lenet mixup cutmix": ({}, {"mixup": 0.2, "cutmix": 1.0, "label_smoothing": 0.1}),
+              "lenet crop jitter": ({}, {"rrc_scale": [0.08, 1.0], "color_jitter": 0.4,
+                                         "hflip": True}),
               **{k: (args, extra) for k, (args, extra, _) in CASES.items()}}  # model [what]
 
 

@@ -12,17 +12,21 @@ The keys (classification options) name torchvision's and timm's transforms:
   centre ``size`` crop (timm's name; unset: the image is fitted whole).
 
 ``random_erasing``, ``crop_padding`` and MixUp/CutMix stay batched on the device
-(``transforms.py``) in either data mode, and so does ``hflip`` in memory. The transforms here take one uint8 ``[C, H, W]``
-image each: with ``data_mode: stream`` they run in the DataLoader workers on the decoded file
-at its own size (``stream.py``, each image seeded from the run's seed, the epoch and its
-place in it); with the data in memory they run on the device, image by image (each draws its
-own crop) on the batch the trainer took (``apply``).
+(``transforms.py``) in either data mode, and so does ``hflip`` in memory. With ``data_mode:
+stream`` the v2 transforms here run in the DataLoader workers on each decoded file at its own
+size, one uint8 ``[C, H, W]`` image at a time (``stream.py``, each image seeded from the run's
+seed, the epoch and its place in it). With the data in memory they run on the device on the
+batch the trainer took (``OnDevice``): the crop and the colour jitter batched, every image
+drawing its own parameters (``transforms.random_resized_crop``, ``transforms.color_jitter``,
+each image as v2 would make it from the same draws); the auto-augment policies image by image
+(v2's, one op per image out of 14 with its own magnitude: no batched form in torchvision).
 """
 
 from __future__ import annotations
 
 import torch
 
+from cnnbench.data import transforms as T
 from cnnbench.errors import CnnbenchError
 from cnnbench.keys import Key
 
@@ -49,9 +53,23 @@ def _pair(config: dict, key: str) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
-def _random_steps(config: dict, size: tuple[int, int]) -> list:
+def _policy(config: dict):
+    """The v2 auto-augment policy ``auto_augment`` names (None for ``none``)."""
     policy = config.get("auto_augment") or "none"
-    if config.get("rrc_scale") is None and not config.get("color_jitter") and policy == "none":
+    if policy == "none":
+        return None
+    from torchvision.transforms import v2
+
+    if policy == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if policy == "randaugment":
+        return v2.RandAugment(num_ops=2, magnitude=9)
+    return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+
+
+def _random_steps(config: dict, size: tuple[int, int]) -> list:
+    policy = _policy(config)
+    if config.get("rrc_scale") is None and not config.get("color_jitter") and policy is None:
         return []  # without importing torchvision (a Fashion-MNIST run does not need it)
     from torchvision.transforms import v2
 
@@ -62,18 +80,14 @@ def _random_steps(config: dict, size: tuple[int, int]) -> list:
     jitter = float(config.get("color_jitter") or 0.0)
     if jitter:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    if policy == "trivialaugment":
-        steps.append(v2.TrivialAugmentWide())
-    elif policy == "randaugment":
-        steps.append(v2.RandAugment(num_ops=2, magnitude=9))
-    elif policy == "autoaugment":
-        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
+    if policy is not None:
+        steps.append(policy)
     return steps
 
 
 def train_transform(config: dict, size: tuple[int, int]):
-    """The per-image random training transform on images already at ``size`` (None when no
-    key asks for one)."""
+    """v2's per-image random training transform to ``size`` (None when no key asks for one): what
+    a stream's workers run after the fit, and the reference ``OnDevice`` is tested against."""
     steps = _random_steps(config, size)
     if not steps:
         return None
@@ -112,12 +126,31 @@ def stream_transform(config: dict, size: tuple[int, int], train: bool):
     return v2.Compose(steps)
 
 
-def apply(transform, images: torch.Tensor, each: bool) -> torch.Tensor:
-    """``transform`` on a uint8 batch: image by image (``each``: a random transform draws for
-    every image) or once for the batch (a deterministic one); the output size is the
-    transform's."""
-    if transform is None:
+class OnDevice:
+    """The training transform of a uint8 batch on the device (data in memory): each image its
+    own random crop to ``size`` and its own colour jitter, batched (one sequence of kernels
+    for the batch, no per-image loop, nothing read on the host), then the auto-augment policy
+    image by image."""
+
+    def __init__(self, size: tuple[int, int], scale=None, ratio=(3 / 4, 4 / 3),
+                 jitter: float = 0.0, policy=None):
+        self.size, self.scale, self.ratio = tuple(size), scale, ratio
+        self.jitter, self.policy = jitter, policy
+
+    @classmethod
+    def from_config(cls, config: dict, size: tuple[int, int]) -> OnDevice | None:
+        """The one ``config``'s keys ask for (None when none does)."""
+        scale = None if config.get("rrc_scale") is None else _pair(config, "rrc_scale")
+        jitter, policy = float(config.get("color_jitter") or 0.0), _policy(config)
+        if scale is None and not jitter and policy is None:
+            return None
+        return cls(size, scale, _pair(config, "rrc_ratio"), jitter, policy)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            images, _ = T.random_resized_crop(images, self.size, self.scale, self.ratio)
+        if self.jitter:
+            images = T.color_jitter(images, self.jitter)
+        if self.policy is not None:
+            images = torch.stack([self.policy(image) for image in images])
         return images
-    if not each:
-        return transform(images)
-    return torch.stack([transform(image) for image in images])

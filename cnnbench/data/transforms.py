@@ -72,6 +72,121 @@ def random_hflip(x: torch.Tensor, p: float = 0.5) -> tuple[torch.Tensor, torch.T
     return torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x), flipped
 
 
+def wide_float(device) -> torch.dtype:
+    """float64 where the device has it (MPS has not): for arithmetic that must round as
+    torchvision's Python floats and fused multiply-adds do."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+               device="cpu", tries: int = 10) -> tuple[torch.Tensor, ...]:
+    """``(top, left, h, w)`` of ``n`` crops of an ``height`` x ``width`` image, drawn as
+    ``v2.RandomResizedCrop`` draws one: area fraction uniform in ``scale``, log aspect ratio
+    uniform in ``log(ratio)``, the first of ``tries`` draws that fits, else the centre crop of
+    the largest box within ``ratio``. All tries are drawn at once; nothing is read on the host."""
+    wide = wide_float(device)
+    fraction = torch.empty(n, tries, device=device).uniform_(*scale)
+    aspect = torch.empty(n, tries, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1])).exp()
+    target = fraction.to(wide) * (height * width)
+    w = (target * aspect).sqrt().round()  # v2: int(round(math.sqrt(...))) in double precision
+    h = (target / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits (0 when none does)
+    w, h = w.gather(1, first).squeeze(1).long(), h.gather(1, first).squeeze(1).long()
+    # v2's fallback: the whole image, or its centre within the nearest ratio bound
+    fall_w, fall_h = width, height
+    if width / height < min(ratio):
+        fall_h = int(round(width / min(ratio)))
+    elif width / height > max(ratio):
+        fall_w = int(round(height * max(ratio)))
+    found = fits.any(dim=1)
+    h, w = torch.where(found, h, fall_h), torch.where(found, w, fall_w)
+    u = torch.rand(2, n, device=device, dtype=wide)  # uniform offsets, as v2's randint
+    top = torch.where(found, (u[0] * (height - h + 1)).floor().long(), (height - fall_h) // 2)
+    left = torch.where(found, (u[1] * (width - w + 1)).floor().long(), (width - fall_w) // 2)
+    return top, left, h, w
+
+
+def resized_crop(images: torch.Tensor, boxes: tuple[torch.Tensor, ...],
+                 size: tuple[int, int]) -> torch.Tensor:
+    """Crop ``boxes`` (``top, left, h, w``, one per image) from a uint8 batch and resize each
+    to ``size``, bilinear, in one ``grid_sample``: image ``i`` as ``v2.functional.resized_crop``
+    makes it on the GPU (``F.interpolate`` with ``align_corners=False``, rounded), the sample
+    points clamped to the crop as resizing the cropped image clamps them. No antialiasing: a
+    crop larger than ``size`` is sampled, not filtered (see README, augmentation)."""
+    n, _, height, width = images.shape
+
+    def points(start, length, steps, extent):  # -> [N, steps], normalised for grid_sample
+        step = length.float().unsqueeze(1) / steps
+        src = (torch.arange(steps, device=images.device) + 0.5) * step - 0.5
+        src = torch.minimum(src.clamp(min=0), (length - 1).unsqueeze(1).float())
+        return (2 * (start.unsqueeze(1) + src) + 1) / extent - 1
+
+    top, left, h, w = boxes
+    ys, xs = points(top, h, size[0], height), points(left, w, size[1], width)
+    grid = torch.stack(torch.broadcast_tensors(xs.unsqueeze(1), ys.unsqueeze(2)), dim=-1)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.round_().to(images.dtype)
+
+
+def random_resized_crop(images: torch.Tensor, size: tuple[int, int], scale=(0.08, 1.0),
+                        ratio=(3 / 4, 4 / 3)) -> tuple[torch.Tensor, tuple]:
+    """``v2.RandomResizedCrop(size, scale, ratio)`` for a uint8 batch, each image its own crop;
+    returns the images and the boxes ``(top, left, h, w)``."""
+    n, _, height, width = images.shape
+    boxes = crop_boxes(n, height, width, scale, ratio, images.device)
+    return resized_crop(images, boxes, size), boxes
+
+
+BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2  # ColorJitter's adjustments, as v2 numbers them
+
+
+def blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """v2's ``_blend`` of a uint8 image with a ratio per image (``[N, 1, 1, 1]``), on the
+    image's values as float32: ``x * ratio + other * (1 - ratio)`` clamped to [0, 255] and
+    truncated (v2 goes back to uint8). v2 adds the second term with ``add_(alpha=)``, a fused
+    multiply-add; in double precision its product is exact and the sum rounds as the fused one
+    does, so each image is v2's to the bit."""
+    wide = wide_float(x.device)
+    out = (x * ratio).to(wide).addcmul_(other.to(wide), (1 - ratio).to(wide))
+    return out.float().clamp_(0, 255).trunc_()
+
+
+def jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation of a uint8 batch, image ``i`` adjusted by
+    ``factors[i]`` (``[N, 3]``, in the order BRIGHTNESS, CONTRAST, SATURATION) in the order
+    ``order[i]`` (a permutation of 0, 1, 2): each image as v2's ``adjust_brightness``,
+    ``adjust_contrast`` and ``adjust_saturation`` make it. All three blend the image with
+    something: black, its grey mean, its grey image; each step picks that per image."""
+    from torchvision.transforms.v2.functional import rgb_to_grayscale_image
+
+    n, channels = images.shape[:2]
+    x = images.float()  # whole numbers throughout, as v2's uint8 between its steps
+    for step in range(order.shape[1]):
+        op = order[:, step].view(n, 1, 1, 1)
+        ratio = factors.gather(1, order[:, step:step + 1]).view(n, 1, 1, 1)
+        grey = rgb_to_grayscale_image(x).floor_() if channels == 3 else x  # v2's, of uint8
+        mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+        other = torch.where(op == SATURATION, grey, torch.where(op == CONTRAST, mean, 0.0))
+        if channels == 1:  # v2 leaves a grey image's saturation alone
+            ratio = torch.where(op == SATURATION, 1.0, ratio)
+        x = blend(x, other, ratio)
+    return x.to(images.dtype)
+
+
+def color_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
+    """``v2.ColorJitter(brightness=s, contrast=s, saturation=s)`` for a uint8 batch: each image
+    draws its three factors from [max(0, 1 - s), 1 + s] and its own order of the three, as v2
+    draws them per call."""
+    n = images.shape[0]
+    factors = torch.empty(n, 3, device=images.device).uniform_(max(0.0, 1 - strength),
+                                                              1 + strength)
+    order = torch.rand(n, 3, device=images.device).argsort(dim=1)  # a uniform permutation
+    return jitter(images, factors, order)
+
+
 def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.3),
                    value: float = 0.0) -> torch.Tensor:
     """Random erasing (Zhong et al. 2017) for a batch: each image, with probability ``p``, gets

@@ -57,17 +57,18 @@ class Classification(Task):
 
     def __init__(self, config: dict, context: Context):
         super().__init__(config, context)
-        # ``augment``'s per-image transforms at the input size: {train: random, eval: crop};
-        # made here, not on the first batch, so that a compiled step traces no lazy attribute
-        # (a cached_property's lock is a graph break).
+        # ``augment``'s transforms of a batch in memory, at the input size: {train: random, on
+        # the device; eval: crop}; made here, not on the first batch, so that a compiled step
+        # traces no lazy attribute (a cached_property's lock is a graph break).
         size = tuple((config.get("input_size") or (0, 0, 0))[-2:])
-        self.transforms = {True: augment.train_transform(config, size),
+        self.transforms = {True: augment.OnDevice.from_config(config, size),
                            False: augment.eval_transform(config, size)}
 
     def prepare(self, images, targets, train: bool):
         c = self.config
-        if not self.streamed:  # a stream's workers ran these on the whole files
-            images = augment.apply(self.transforms[train], images, each=train)
+        transform = self.transforms[train]
+        if transform is not None and not self.streamed:  # a stream's workers ran these
+            images = transform(images)
         x = T.to_float(images)
         if train:
             if c["crop_padding"]:

@@ -43,6 +43,7 @@ CONFIG = {"rrc_scale": [0.08, 1.0], "rrc_ratio": [3 / 4, 4 / 3], "color_jitter":
 def paths(size: int, policy: str, compile: bool) -> dict:
     config = {**CONFIG, "auto_augment": policy}
     batched = augment.OnDevice.from_config(config, (size, size))
+    batched.each = None  # the batched path at every size (the trainer's CPU goes per image above 64 px)
     each = augment.train_transform(config, (size, size))
 
     def run_batched(images):

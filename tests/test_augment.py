@@ -136,6 +136,26 @@ def test_the_device_transform_draws_for_every_image_and_repeats_with_the_seed():
     assert augment.OnDevice.from_config({"rrc_ratio": [0.75, 4 / 3]}, (24, 24)) is None
 
 
+def test_on_the_cpu_large_images_go_through_v2_image_by_image_small_ones_batched():
+    """The CPU's faster way for each size (benchmarks/augment_batched.py): the same draws as
+    v2 per image above ``CPU_BATCHED_UP_TO`` pixels, the batched kernels at or below it."""
+    config = {"rrc_scale": [0.08, 1.0], "rrc_ratio": [0.75, 4 / 3], "color_jitter": 0.4}
+    for side, batched in ((64, True), (72, False)):
+        transform = augment.OnDevice.from_config(config, (side, side))
+        images = smooth_images(6, 3, side, side)
+        assert transform.batched(images) is batched
+        torch.manual_seed(3)
+        got = transform(images)
+        torch.manual_seed(3)
+        if batched:
+            want = T.color_jitter(T.random_resized_crop(images, (side, side), (0.08, 1.0),
+                                                        (0.75, 4 / 3))[0], 0.4)
+        else:
+            each = augment.train_transform(config, (side, side))
+            want = torch.stack([each(image) for image in images])
+        assert got.shape == (6, 3, side, side) and torch.equal(got, want), side
+
+
 def test_a_memory_run_with_crop_and_jitter_resumes_bitwise(tmp_path, fmnist_dir, keep_threads):
     """Fashion-MNIST in memory, RandomResizedCrop + ColorJitter + flip: stopped mid-epoch and
     resumed, the weights of the run that went straight through (the device's generator is in

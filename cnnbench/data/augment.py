@@ -126,16 +126,23 @@ def stream_transform(config: dict, size: tuple[int, int], train: bool):
     return v2.Compose(steps)
 
 
+# On the CPU, batching pays while the per-image overhead dominates (5.2x at 32 px, 1.15x at
+# 64 px on one thread); above, v2's per-image uint8 kernels, working in cache, beat the batch's
+# full-size float passes (0.42x at 112 px, 0.28x at 224 px: benchmarks/augment_batched.py).
+CPU_BATCHED_UP_TO = 64 * 64  # pixels per image
+
+
 class OnDevice:
-    """The training transform of a uint8 batch on the device (data in memory): each image its
-    own random crop to ``size`` and its own colour jitter, batched (one sequence of kernels
-    for the batch, no per-image loop, nothing read on the host), then the auto-augment policy
-    image by image."""
+    """The training transform of a uint8 batch in memory: each image its own random crop to
+    ``size`` and its own colour jitter, batched on the device (one sequence of kernels for the
+    batch, no per-image loop, nothing read on the host), then the auto-augment policy image by
+    image. On the CPU, images larger than ``CPU_BATCHED_UP_TO`` pixels go through v2 image by
+    image (``each``), which is faster there."""
 
     def __init__(self, size: tuple[int, int], scale=None, ratio=(3 / 4, 4 / 3),
-                 jitter: float = 0.0, policy=None):
+                 jitter: float = 0.0, policy=None, each=None):
         self.size, self.scale, self.ratio = tuple(size), scale, ratio
-        self.jitter, self.policy = jitter, policy
+        self.jitter, self.policy, self.each = jitter, policy, each
 
     @classmethod
     def from_config(cls, config: dict, size: tuple[int, int]) -> OnDevice | None:
@@ -144,9 +151,17 @@ class OnDevice:
         jitter, policy = float(config.get("color_jitter") or 0.0), _policy(config)
         if scale is None and not jitter and policy is None:
             return None
-        return cls(size, scale, _pair(config, "rrc_ratio"), jitter, policy)
+        return cls(size, scale, _pair(config, "rrc_ratio"), jitter, policy,
+                   each=train_transform(config, size))
+
+    def batched(self, images: torch.Tensor) -> bool:
+        """Whether a batch like ``images`` goes the batched way."""
+        return (self.each is None or images.device.type != "cpu"
+                or images.shape[-2] * images.shape[-1] <= CPU_BATCHED_UP_TO)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.batched(images):
+            return torch.stack([self.each(image) for image in images])
         if self.scale is not None:
             images, _ = T.random_resized_crop(images, self.size, self.scale, self.ratio)
         if self.jitter:

@@ -6,7 +6,8 @@ Run: ``python benchmarks/search_vs_grid.py [--limit 8000] [--epochs 4] [--pruner
 The grid: lr 1e-3, 3e-3, 1e-2, 3e-2 times weight_decay 0, 1e-4, 1e-3, 1e-2 (16 runs, seed 0).
 The search: ``--search tpe --trials 16 --space lr=log:1e-3..3e-2 --space
 weight_decay=0,1e-4,1e-3,1e-2`` (the same ranges; Optuna's TPE sampler; ``--pruner median``:
-MedianPruner with 4 trials run whole first, ``halving``: SuccessiveHalvingPruner), seed 0. Both are the whole ``cnnbench sweep`` command, each run on one
+MedianPruner with 4 trials run whole first, ``halving``: SuccessiveHalvingPruner, ``hyperband``,
+with Optuna's options as ``halving:min_resource=1``), seed 0. Both are the whole ``cnnbench sweep`` command, each run on one
 thread, ``--limit`` images per split. The target: TPE's best trial (by validation accuracy)
 within 0.005 of the best test accuracy of the grid, training at most 60 % of the grid's epochs.
 Prints one JSON object; the folders stay under ``--dir`` (the same command continues them).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -38,13 +40,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=8000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--dir", default="runs/bench-search")
-    parser.add_argument("--pruner", default="median", help="median, halving or none")
+    parser.add_argument("--pruner", default="median", help=(
+        "as `cnnbench sweep --pruner`: median, halving, hyperband or none, with options "
+        "NAME:KEY=VALUE,... (e.g. halving:min_resource=1)"))
     args = parser.parse_args()
     grid, grid_s = sweep(args, "--grid", "lr=1e-3,3e-3,1e-2,3e-2",
                          "--grid", "weight_decay=0,1e-4,1e-3,1e-2", "--dir", f"{args.dir}/grid")
     tpe, tpe_s = sweep(args, "--search", "tpe", "--trials", "16",
                        "--space", "lr=log:1e-3..3e-2", "--space", "weight_decay=0,1e-4,1e-3,1e-2",
-                       "--pruner", args.pruner, "--dir", f"{args.dir}/tpe-{args.pruner}")
+                       "--pruner", args.pruner,
+                       "--dir", f"{args.dir}/tpe-{re.sub(r'[^A-Za-z0-9_.=-]+', '-', args.pruner)}")
     grid_tests = [r["test"]["mean"] for r in grid["rows"]]
     grid_pick = next(r for r in grid["rows"] if r["best"])
     best = next(r for r in tpe["rows"] if r["trial"] == tpe["best"])

@@ -176,6 +176,13 @@ def train(
         "With --nnodes: HOST:PORT of the rendezvous, on node 0 (e.g. node0:29400).")),
     rdzv_timeout: float = typer.Option(120.0, "--rdzv-timeout", help=(
         "With --nnodes: seconds to wait for the rendezvous and the other nodes.")),
+    launcher: str = typer.Option("local", "--launcher", help=(
+        "Where it trains: local (this machine) or slurm (one Slurm job through submitit, "
+        "on --nnodes nodes, --nproc processes each; Slurm gives each node its rank and the "
+        "rendezvous; followed until it ends).")),
+    slurm: Optional[str] = typer.Option(None, "--slurm", help=(
+        "With --launcher slurm: submitit's SlurmExecutor parameters, "
+        "e.g. partition=gpu,gpus_per_node=4,time=60 (minutes).")),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe (after "
                                  "the device profile and the options; JSON with --json), "
                                  "then exit without loading data or training."),
@@ -205,6 +212,9 @@ def train(
 
     * `cnnbench train --keys`, `cnnbench train unet --keys`  (every key --set accepts)
 
+    * `cnnbench train resnet18 --device cuda --launcher slurm --nnodes 2 --nproc 4 --slurm
+      partition=gpu,gpus_per_node=4,time=60`  (one training over two Slurm nodes)
+
     Watch a run with `tensorboard --logdir runs`; list runs with `cnnbench runs`.
     """
     from cnnbench import render
@@ -222,8 +232,20 @@ def train(
         render.print_json(rows) if as_json else render.keys_table(rows)
         return
     trainer.check_request(model, config, run_dir, resume, dry_run)
+    if launcher == "slurm" and (node_rank is not None or rdzv):
+        raise CnnbenchError("--launcher slurm gives each node its rank and the rendezvous: "
+                            "leave out --node-rank and --rdzv")
     if (node_rank is not None or rdzv) and nnodes is None:
         raise CnnbenchError("--node-rank and --rdzv go with --nnodes N")
+    if (launcher != "local" or slurm) and not dry_run:
+        from cnnbench.launchers import get_launcher
+
+        where = get_launcher(launcher, 1, slurm, nnodes=1 if nnodes is None else nnodes)
+        result = trainer.submit_train(where, 1 if nproc is None else nproc, sys.argv[1:],
+                                      model, config, overrides, run_dir=run_dir,
+                                      resume=resume, say=render.err.print)
+        render.print_json(result) if as_json else render.TrainReporter(quiet=True).finish(result)
+        return
     if (nproc is not None or nnodes is not None) and not dry_run:
         from cnnbench.training.distributed import Nodes
 
@@ -406,7 +428,9 @@ def sweep(
         "give more to extend the study).")),
     pruner: str = typer.Option("median", "--pruner", help=(
         "With --search: median (Optuna's MedianPruner on each epoch's validation value; "
-        "4 trials run whole first), halving (its SuccessiveHalvingPruner) or none.")),
+        "4 trials run whole first), halving (SuccessiveHalvingPruner), hyperband "
+        "(HyperbandPruner) or none; NAME:KEY=VALUE,... sets the pruner's options by Optuna's "
+        "names, e.g. halving:min_resource=1,reduction_factor=3.")),
     storage: Optional[str] = typer.Option(None, "--storage", help=(
         "With --search: the Optuna storage (default: the journal file DIR/optuna.journal), "
         "e.g. sqlite:///study.db, postgresql://..., or journal:PATH on a shared file system.")),

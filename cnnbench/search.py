@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import optuna
 import yaml
@@ -51,18 +52,52 @@ def _samplers():
             "random": lambda seed: optuna.samplers.RandomSampler(seed=seed)}
 
 
-def _pruners():
-    # Four trials run whole before any is pruned; then a trial whose epoch is worse than the
-    # median of the earlier trials' same epoch stops (Optuna's MedianPruner).
-    # Successive halving (Optuna's SuccessiveHalvingPruner): a trial goes on past epochs 1,
-    # 3, 9, ... only while it is in the best third of the trials that reached that epoch.
-    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4),
-            "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-            "none": lambda: optuna.pruners.NopPruner()}
+class PrunerInfo(NamedTuple):
+    make: Callable  # Optuna's pruner class (or a factory taking its keyword arguments)
+    defaults: dict  # our defaults, which KEY=VALUE options override
+    description: str
+
+
+def _pruners() -> dict[str, PrunerInfo]:
+    P = optuna.pruners
+    return {
+        "median": PrunerInfo(P.MedianPruner, {"n_startup_trials": 4},
+                             "Optuna's MedianPruner: after n_startup_trials (4) whole trials, a "
+                             "trial worse than the median of the earlier ones at the same epoch "
+                             "stops there"),
+        "halving": PrunerInfo(P.SuccessiveHalvingPruner, {},
+                              "SuccessiveHalvingPruner: a trial goes past epoch min_resource x "
+                              "reduction_factor^k only while in the best 1/reduction_factor "
+                              "(default 4) of the trials that reached it"),
+        "hyperband": PrunerInfo(P.HyperbandPruner, {},
+                                "HyperbandPruner: successive halving in several brackets, "
+                                "from min_resource (1) to max_resource epochs"),
+        "none": PrunerInfo(P.NopPruner, {}, "every trial runs all its epochs"),
+    }
 
 
 SEARCHES = ("tpe", "random")
-PRUNERS = ("median", "halving", "none")
+PRUNERS = ("median", "halving", "hyperband", "none")
+PRUNER_EXAMPLE = "halving:min_resource=1,reduction_factor=3"
+
+
+def make_pruner(text: str):
+    """``--pruner NAME[:KEY=VALUE,...]``: the pruner, its options named as Optuna's constructor
+    names them (``median:n_startup_trials=2,n_warmup_steps=1``,
+    ``halving:min_resource=1,reduction_factor=3``); an unknown name or option is one line."""
+    name, _, rest = str(text).partition(":")
+    if name not in PRUNERS:
+        raise CnnbenchError(f"unknown --pruner {name!r}: use {', '.join(PRUNERS)}"
+                            f"{did_you_mean(name, PRUNERS)}")
+    items = [part for part in rest.split(",") if part.strip()]
+    options = parse_assignments(items, "--pruner", PRUNER_EXAMPLE)
+    info = _pruners()[name]
+    try:
+        return info.make(**{**info.defaults, **options})
+    except (TypeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise CnnbenchError(f"bad --pruner {text!r}: {reason[:200]} (e.g. --pruner "
+                            f"{PRUNER_EXAMPLE})") from None
 
 
 # --- the space ---
@@ -143,9 +178,7 @@ def make_plan(s: dict, space: dict, search: str, trials: int, pruner: str = "med
     if search not in SEARCHES:
         raise CnnbenchError(f"unknown --search {search!r}: use grid, "
                             f"{', '.join(SEARCHES)}{did_you_mean(search, SEARCHES)}")
-    if pruner not in PRUNERS:
-        raise CnnbenchError(f"unknown --pruner {pruner!r}: use {', '.join(PRUNERS)}"
-                            f"{did_you_mean(pruner, PRUNERS)}")
+    make_pruner(pruner)
     if not s["model"]:
         raise CnnbenchError("no model: give MODEL or a sweep file with a `model:` key")
     if not space:
@@ -221,7 +254,7 @@ def load_study(plan: dict, folder: Path, storage=None, worker: int = 0):
     storage = storage or open_storage(storage_url(plan, folder))
     name = study_name(plan, folder)
     study = optuna.create_study(storage=storage, study_name=name, direction=plan["direction"],
-                                pruner=_pruners()[plan["pruner"]](), load_if_exists=True)
+                                pruner=make_pruner(plan["pruner"]), load_if_exists=True)
     held = len(study.get_trials(deepcopy=False))
     seed = int(np.random.SeedSequence([plan["seeds"][0], held, worker]).generate_state(1)[0])
     study.sampler = _samplers()[plan["search"]](seed)
@@ -283,7 +316,9 @@ def _pruning_callback(trial, monitor: str, already: set[int]):
                 return
             if row["epoch"] not in already:  # a resumed trial reported its first epochs
                 trial.report(value, row["epoch"])
-            if trial.should_prune():
+            # After the last epoch there is nothing left to save: the trial is complete (and
+            # tested), not pruned with its whole cost spent.
+            if row["epoch"] < trainer.config["epochs"] and trial.should_prune():
                 self.pruned = True
                 raise CancelFitException
 

@@ -33,7 +33,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from cnnbench import train
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import SWEEP_PLAN, RunLayout, guarded, write_yaml
 from cnnbench.keys import parse_assignments, parse_value
-from cnnbench.launchers import Job
+from cnnbench.launchers import Job, Stop
 from cnnbench.runs import list_runs
 from cnnbench.training.runs import (claim_run_dir, lock_holder, lock_run,
                                     release_run, resolve_mode)
@@ -293,32 +292,6 @@ def run_state(folder: Path) -> str:
     if RunLayout(folder).results.is_file():
         return "finished"
     return "resume" if RunLayout(folder).last.is_file() else "start"
-
-
-class Stop:
-    """Ctrl-C/SIGTERM between the runs of a sweep (the trainer handles them during a run):
-    the first stops the sweep at the next point where it can stop cleanly, a second at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.previous: dict = {}
-        self.forward = lambda signum: None  # --parallel: pass the signal to the runs
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self.request)
-                             for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def request(self, signum: int, frame=None) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        self.forward(signum)
 
 
 def _stop_callback(stop: Stop):

@@ -21,6 +21,7 @@ this machine for the tests.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -132,16 +133,15 @@ class SlurmLauncher(Launcher):
             status, value = submitit.core.utils.pickle_load(result)
             if status == "success":
                 return "finished"
-            text = str(value)
-            if "Interrupted" in text:
-                return "stopped, resumable: " + (last_line(task.paths.stderr) or "a signal")
-            return "failed: " + (last_line_of(text).removeprefix(ERROR_PREFIX)
-                                 or last_line(task.paths.stderr))
+            said = QUALIFIED.sub("", last_line_of(value))  # as the traceback ends
+            if "Interrupted" in str(value):
+                return "stopped, resumable: " + (said or "a signal")
+            return "failed: " + (said or last_line(task.paths.stderr))
         return "ended without a result: " + (last_line(task.paths.stderr)
                                              or "cancelled or killed")
 
 
-ERROR_PREFIX = f"{CnnbenchError.__module__}.{CnnbenchError.__name__}: "  # as a traceback ends
+QUALIFIED = re.compile(r"^(?:\w+\.)+\w+: ")  # a traceback's "package.module.Error: "
 
 
 @dataclass

@@ -419,7 +419,8 @@ def sweep(
         "Continue the sweep in this folder, as its sweep.yaml says.")),
     search: str = typer.Option("grid", "--search", help=(
         "grid (every setting of --grid), or an Optuna search over --space: tpe (Bayesian, "
-        "Optuna's TPESampler) or random.")),
+        "Optuna's TPESampler) or random; NAME:KEY=VALUE,... sets the sampler's options by "
+        "Optuna's names, e.g. tpe:n_startup_trials=4.")),
     space: Optional[List[str]] = typer.Option(None, "--space", help=(
         "With --search: KEY=LOW..HIGH, KEY=log:LOW..HIGH, KEY=int:LOW..HIGH or "
         "KEY=V1,V2,... (repeatable), e.g. lr=log:1e-4..1e-1.")),

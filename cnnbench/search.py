@@ -47,57 +47,70 @@ JOURNAL = "optuna.journal"
 PICTURES = {"history": "optimization_history.png", "importance": "param_importances.png"}
 
 
-def _samplers():
-    return {"tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-            "random": lambda seed: optuna.samplers.RandomSampler(seed=seed)}
+class OptunaInfo(NamedTuple):
+    """A sampler or pruner by name: Optuna's class and our defaults, which ``NAME:KEY=VALUE,...``
+    overrides by the class's own keyword names."""
+    make: Callable
+    defaults: dict
 
 
-class PrunerInfo(NamedTuple):
-    make: Callable  # Optuna's pruner class (or a factory taking its keyword arguments)
-    defaults: dict  # our defaults, which KEY=VALUE options override
-    description: str
+def _samplers() -> dict[str, OptunaInfo]:
+    # TPE (Bayesian) draws its first n_startup_trials (Optuna's default: 10) at random.
+    return {"tpe": OptunaInfo(optuna.samplers.TPESampler, {}),
+            "random": OptunaInfo(optuna.samplers.RandomSampler, {})}
 
 
-def _pruners() -> dict[str, PrunerInfo]:
+def _pruners() -> dict[str, OptunaInfo]:
+    # median: after n_startup_trials whole trials, a trial worse than the median of the earlier
+    # ones at the same epoch stops there. halving (successive halving): a trial goes past epoch
+    # min_resource x reduction_factor^k only while in the best 1/reduction_factor (4) of the
+    # trials that reached it. hyperband: successive halving in several brackets.
     P = optuna.pruners
-    return {
-        "median": PrunerInfo(P.MedianPruner, {"n_startup_trials": 4},
-                             "Optuna's MedianPruner: after n_startup_trials (4) whole trials, a "
-                             "trial worse than the median of the earlier ones at the same epoch "
-                             "stops there"),
-        "halving": PrunerInfo(P.SuccessiveHalvingPruner, {},
-                              "SuccessiveHalvingPruner: a trial goes past epoch min_resource x "
-                              "reduction_factor^k only while in the best 1/reduction_factor "
-                              "(default 4) of the trials that reached it"),
-        "hyperband": PrunerInfo(P.HyperbandPruner, {},
-                                "HyperbandPruner: successive halving in several brackets, "
-                                "from min_resource (1) to max_resource epochs"),
-        "none": PrunerInfo(P.NopPruner, {}, "every trial runs all its epochs"),
-    }
+    return {"median": OptunaInfo(P.MedianPruner, {"n_startup_trials": 4}),
+            "halving": OptunaInfo(P.SuccessiveHalvingPruner, {}),
+            "hyperband": OptunaInfo(P.HyperbandPruner, {}),
+            "none": OptunaInfo(P.NopPruner, {})}
 
 
 SEARCHES = ("tpe", "random")
 PRUNERS = ("median", "halving", "hyperband", "none")
+SEARCH_EXAMPLE = "tpe:n_startup_trials=4"
 PRUNER_EXAMPLE = "halving:min_resource=1,reduction_factor=3"
+
+
+def make_sampler(text: str, seed: int):
+    """``--search NAME[:KEY=VALUE,...]``'s sampler, seeded by ``seed`` (``tpe``,
+    ``tpe:n_startup_trials=4,multivariate=true``, ``random``)."""
+    return _optuna_object(_samplers(), text, "--search", SEARCH_EXAMPLE, seed=seed)
 
 
 def make_pruner(text: str):
     """``--pruner NAME[:KEY=VALUE,...]``: the pruner, its options named as Optuna's constructor
     names them (``median:n_startup_trials=2,n_warmup_steps=1``,
-    ``halving:min_resource=1,reduction_factor=3``); an unknown name or option is one line."""
+    ``halving:min_resource=1,reduction_factor=3``)."""
+    return _optuna_object(_pruners(), text, "--pruner", PRUNER_EXAMPLE)
+
+
+def _optuna_object(table: dict, text: str, option: str, example: str, **fixed):
+    """The table's entry named before the colon of ``text``, made with its defaults, the
+    KEY=VALUE options after the colon and ``fixed``; an unknown name or option is one line."""
     name, _, rest = str(text).partition(":")
-    if name not in PRUNERS:
-        raise CnnbenchError(f"unknown --pruner {name!r}: use {', '.join(PRUNERS)}"
-                            f"{did_you_mean(name, PRUNERS)}")
-    items = [part for part in rest.split(",") if part.strip()]
-    options = parse_assignments(items, "--pruner", PRUNER_EXAMPLE)
-    info = _pruners()[name]
+    if name not in table:
+        names = ["grid", *table] if option == "--search" else list(table)
+        raise CnnbenchError(f"unknown {option} {name!r}: use {', '.join(names)}"
+                            f"{did_you_mean(name, table)}")
+    options = parse_assignments([p for p in rest.split(",") if p.strip()], option, example)
+    clash = sorted(set(options) & set(fixed))
+    if clash:
+        raise CnnbenchError(f"{option} {text!r}: {clash[0]} is not an option here (it comes "
+                            f"from --seeds)")
+    info = table[name]
     try:
-        return info.make(**{**info.defaults, **options})
+        return info.make(**{**info.defaults, **options, **fixed})
     except (TypeError, ValueError) as exc:
         reason = " ".join(str(exc).split())
-        raise CnnbenchError(f"bad --pruner {text!r}: {reason[:200]} (e.g. --pruner "
-                            f"{PRUNER_EXAMPLE})") from None
+        raise CnnbenchError(f"bad {option} {text!r}: {reason[:200]} (e.g. {option} "
+                            f"{example})") from None
 
 
 # --- the space ---
@@ -175,9 +188,7 @@ def make_plan(s: dict, space: dict, search: str, trials: int, pruner: str = "med
               storage: str | None = None) -> dict:
     """What sweep.yaml holds for a search; every bound and choice of the space, and the fixed
     keys, are resolved and checked here, before any folder."""
-    if search not in SEARCHES:
-        raise CnnbenchError(f"unknown --search {search!r}: use grid, "
-                            f"{', '.join(SEARCHES)}{did_you_mean(search, SEARCHES)}")
+    make_sampler(search, 0)
     make_pruner(pruner)
     if not s["model"]:
         raise CnnbenchError("no model: give MODEL or a sweep file with a `model:` key")
@@ -257,7 +268,7 @@ def load_study(plan: dict, folder: Path, storage=None, worker: int = 0):
                                 pruner=make_pruner(plan["pruner"]), load_if_exists=True)
     held = len(study.get_trials(deepcopy=False))
     seed = int(np.random.SeedSequence([plan["seeds"][0], held, worker]).generate_state(1)[0])
-    study.sampler = _samplers()[plan["search"]](seed)
+    study.sampler = make_sampler(plan["search"], seed)
     return study
 
 

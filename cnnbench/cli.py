@@ -438,6 +438,11 @@ def sweep(
     launcher: str = typer.Option("local", "--launcher", help=(
         "Where the runs go: local (this machine; --parallel processes) or slurm (a job array "
         "through submitit; --parallel tasks at once).")),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", help=(
+        "With --launcher slurm and a grid: each run one training over N nodes (a job of N "
+        "tasks, as `cnnbench train --launcher slurm --nnodes N`).")),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help=(
+        "With --nnodes: processes per node (default 1; one GPU each on CUDA).")),
     slurm: Optional[str] = typer.Option(None, "--slurm", help=(
         "With --launcher slurm: submitit's SlurmExecutor parameters, "
         "e.g. partition=gpu,gpus_per_node=1,time=60 (minutes).")),
@@ -485,9 +490,16 @@ def sweep(
     if searching and resume:
         raise CnnbenchError("a search continues with the same command (or --dir DIR), "
                             "not --resume")
+    if nproc is not None and nnodes is None:
+        raise CnnbenchError("--nproc goes with --launcher slurm --nnodes N in a sweep")
+    if nproc is not None and nproc < 1:
+        raise CnnbenchError(f"--nproc must be >= 1, not {nproc}")
+    if nnodes is not None and searching:
+        raise CnnbenchError("--nnodes makes each run of a grid a multi-node job; a search's "
+                            "workers train on one node each")
     fixed = _overrides(set_, model_arg, epochs=epochs, batch_size=batch_size, limit=limit,
                        data=data, device=device)
-    where = get_launcher(launcher, parallel, slurm)  # Slurm reachable, before any folder
+    where = get_launcher(launcher, parallel, slurm, nnodes)  # Slurm reachable, before any folder
     reporter = None if quiet else render.TrainReporter(quiet=True, console=render.err)
     if searching:
         try:
@@ -510,7 +522,8 @@ def sweep(
                            sweeps.parse_seeds(seeds), file)
     sweeps.check_size(what, yes)  # counted before any run is resolved
     table = sweeps.run_sweep(what, resume or folder, resume=bool(resume), parallel=parallel,
-                             say=render.err.print, reporter=reporter, launcher=where)
+                             say=render.err.print, reporter=reporter, launcher=where,
+                             nproc=1 if nproc is None else nproc)
     render.print_json(table) if as_json else render.sweep_table(table)
 
 

@@ -291,6 +291,29 @@ def test_scancel_mid_epoch_then_resume_through_slurm_ends_bitwise_as_nproc_2(
     assert same_weights(run, tmp_path / "one")  # bitwise, as a local resume is
 
 
+@SLURM
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_sweep_with_nnodes_makes_each_run_a_two_node_job(tmp_path, fmnist_dir, monkeypatch,
+                                                          capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "none.yaml").write_text("")
+    common = ["--config", "none.yaml", "--data", str(fmnist_dir), "--limit", "96", "--epochs",
+              "1", *SMALL]
+    assert cli(["sweep", "lenet", "--grid", "lr=0.05", *common, "--dir", "sweep",
+                *two_nodes(), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["rows"][0]["finished"] == 1
+    run = tmp_path / "sweep" / "lr=0.05,seed=0"
+    assert json.loads((run / "results.json").read_text())["processes"] == 2
+    done = subprocess.run([sys.executable, "-m", "cnnbench", "train", "lenet", *common,
+                           "--lr", "0.05", "--seed", "0", "--run-dir", "one", "--nproc", "2",
+                           "--quiet"], cwd=tmp_path, env=torchrun_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert same_weights(run, tmp_path / "one")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--launcher", "slurm", "--nnodes", "2", "--node-rank", "1"],
      "--launcher slurm gives each node its rank and the rendezvous: leave out --node-rank"),
@@ -330,3 +353,21 @@ def test_train_through_slurm_with_the_controller_down_is_one_line(tmp_path, monk
     assert code == 2 and err.count("\n") == 1, err
     assert "Slurm's controller is down or unreachable" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nnodes", "2"], "--launcher local runs a training on this machine: --nnodes 2 goes "
+                        "with --launcher slurm"),
+    (["--nproc", "2"], "--nproc goes with --launcher slurm --nnodes N in a sweep"),
+    (["--launcher", "slurm", "--nnodes", "2", "--nproc", "0"], "--nproc must be >= 1, not 0"),
+    (["--nnodes", "2", "--launcher", "slurm", "--search", "tpe", "--space", "lr=0.1..0.2",
+      "--trials", "2"], "a search's workers train on one node each"),
+])
+def test_a_sweep_refuses_nnodes_where_it_cannot_use_them(tmp_path, monkeypatch, capsys, args,
+                                                         message):
+    monkeypatch.chdir(tmp_path)
+    grid = [] if "--search" in args else ["--grid", "lr=0.1,0.2"]
+    code = cli(["sweep", "lenet", *grid, "--epochs", "1", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not list(tmp_path.iterdir())

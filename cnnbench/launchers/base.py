@@ -33,6 +33,7 @@ class Launcher:
     """Runs a sweep's jobs; ``check`` refuses (one line) before any folder is made."""
 
     name = ""
+    nnodes: int | None = None  # each job one training over this many nodes (``across``)
 
     def check(self) -> None:
         """Can jobs run here at all? A one-line error otherwise."""

@@ -57,6 +57,7 @@ class SlurmLauncher(Launcher):
             raise CnnbenchError(f"--slurm nodes={nodes},ntasks_per_node={per_node} is not "
                                 f"{nnodes} tasks, one per node of --nnodes {nnodes}: leave "
                                 f"them out (one task on each of {nnodes} nodes)")
+        self.nnodes = nnodes
 
     def check(self) -> None:
         if shutil.which("sbatch") is None:

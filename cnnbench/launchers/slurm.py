@@ -14,8 +14,8 @@ A job may span several nodes (:meth:`SlurmLauncher.across`, ``cnnbench train --l
 a port derived from the job id).
 
 Before any folder is made, ``check`` asks the controller (``scontrol ping``): sbatch missing or
-the controller down is one line. ``.ci/slurm-local.sh start`` starts a one-node cluster on
-this machine for the tests.
+the controller down is one line. ``.ci/slurm-local.sh start`` starts a cluster of two nodes
+(two slurmd) on this machine for the tests.
 """
 
 from __future__ import annotations

@@ -169,7 +169,8 @@ def train(
         "the CPU, NCCL with one GPU each. --batch-size is per process.")),
     nnodes: Optional[int] = typer.Option(None, "--nnodes", help=(
         "Train across N machines (torch elastic, c10d rendezvous): run the same command on "
-        "each with its --node-rank; --nproc processes on each (default 1).")),
+        "each with its --node-rank, or once with --launcher slurm (one job of N nodes); "
+        "--nproc processes on each (default 1).")),
     node_rank: Optional[int] = typer.Option(None, "--node-rank", help=(
         "With --nnodes: this machine's node, 0 to N-1 (node 0 hosts the rendezvous).")),
     rdzv: Optional[str] = typer.Option(None, "--rdzv", help=(

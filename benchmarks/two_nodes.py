@@ -1,10 +1,13 @@
 """Two "nodes" x 1 process on localhost (c10d rendezvous, gloo) against ``--nproc 2`` on one.
 
-Run: ``python benchmarks/two_nodes.py [--limit 6000] [--epochs 2] [--dir runs/bench-nodes]``
+Run: ``python benchmarks/two_nodes.py [--limit 6000] [--epochs 2] [--dir runs/bench-nodes]
+[--launcher slurm [--slurm KEY=VALUE,...]]``
 
 lenet on Fashion-MNIST, one thread per process, the same seed. Node 0 and node 1 are the same
 ``cnnbench train ... --nnodes 2 --node-rank R --rdzv localhost:PORT`` command started side by
-side. Printed: the largest difference between the two runs over every number of
+side; with ``--launcher slurm`` they are one ``cnnbench train ... --launcher slurm --nnodes 2``
+command, a Slurm job of two tasks (``--slurm nodes=1,ntasks_per_node=2`` on a one-node
+cluster). Printed: the largest difference between the two runs over every number of
 ``metrics.jsonl`` (not the timings) and ``results.json``'s test metrics; the target is 1e-6.
 """
 
@@ -30,6 +33,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=6000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--dir", default="runs/bench-nodes")
+    parser.add_argument("--launcher", default="local", help="local or slurm")
+    parser.add_argument("--slurm", default=None, help="with --launcher slurm: --slurm options")
     args = parser.parse_args()
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -42,10 +47,16 @@ def main() -> None:
     env = {**os.environ, **env_note}
     rdzv = f"localhost:{free_port()}"
     t0 = time.perf_counter()
-    nodes = [subprocess.Popen([*base, "--run-dir", str(root / "nodes"), "--nnodes", "2",
-                               "--node-rank", str(r), "--rdzv", rdzv], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for r in (0, 1)]
+    if args.launcher == "slurm":
+        nodes = [subprocess.Popen([*base, "--run-dir", str(root / "nodes"), "--nnodes", "2",
+                                   "--launcher", "slurm",
+                                   *(["--slurm", args.slurm] if args.slurm else [])], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)]
+    else:
+        nodes = [subprocess.Popen([*base, "--run-dir", str(root / "nodes"), "--nnodes", "2",
+                                   "--node-rank", str(r), "--rdzv", rdzv], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for r in (0, 1)]
     errors = [n.communicate()[1] for n in nodes]
     nodes_s = time.perf_counter() - t0
     if any(n.returncode for n in nodes):
@@ -67,7 +78,8 @@ def main() -> None:
     for name, a, b in pairs:
         if abs(a - b) >= worst:
             worst, where = abs(a - b), name
-    print(json.dumps({"limit": args.limit, "epochs": args.epochs, "numbers": len(pairs),
+    print(json.dumps({"limit": args.limit, "epochs": args.epochs, "launcher": args.launcher,
+                      "numbers": len(pairs),
                       "max_abs_difference": worst, "at": where,
                       "test_acc": [results[0]["test_acc"], results[1]["test_acc"]],
                       "processes": [results[0]["processes"], results[1]["processes"]],

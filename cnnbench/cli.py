@@ -169,13 +169,21 @@ def train(
         "the CPU, NCCL with one GPU each. --batch-size is per process.")),
     nnodes: Optional[int] = typer.Option(None, "--nnodes", help=(
         "Train across N machines (torch elastic, c10d rendezvous): run the same command on "
-        "each with its --node-rank; --nproc processes on each (default 1).")),
+        "each with its --node-rank, or once with --launcher slurm (one job of N nodes); "
+        "--nproc processes on each (default 1).")),
     node_rank: Optional[int] = typer.Option(None, "--node-rank", help=(
         "With --nnodes: this machine's node, 0 to N-1 (node 0 hosts the rendezvous).")),
     rdzv: Optional[str] = typer.Option(None, "--rdzv", help=(
         "With --nnodes: HOST:PORT of the rendezvous, on node 0 (e.g. node0:29400).")),
     rdzv_timeout: float = typer.Option(120.0, "--rdzv-timeout", help=(
         "With --nnodes: seconds to wait for the rendezvous and the other nodes.")),
+    launcher: str = typer.Option("local", "--launcher", help=(
+        "Where it trains: local (this machine) or slurm (one Slurm job through submitit, "
+        "on --nnodes nodes, --nproc processes each; Slurm gives each node its rank and the "
+        "rendezvous; followed until it ends).")),
+    slurm: Optional[str] = typer.Option(None, "--slurm", help=(
+        "With --launcher slurm: submitit's SlurmExecutor parameters, "
+        "e.g. partition=gpu,gpus_per_node=4,time=60 (minutes).")),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe (after "
                                  "the device profile and the options; JSON with --json), "
                                  "then exit without loading data or training."),
@@ -205,6 +213,9 @@ def train(
 
     * `cnnbench train --keys`, `cnnbench train unet --keys`  (every key --set accepts)
 
+    * `cnnbench train resnet18 --device cuda --launcher slurm --nnodes 2 --nproc 4 --slurm
+      partition=gpu,gpus_per_node=4,time=60`  (one training over two Slurm nodes)
+
     Watch a run with `tensorboard --logdir runs`; list runs with `cnnbench runs`.
     """
     from cnnbench import render
@@ -222,8 +233,20 @@ def train(
         render.print_json(rows) if as_json else render.keys_table(rows)
         return
     trainer.check_request(model, config, run_dir, resume, dry_run)
+    if launcher == "slurm" and (node_rank is not None or rdzv):
+        raise CnnbenchError("--launcher slurm gives each node its rank and the rendezvous: "
+                            "leave out --node-rank and --rdzv")
     if (node_rank is not None or rdzv) and nnodes is None:
         raise CnnbenchError("--node-rank and --rdzv go with --nnodes N")
+    if (launcher != "local" or slurm) and not dry_run:
+        from cnnbench.launchers import get_launcher
+
+        where = get_launcher(launcher, 1, slurm, nnodes=1 if nnodes is None else nnodes)
+        result = trainer.submit_train(where, 1 if nproc is None else nproc, sys.argv[1:],
+                                      model, config, overrides, run_dir=run_dir,
+                                      resume=resume, say=render.err.print)
+        render.print_json(result) if as_json else render.TrainReporter(quiet=True).finish(result)
+        return
     if (nproc is not None or nnodes is not None) and not dry_run:
         from cnnbench.training.distributed import Nodes
 
@@ -397,7 +420,8 @@ def sweep(
         "Continue the sweep in this folder, as its sweep.yaml says.")),
     search: str = typer.Option("grid", "--search", help=(
         "grid (every setting of --grid), or an Optuna search over --space: tpe (Bayesian, "
-        "Optuna's TPESampler) or random.")),
+        "Optuna's TPESampler) or random; NAME:KEY=VALUE,... sets the sampler's options by "
+        "Optuna's names, e.g. tpe:n_startup_trials=4.")),
     space: Optional[List[str]] = typer.Option(None, "--space", help=(
         "With --search: KEY=LOW..HIGH, KEY=log:LOW..HIGH, KEY=int:LOW..HIGH or "
         "KEY=V1,V2,... (repeatable), e.g. lr=log:1e-4..1e-1.")),
@@ -406,13 +430,20 @@ def sweep(
         "give more to extend the study).")),
     pruner: str = typer.Option("median", "--pruner", help=(
         "With --search: median (Optuna's MedianPruner on each epoch's validation value; "
-        "4 trials run whole first), halving (its SuccessiveHalvingPruner) or none.")),
+        "4 trials run whole first), halving (SuccessiveHalvingPruner), hyperband "
+        "(HyperbandPruner) or none; NAME:KEY=VALUE,... sets the pruner's options by Optuna's "
+        "names, e.g. halving:min_resource=1,reduction_factor=3.")),
     storage: Optional[str] = typer.Option(None, "--storage", help=(
         "With --search: the Optuna storage (default: the journal file DIR/optuna.journal), "
         "e.g. sqlite:///study.db, postgresql://..., or journal:PATH on a shared file system.")),
     launcher: str = typer.Option("local", "--launcher", help=(
         "Where the runs go: local (this machine; --parallel processes) or slurm (a job array "
         "through submitit; --parallel tasks at once).")),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", help=(
+        "With --launcher slurm and a grid: each run one training over N nodes (a job of N "
+        "tasks, as `cnnbench train --launcher slurm --nnodes N`).")),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help=(
+        "With --nnodes: processes per node (default 1; one GPU each on CUDA).")),
     slurm: Optional[str] = typer.Option(None, "--slurm", help=(
         "With --launcher slurm: submitit's SlurmExecutor parameters, "
         "e.g. partition=gpu,gpus_per_node=1,time=60 (minutes).")),
@@ -460,9 +491,16 @@ def sweep(
     if searching and resume:
         raise CnnbenchError("a search continues with the same command (or --dir DIR), "
                             "not --resume")
+    if nproc is not None and nnodes is None:
+        raise CnnbenchError("--nproc goes with --launcher slurm --nnodes N in a sweep")
+    if nproc is not None and nproc < 1:
+        raise CnnbenchError(f"--nproc must be >= 1, not {nproc}")
+    if nnodes is not None and searching:
+        raise CnnbenchError("--nnodes makes each run of a grid a multi-node job; a search's "
+                            "workers train on one node each")
     fixed = _overrides(set_, model_arg, epochs=epochs, batch_size=batch_size, limit=limit,
                        data=data, device=device)
-    where = get_launcher(launcher, parallel, slurm)  # Slurm reachable, before any folder
+    where = get_launcher(launcher, parallel, slurm, nnodes)  # Slurm reachable, before any folder
     reporter = None if quiet else render.TrainReporter(quiet=True, console=render.err)
     if searching:
         try:
@@ -485,7 +523,8 @@ def sweep(
                            sweeps.parse_seeds(seeds), file)
     sweeps.check_size(what, yes)  # counted before any run is resolved
     table = sweeps.run_sweep(what, resume or folder, resume=bool(resume), parallel=parallel,
-                             say=render.err.print, reporter=reporter, launcher=where)
+                             say=render.err.print, reporter=reporter, launcher=where,
+                             nproc=1 if nproc is None else nproc)
     render.print_json(table) if as_json else render.sweep_table(table)
 
 

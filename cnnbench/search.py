@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import optuna
 import yaml
@@ -46,23 +47,70 @@ JOURNAL = "optuna.journal"
 PICTURES = {"history": "optimization_history.png", "importance": "param_importances.png"}
 
 
-def _samplers():
-    return {"tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-            "random": lambda seed: optuna.samplers.RandomSampler(seed=seed)}
+class OptunaInfo(NamedTuple):
+    """A sampler or pruner by name: Optuna's class and our defaults, which ``NAME:KEY=VALUE,...``
+    overrides by the class's own keyword names."""
+    make: Callable
+    defaults: dict
 
 
-def _pruners():
-    # Four trials run whole before any is pruned; then a trial whose epoch is worse than the
-    # median of the earlier trials' same epoch stops (Optuna's MedianPruner).
-    # Successive halving (Optuna's SuccessiveHalvingPruner): a trial goes on past epochs 1,
-    # 3, 9, ... only while it is in the best third of the trials that reached that epoch.
-    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4),
-            "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-            "none": lambda: optuna.pruners.NopPruner()}
+def _samplers() -> dict[str, OptunaInfo]:
+    # TPE (Bayesian) draws its first n_startup_trials (Optuna's default: 10) at random.
+    return {"tpe": OptunaInfo(optuna.samplers.TPESampler, {}),
+            "random": OptunaInfo(optuna.samplers.RandomSampler, {})}
+
+
+def _pruners() -> dict[str, OptunaInfo]:
+    # median: after n_startup_trials whole trials, a trial worse than the median of the earlier
+    # ones at the same epoch stops there. halving (successive halving): a trial goes past epoch
+    # min_resource x reduction_factor^k only while in the best 1/reduction_factor (4) of the
+    # trials that reached it. hyperband: successive halving in several brackets.
+    P = optuna.pruners
+    return {"median": OptunaInfo(P.MedianPruner, {"n_startup_trials": 4}),
+            "halving": OptunaInfo(P.SuccessiveHalvingPruner, {}),
+            "hyperband": OptunaInfo(P.HyperbandPruner, {}),
+            "none": OptunaInfo(P.NopPruner, {})}
 
 
 SEARCHES = ("tpe", "random")
-PRUNERS = ("median", "halving", "none")
+PRUNERS = ("median", "halving", "hyperband", "none")
+SEARCH_EXAMPLE = "tpe:n_startup_trials=4"
+PRUNER_EXAMPLE = "halving:min_resource=1,reduction_factor=3"
+
+
+def make_sampler(text: str, seed: int):
+    """``--search NAME[:KEY=VALUE,...]``'s sampler, seeded by ``seed`` (``tpe``,
+    ``tpe:n_startup_trials=4,multivariate=true``, ``random``)."""
+    return _optuna_object(_samplers(), text, "--search", SEARCH_EXAMPLE, seed=seed)
+
+
+def make_pruner(text: str):
+    """``--pruner NAME[:KEY=VALUE,...]``: the pruner, its options named as Optuna's constructor
+    names them (``median:n_startup_trials=2,n_warmup_steps=1``,
+    ``halving:min_resource=1,reduction_factor=3``)."""
+    return _optuna_object(_pruners(), text, "--pruner", PRUNER_EXAMPLE)
+
+
+def _optuna_object(table: dict, text: str, option: str, example: str, **fixed):
+    """The table's entry named before the colon of ``text``, made with its defaults, the
+    KEY=VALUE options after the colon and ``fixed``; an unknown name or option is one line."""
+    name, _, rest = str(text).partition(":")
+    if name not in table:
+        names = ["grid", *table] if option == "--search" else list(table)
+        raise CnnbenchError(f"unknown {option} {name!r}: use {', '.join(names)}"
+                            f"{did_you_mean(name, table)}")
+    options = parse_assignments([p for p in rest.split(",") if p.strip()], option, example)
+    clash = sorted(set(options) & set(fixed))
+    if clash:
+        raise CnnbenchError(f"{option} {text!r}: {clash[0]} is not an option here (it comes "
+                            f"from --seeds)")
+    info = table[name]
+    try:
+        return info.make(**{**info.defaults, **options, **fixed})
+    except (TypeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise CnnbenchError(f"bad {option} {text!r}: {reason[:200]} (e.g. {option} "
+                            f"{example})") from None
 
 
 # --- the space ---
@@ -140,12 +188,8 @@ def make_plan(s: dict, space: dict, search: str, trials: int, pruner: str = "med
               storage: str | None = None) -> dict:
     """What sweep.yaml holds for a search; every bound and choice of the space, and the fixed
     keys, are resolved and checked here, before any folder."""
-    if search not in SEARCHES:
-        raise CnnbenchError(f"unknown --search {search!r}: use grid, "
-                            f"{', '.join(SEARCHES)}{did_you_mean(search, SEARCHES)}")
-    if pruner not in PRUNERS:
-        raise CnnbenchError(f"unknown --pruner {pruner!r}: use {', '.join(PRUNERS)}"
-                            f"{did_you_mean(pruner, PRUNERS)}")
+    make_sampler(search, 0)
+    make_pruner(pruner)
     if not s["model"]:
         raise CnnbenchError("no model: give MODEL or a sweep file with a `model:` key")
     if not space:
@@ -221,10 +265,10 @@ def load_study(plan: dict, folder: Path, storage=None, worker: int = 0):
     storage = storage or open_storage(storage_url(plan, folder))
     name = study_name(plan, folder)
     study = optuna.create_study(storage=storage, study_name=name, direction=plan["direction"],
-                                pruner=_pruners()[plan["pruner"]](), load_if_exists=True)
+                                pruner=make_pruner(plan["pruner"]), load_if_exists=True)
     held = len(study.get_trials(deepcopy=False))
     seed = int(np.random.SeedSequence([plan["seeds"][0], held, worker]).generate_state(1)[0])
-    study.sampler = _samplers()[plan["search"]](seed)
+    study.sampler = make_sampler(plan["search"], seed)
     return study
 
 
@@ -283,7 +327,9 @@ def _pruning_callback(trial, monitor: str, already: set[int]):
                 return
             if row["epoch"] not in already:  # a resumed trial reported its first epochs
                 trial.report(value, row["epoch"])
-            if trial.should_prune():
+            # After the last epoch there is nothing left to save: the trial is complete (and
+            # tested), not pruned with its whole cost spent.
+            if row["epoch"] < trainer.config["epochs"] and trial.should_prune():
                 self.pruned = True
                 raise CancelFitException
 

@@ -33,7 +33,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from cnnbench import train
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import SWEEP_PLAN, RunLayout, guarded, write_yaml
 from cnnbench.keys import parse_assignments, parse_value
-from cnnbench.launchers import Job
+from cnnbench.launchers import Job, Stop
 from cnnbench.runs import list_runs
 from cnnbench.training.runs import (claim_run_dir, lock_holder, lock_run,
                                     release_run, resolve_mode)
@@ -295,32 +294,6 @@ def run_state(folder: Path) -> str:
     return "resume" if RunLayout(folder).last.is_file() else "start"
 
 
-class Stop:
-    """Ctrl-C/SIGTERM between the runs of a sweep (the trainer handles them during a run):
-    the first stops the sweep at the next point where it can stop cleanly, a second at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.previous: dict = {}
-        self.forward = lambda signum: None  # --parallel: pass the signal to the runs
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self.request)
-                             for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def request(self, signum: int, frame=None) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        self.forward(signum)
-
-
 def _stop_callback(stop: Stop):
     """A callback that carries a signal between the sweep and a run: one that came while the run
     was being built stops it before training (its folder is removed: nothing to resume), and
@@ -345,12 +318,13 @@ def _stop_callback(stop: Stop):
 
 def run_sweep(s: dict, folder: str | os.PathLike | None = None, resume: bool = False,
               parallel: int = 1, root: str | os.PathLike = "runs", say=None,
-              reporter=None, launcher=None) -> dict:
+              reporter=None, launcher=None, nproc: int = 1) -> dict:
     """Run (or continue) a sweep; returns :func:`summarize` of its folder. ``say`` gets a
     line per run; ``reporter`` (``render.TrainReporter``) the runs' progress when sequential.
     ``launcher`` (``launchers.get_launcher``) other than the local one runs the runs that are
-    left as its jobs (``GridRun``), ``parallel`` of them at once. Stopped by a signal, it
-    raises ``Interrupted`` naming the command that continues it."""
+    left as its jobs (``GridRun``), ``parallel`` of them at once; made ``across`` nodes, each
+    job is one run over them (``train.NodeShare``, ``nproc`` processes per node). Stopped by
+    a signal, it raises ``Interrupted`` naming the command that continues it."""
     from cnnbench.training.interrupt import Interrupted
 
     say = say or (lambda line: None)
@@ -368,8 +342,7 @@ def run_sweep(s: dict, folder: str | os.PathLike | None = None, resume: bool = F
                 todo.append((n, entry, config, state))
         with Stop() as stop:
             if elsewhere:
-                jobs = [Job(entry["name"], GridRun(plan, entry, folder),
-                            worker_command(plan, entry, folder / entry["name"], state))
+                jobs = [job_of(plan, entry, folder, state, launcher.nnodes, nproc)
                         for n, entry, config, state in todo]
                 failures = launcher.launch(jobs, folder, say, stop)
             elif parallel == 1:
@@ -389,6 +362,19 @@ def run_sweep(s: dict, folder: str | os.PathLike | None = None, resume: bool = F
         raise CnnbenchError(f"{len(failures)} of {len(configs)} runs failed ({name}: {message}); "
                             f"`cnnbench sweep --resume {folder}` retries them")
     return summarize(folder)
+
+
+def job_of(plan: dict, entry: dict, folder: Path, state: str, nnodes: int | None = None,
+           nproc: int = 1) -> Job:
+    """One run of the sweep as a launcher's job: trained in the job's process, or with
+    ``nnodes`` one training over the job's nodes, ``nproc`` processes on each."""
+    run_dir = (Path(folder) / entry["name"]).resolve()
+    command = worker_command(plan, entry, run_dir, state)
+    if nnodes is None:
+        return Job(entry["name"], GridRun(plan, entry, folder), command)
+    argv = command[command.index("train"):]  # less the interpreter
+    return Job(entry["name"], train.NodeShare(nproc, argv, run_dir, resumed=state == "resume"),
+               command)
 
 
 class GridRun:

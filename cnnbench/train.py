@@ -8,7 +8,10 @@ its ``metrics.jsonl`` reconciled with ``last.pt`` before it goes on.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -24,7 +27,7 @@ from cnnbench.training.build import build_trainer
 from cnnbench.training.interrupt import resource_errors
 from cnnbench.training.loop import Callback, Trainer
 from cnnbench.training.runs import (check_run_dir, claim_run_dir, lock_run, new_run_dir,
-                                    reconcile_metrics, release_run)
+                                    new_run_name, reconcile_metrics, release_run)
 
 # Keys that may change when a run is resumed; the rest would not fit the checkpoint.
 RESUMABLE_KEYS = {"epochs", "device", "amp", "compile", "log_graph", "log_images", "data",
@@ -165,6 +168,95 @@ def launch_train(nproc: int, argv: list[str], model: str | None, config_file: st
     if nodes is not None:
         nodes.wait_for_host()
     return distributed.launch(nproc, distributed.without_nproc(argv), nodes=nodes)
+
+
+# The options of the command that submits a job, not of the training it runs.
+SUBMIT_OPTIONS = (*distributed.LAUNCH_OPTIONS, "--launcher", "--slurm", "--run-dir")
+SUBMIT_FLAGS = ("--json", "--quiet", "-q")
+
+
+def submit_train(launcher, nproc: int, argv: list[str], model: str | None,
+                 config_file: str | None, overrides: dict, run_dir: str | None = None,
+                 resume: str | None = None, runs_root: str | os.PathLike = "runs",
+                 say=None) -> dict:
+    """``cnnbench train ... --launcher slurm [--nnodes N] [--nproc P]``: one job of the
+    launcher (made ``across`` N nodes) whose tasks each run their node's share of the training
+    (:class:`NodeShare`); checked here first (one line, no folder), followed until it ends.
+    The run folder is chosen here (``--run-dir``, ``--resume``'s, or a new name under
+    ``runs_root``) and claimed by the job; the results, or a one-line error (the job's log's
+    last line, or how to continue a stopped run)."""
+    from cnnbench.launchers import Job, Stop
+    from cnnbench.training.interrupt import Interrupted
+
+    say = say or (lambda line: None)
+    if resume:
+        check_folder(resume, "--resume")
+        if not RunLayout(resume).last.is_file():
+            raise CnnbenchError(f"{resume} has no checkpoint to resume "
+                                f"({RunLayout.CHECKPOINTS}/last.pt)")
+        config, run = {**read_yaml(RunLayout(resume).config), **overrides}, Path(resume)
+    else:
+        config = recipe.resolve(model, config_file, overrides)
+        run = check_run_dir(run_dir) if run_dir else free_run_dir(config["model"], runs_root)
+    distributed.check_launch(nproc, config, here=False)
+    argv = [a for a in distributed.without_nproc(argv, SUBMIT_OPTIONS) if a not in SUBMIT_FLAGS]
+    share = NodeShare(nproc, [*argv, "--quiet", *([] if resume else ["--run-dir", str(run)])],
+                      run, resumed=bool(resume))
+    with Stop() as stop:
+        failures = launcher.launch([Job(run.name, share)], run.parent, say, stop)
+    again = ""
+    if RunLayout(run).last.is_file() and not RunLayout(run).results.is_file():
+        again = (f"; continue with: cnnbench train --resume {run} (and the same --launcher, "
+                 f"--nnodes, --nproc and --slurm)")
+    if stop.signum is not None:
+        raise Interrupted(f"{signal.Signals(stop.signum).name}: the job was cancelled{again}",
+                          stop.signum)
+    if failures:
+        raise CnnbenchError(f"{failures[0][1]}{again}")
+    return json.loads(RunLayout(run).results.read_text())
+
+
+def free_run_dir(model: str, root: str | os.PathLike) -> Path:
+    """A new run's folder name under ``root`` (``MODEL-TIME``), not made: the job claims it."""
+    for n in range(1, 1000):
+        path = new_run_name(model, root, n)
+        if not os.path.lexists(path):
+            return check_run_dir(path)
+    raise CnnbenchError(f"cannot find a free run folder name for {model} in {root}")
+
+
+class NodeShare:
+    """One node's share of a training over a Slurm job's nodes, as a launcher's job: in each
+    task it starts ``nproc`` processes that meet the other nodes' at the job's rendezvous
+    (``launchers.slurm.this_node``). Picklable; a requeued job (time limit, preemption) or the
+    next command resumes the run from its checkpoint."""
+
+    def __init__(self, nproc: int, argv: list[str], run_dir: Path, resumed: bool = False,
+                 timeout: float = 300):
+        self.nproc, self.argv, self.run_dir = nproc, list(argv), Path(run_dir).resolve()
+        self.resumed, self.timeout = resumed, timeout
+
+    def __call__(self) -> None:
+        from cnnbench.launchers import last_line
+        from cnnbench.launchers.slurm import this_node
+        from cnnbench.training.interrupt import Interrupted
+
+        node = this_node()
+        argv = self.argv
+        if not self.resumed and RunLayout(self.run_dir).last.is_file():  # requeued
+            if RunLayout(self.run_dir).results.is_file():
+                return
+            argv = ["train", "--resume", str(self.run_dir), "--quiet"]
+        nodes = distributed.Nodes(node.count, node.rank, node.rdzv, self.timeout)
+        nodes.wait_for_host()
+        code = distributed.launch(self.nproc, argv, nodes=nodes)
+        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            raise Interrupted(f"{signal.Signals(code - 128).name}: stopped, checkpoint written",
+                              code - 128)
+        if code:
+            sys.stderr.flush()
+            raise CnnbenchError(last_line(node.log).removeprefix("error: ")
+                                or f"node {node.rank} of {node.count}: exit code {code}")
 
 
 

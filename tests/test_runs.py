@@ -13,7 +13,7 @@ from cnnbench import checkpoints, strict_json
 from cnnbench.errors import CnnbenchError
 from cnnbench.train import resume, train
 from cnnbench.training.callbacks import NaNGuard
-from cnnbench.training.interrupt import Interrupted
+from cnnbench.training.interrupt import Interrupt, Interrupted
 from cnnbench.training.loop import Callback
 from cnnbench.runs import list_runs
 from cnnbench.training.runs import claim_run_dir, read_metrics, release_run
@@ -54,6 +54,21 @@ class SignalAt(Callback):
 
 def weights(folder):
     return torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_a_second_ctrl_c_stops_at_once_a_second_sigterm_still_checkpoints():
+    # Under Slurm a job step's every process gets the SIGTERM, and torch's launcher passes its
+    # own on to its processes: one stop, signalled twice, must still write the checkpoint.
+    stop = Interrupt()
+    stop.request(signal.SIGTERM)
+    stop.request(signal.SIGTERM)
+    assert stop.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        stop.request(signal.SIGINT)
+    ctrl_c = Interrupt()
+    ctrl_c.request(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c.request(signal.SIGINT)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4])

@@ -62,17 +62,54 @@ def test_a_bad_space_is_one_line(items, message):
     (["--space", "lr=0.1..0.2", "--launcher", "ray"], "unknown launcher 'ray': use local or slurm"),
     (["--space", "lr=0.1..0.2", "--trials", "0"], "--trials must be >= 1"),
     (["--space", "lr=0.1..0.2", "--grid", "lr=0.1"], "--grid and --search"),
+    (["--space", "lr=0.1..0.2", "--pruner", "halvng"], "unknown --pruner 'halvng'"),
+    (["--space", "lr=0.1..0.2", "--pruner", "halving:reduction_factor=1"],
+     r"bad --pruner 'halving:reduction_factor=1': .*reduction_factor >= 2"),
+    (["--space", "lr=0.1..0.2", "--pruner", "median:startup=2"],
+     r"bad --pruner 'median:startup=2': .*unexpected keyword argument 'startup'"),
+    (["--space", "lr=0.1..0.2", "--pruner", "hyperband:3"], r"bad --pruner '3': use KEY=VALUE"),
+    (["--space", "lr=0.1..0.2", "--search", "tpe:n_startup=4"],
+     r"bad --search 'tpe:n_startup=4': .*unexpected keyword argument 'n_startup'"),
+    (["--space", "lr=0.1..0.2", "--search", "tpe:seed=1"],
+     r"--search 'tpe:seed=1': seed is not an option here \(it comes from --seeds\)"),
 ])
 def test_the_command_refuses_a_bad_search_in_one_line_leaving_nothing(
         tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     trials = [] if "--trials" in args else ["--trials", "2"]
-    code = cli(["sweep", "lenet", "--search", "tpe", *trials, "--epochs", "1", "--limit", "32",
-                *args])
+    tpe = [] if "--search" in args else ["--search", "tpe"]
+    code = cli(["sweep", "lenet", *tpe, *trials, "--epochs", "1", "--limit", "32", *args])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert re.search(message, err), err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_pruner_and_a_sampler_take_optunas_own_option_names_over_our_defaults():
+    median = search.make_pruner("median")
+    assert isinstance(median, optuna.pruners.MedianPruner) and median._n_startup_trials == 4
+    two = search.make_pruner("median:n_startup_trials=2,n_warmup_steps=1")
+    assert (two._n_startup_trials, two._n_warmup_steps) == (2, 1)
+    halving = search.make_pruner("halving:min_resource=1,reduction_factor=3")
+    assert isinstance(halving, optuna.pruners.SuccessiveHalvingPruner)
+    assert (halving._min_resource, halving._reduction_factor) == (1, 3)
+    band = search.make_pruner("hyperband:max_resource=4")
+    assert isinstance(band, optuna.pruners.HyperbandPruner) and band._max_resource == 4
+    tpe = search.make_sampler("tpe:n_startup_trials=4", seed=3)
+    assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == 4
+
+
+def test_a_trial_that_trained_its_last_epoch_is_complete_never_pruned(tmp_path, fmnist_dir):
+    # The median rule from epoch 2 (n_warmup_steps=2) of 2 on: it would judge trials at
+    # their last epoch, when a stop saves nothing. Such a trial is complete and tested.
+    table = search.run_search(what(fmnist_dir, monitor="loss"), search.parse_space(
+        ["lr=log:1e-6..0.3"]), "random", 5, "median:n_startup_trials=1,n_warmup_steps=2",
+        root=tmp_path)
+    assert [(r["state"], r["epochs"]) for r in table["rows"]] == [("complete", 2)] * 5
+    assert all(r["test_loss"] is not None for r in table["rows"])
+    study = search.load_study(sweep.read_plan(tmp_path / table["sweep"].split("/")[-1]),
+                              tmp_path / table["sweep"].split("/")[-1])
+    assert all(len(t.intermediate_values) == 2 for t in study.trials)  # both epochs reported
 
 
 class SignalAt(Callback):

@@ -322,16 +322,17 @@ class DistributedTrainer(Trainer):
 
 # -- launching --
 
-def check_launch(nproc: int, config: dict) -> None:
-    """One-line errors for ``--nproc`` before anything starts (``config``: the resolved one)."""
+def check_launch(nproc: int, config: dict, here: bool = True) -> None:
+    """One-line errors for ``--nproc`` before anything starts (``config``: the resolved one;
+    ``here``: the processes start on this machine, whose GPUs count)."""
     if launched():
         raise CnnbenchError("--nproc starts the processes itself: under torchrun leave it out")
     if nproc < 1:
         raise CnnbenchError(f"--nproc must be >= 1, not {nproc}")
     device = str(config["device"]).split(":")[0]
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and torch.cuda.device_count() < nproc:
+        device = "cuda" if torch.cuda.is_available() or not here else "cpu"
+    if here and device == "cuda" and torch.cuda.device_count() < nproc:
         raise CnnbenchError(f"--nproc {nproc} on cuda needs a GPU per process; this machine "
                             f"has {torch.cuda.device_count()}: give fewer or --device cpu")
     if device not in ("cpu", "cuda"):

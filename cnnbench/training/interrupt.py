@@ -6,7 +6,8 @@ after the running step the callback writes a mid-epoch ``last.pt`` holding the e
 checkpoint has the RNG, optimizer, schedule and scaler states), prints the command that
 continues it on stderr and raises :class:`Interrupted` (exit code 130 for SIGINT, 143 for
 SIGTERM). ``--resume`` then continues the same epoch at the next step, bitwise as if it had not
-stopped (on the CPU). A second Ctrl-C stops at once (KeyboardInterrupt).
+stopped (on the CPU). A second Ctrl-C stops at once (KeyboardInterrupt); a second SIGTERM does
+not (a scheduler and a launcher may both pass the one stop on; SIGKILL is the hard stop).
 
 :func:`resource_errors` turns out-of-memory into one line naming what to reduce, a file that
 cannot be written (a full disk, a quota, ``ulimit -f``, a read-only disk: ``files.WriteFailed``)
@@ -57,6 +58,9 @@ class Interrupt(Callback):
 
     def request(self, signum: int = signal.SIGINT, frame=None) -> None:
         """The signal handler (also callable from a test): a flag, nothing else."""
+        if self.signum == signal.SIGTERM and signum == signal.SIGTERM:
+            return  # the same stop passed on twice (Slurm signals every process of a job step,
+            # and torch's launcher passes its own SIGTERM on): it still checkpoints
         if self.signum is not None:  # asked twice: stop now
             raise KeyboardInterrupt
         self.signum = signum

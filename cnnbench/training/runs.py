@@ -46,18 +46,23 @@ PROVENANCE = ("cnnbench", "git_commit", "git_dirty", "python", "torch", "torchvi
 def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
     """``root/<model>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that name is taken;
     made (``mkdir`` is atomic: the name is ours) and locked."""
-    base = f"{model.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     with guarded(root):
         Path(root).mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
-        path = Path(root) / (base if n == 1 else f"{base}-{n}")
+        path = new_run_name(model, root, n)
         try:
             path.mkdir()
         except FileExistsError:
             continue
         lock_run(path)
         return path
-    raise CnnbenchError(f"cannot find a free run folder name for {base} in {root}")
+    raise CnnbenchError(f"cannot find a free run folder name for {model} in {root}")
+
+
+def new_run_name(model: str, root: str | os.PathLike = "runs", n: int = 1) -> Path:
+    """``root/<model>-<YYYYmmdd-HHMMSS>``, the ``n``-th try ``-n`` after it."""
+    base = f"{model.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(root) / (base if n == 1 else f"{base}-{n}")
 
 
 def check_run_dir(path: str | os.PathLike) -> Path:

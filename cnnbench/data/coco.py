@@ -272,12 +272,12 @@ def load_bundle(argument: str | None, config: dict, one_object: bool,
             raise CnnbenchError(f"{other}'s categories differ from {path}'s: the splits must "
                                 "share one list of ids and names")
     train = read_splits["train"]
-    for what, count, why in (("crowd annotations (iscrowd 1)", "crowd", "as torchvision's "
-                                                                          "references do"),
-                             ("boxes of zero width or height", "empty", "")):
-        ignored = sum(getattr(a, count) for a in read_splits.values())
-        if ignored:
-            say(f"coco: {ignored} {what} ignored{', ' + why if why else ''}")
+    crowd = sum(a.crowd for a in read_splits.values())
+    empty = sum(a.empty for a in read_splits.values())
+    if crowd:
+        say(f"coco: {crowd} crowd annotations (iscrowd 1) ignored, as torchvision's references do")
+    if empty:
+        say(f"coco: {empty} boxes of zero width or height ignored")
     size = target_size(config)
     files, parts = [], {}
     for split, ann in read_splits.items():

@@ -46,7 +46,7 @@ def coco_json(drawn: dict[str, torch.Tensor], split: str, suffix: str) -> dict:
         for box, label in zip(drawn["boxes"][i].tolist(), drawn["labels"][i].tolist()):
             if label < 0:
                 continue
-            x0, y0, x1, y1 = (int(round(v)) for v in box)  # the scenes' boxes are pixel edges
+            x0, y0, x1, y1 = (round(v) for v in box)  # the scenes' boxes are pixel edges
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
                                 "category_id": label + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
                                 "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})

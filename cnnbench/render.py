@@ -451,6 +451,13 @@ def export_lines(result: dict) -> None:
 
 
 @contextmanager
+def exported_scenes_lines(result: dict) -> None:
+    for name in ("coco", "masks"):
+        if name in result:
+            print(f"wrote {result['scenes']} training and {result['test_scenes']} test scenes "
+                  f"to {result[name]['folder']}: train on them with --data {result[name]['data']}")
+
+
 def progress_bar(what: str, quiet: bool = False):
     """A bar on stderr for long work: yields ``update(done, total)``; the bar starts at the
     first update (an error before it prints its one line alone); nothing when ``quiet``."""

@@ -239,3 +239,15 @@ def test_segmentation_does_not_take_coco(exported):
 def test_the_export_refuses_a_folder_it_would_overwrite(exported):
     with pytest.raises(CnnbenchError, match="exists: remove it"):
         scenes_export.export(exported.parent, formats=("coco",))
+
+
+def test_the_export_scenes_command_writes_both_layouts(fmnist_dir, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli(["export-scenes", tmp_path / "out", "--scenes", "8", "--test-scenes", "4",
+                "--data", fmnist_dir, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["coco"]["data"] == f"coco:{tmp_path / 'out' / 'coco' / 'train.json'}"
+    assert result["masks"]["data"] == f"masks:{tmp_path / 'out' / 'masks'}"
+    assert len(list((tmp_path / "out" / "coco" / "train").glob("*.jpg"))) == 8
+    assert len(list((tmp_path / "out" / "masks" / "test" / "masks").glob("*.png"))) == 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coco", "masks"]

@@ -88,13 +88,21 @@ def _write_masks(drawn: dict[str, dict], folder: Path, quality: int) -> None:
 def export(root: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
            scenes_count: int = 10000, test_scenes: int = 2000, size: int = 96,
            formats: tuple[str, ...] = FORMATS, image_format: str = "jpeg",
-           quality: int = 95) -> dict[str, str]:
-    """Write the scenes under ``root`` in each of ``formats``; ``{format: folder}``."""
+           quality: int = 95) -> dict:
+    """Write the scenes under ``root`` in each of ``formats``; what was written: per format
+    its folder and the ``--data`` value that reads it."""
     root = Path(root).expanduser()
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or image_format not in IMAGE_FORMATS or not 1 <= quality <= 100:
-        raise CnnbenchError(f"scenes export: formats are {', '.join(FORMATS)}, images "
-                            f"{', '.join(IMAGE_FORMATS)}, quality 1-100")
+    for name in formats:
+        if name not in FORMATS:
+            raise CnnbenchError(f"export format {name!r} is not one of {', '.join(FORMATS)}")
+    if image_format not in IMAGE_FORMATS:
+        raise CnnbenchError(f"image format {image_format!r} is not one of "
+                            f"{', '.join(IMAGE_FORMATS)}")
+    if not 1 <= quality <= 100:
+        raise CnnbenchError(f"JPEG quality {quality} is not within 1-100")
+    if scenes_count < 1 or test_scenes < 1 or size < 8:
+        raise CnnbenchError(f"{scenes_count} training and {test_scenes} test scenes of {size} "
+                            "pixels: at least 1, 1 and 8 are needed")
     files.check_folder(root)
     for name in formats:
         if (root / name).exists():
@@ -102,7 +110,7 @@ def export(root: str | os.PathLike, data_dir: str | os.PathLike | None = None, *
     drawn = {split: scenes.load_scenes(scenes.SceneParams(split=split, count=count, size=size),
                                        data_dir, strict_count=False)
              for split, count in zip(SPLITS, (scenes_count, test_scenes))}
-    written = {}
+    written = {"scenes": scenes_count, "test_scenes": test_scenes, "size": size}
     with files.guarded(root):
         root.mkdir(parents=True, exist_ok=True)
     for name in formats:
@@ -118,5 +126,6 @@ def export(root: str | os.PathLike, data_dir: str | os.PathLike | None = None, *
                 os.replace(aside, root / name)
         finally:
             shutil.rmtree(aside, ignore_errors=True)
-        written[name] = os.fspath(root / name)
+        data = root / name / "train.json" if name == "coco" else root / name
+        written[name] = {"folder": os.fspath(root / name), "data": f"{name}:{data}"}
     return written

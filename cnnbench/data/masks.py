@@ -7,6 +7,7 @@ and the metrics), as Pascal VOC's ``SegmentationClass`` PNGs hold them. Validati
 images are held out of them as an image folder's are. Split folders as an image folder's are
 taken too: ``PATH/train/{images,masks}/`` with optional ``PATH/val/`` (or ``valid/``) and
 ``PATH/test/`` alike, ``classes.txt`` in ``PATH``; what is missing is held out of ``train/``.
+``--limit`` samples each split stratified by the first class present, as for the scenes.
 
 Refused in one line, before anything is decoded into the splits: an image without its mask (or
 a mask without its image), a mask of another size than its image, a mask with a class index
@@ -33,7 +34,8 @@ from cnnbench.errors import CnnbenchError
 
 VOID = 255
 HINT = ("masks:PATH holds images/NAME.<ext>, masks/NAME.png (class indices: 0 background, "
-        "255 void) and classes.txt (one class per line)")
+        "255 void) and classes.txt (one class per line), or classes.txt and train/ (val/, "
+        "test/) each with images/ and masks/")
 
 
 def class_names(root: Path) -> list[str]:

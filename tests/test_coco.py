@@ -147,7 +147,8 @@ def test_without_a_test_json_a_test_split_is_held_out_and_said(exported, tmp_pat
                                            ("single-object", "test_box_iou"),
                                            ("multi-label", "test_f1")])
 def test_the_box_tasks_train_from_a_coco_export(model, metric, exported, tmp_path):
-    args = ["-m", "width=4"] + (["-m", "head_channels=16"] if model == "ssd-resnet" else [])
+    args = ["-m", "width=4", "-i", "64"] + (["-m", "head_channels=16"] if model == "ssd-resnet"
+                                            else [])  # the 96 px images fitted to 64
     assert cli(["train", model, *args, "--data", f"coco:{exported / 'train.json'}", "--epochs",
                 "1", "--batch-size", "8", "--set", "val_size=4", "--run-dir", tmp_path / "run",
                 "-q"]) == 0

@@ -450,14 +450,16 @@ def export_lines(result: dict) -> None:
               soft_wrap=True)
 
 
-@contextmanager
 def exported_scenes_lines(result: dict) -> None:
+    """`cnnbench export-scenes`: each folder written and the ``--data`` that reads it."""
     for name in ("coco", "masks"):
         if name in result:
-            print(f"wrote {result['scenes']} training and {result['test_scenes']} test scenes "
-                  f"to {result[name]['folder']}: train on them with --data {result[name]['data']}")
+            out.print(escape(f"wrote {result['scenes']} training and {result['test_scenes']} test "
+                             f"scenes to {result[name]['folder']}: train on them with --data "
+                             f"{result[name]['data']}"), soft_wrap=True)
 
 
+@contextmanager
 def progress_bar(what: str, quiet: bool = False):
     """A bar on stderr for long work: yields ``update(done, total)``; the bar starts at the
     first update (an error before it prints its one line alone); nothing when ``quiet``."""

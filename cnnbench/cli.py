@@ -638,6 +638,42 @@ def export(
     render.print_json(result) if as_json else render.export_lines(result)
 
 
+# --- the built-in scenes as files (issue 24) ---
+
+@app.command("export-scenes")
+def export_scenes(
+    out: str = typer.Argument(..., help="The folder to write coco/ and masks/ in."),
+    fmt: Optional[List[str]] = typer.Option(
+        None, "--format", "-f", help="coco (images + a COCO JSON per split) or masks (PNG "
+        "images + mask PNGs + classes.txt); repeatable (default: both)."),
+    scenes: int = typer.Option(10000, "--scenes", help="Training scenes (the scenes key)."),
+    test_scenes: int = typer.Option(2000, "--test-scenes", help="Test scenes (test_scenes)."),
+    size: int = typer.Option(96, "--scene-size", help="Canvas side in pixels (scene_size)."),
+    images: str = typer.Option("jpeg", "--images", help="The COCO export's image files: jpeg "
+                               "or png."),
+    quality: int = typer.Option(95, "--quality", help="JPEG quality, 1-100."),
+    data: Optional[str] = typer.Option(None, "--data", help="Fashion-MNIST's folder (default: "
+                                       "the installed files)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write the built-in Fashion-MNIST scenes as your own data would be: JPEG + COCO JSON,
+    PNG images + masks.
+
+    `OUT/coco/train.json` and `test.json` (COCO's instances layout, images under `train/` and
+    `test/`) and `OUT/masks/{train,test}/{images,masks}/` with `classes.txt`: train from them
+    with `--data coco:OUT/coco/train.json` (detection, single-object, multi-label) or
+    `--data masks:OUT/masks` (segmentation). With the same `scenes` and a `val_size` of at most
+    a fifth of them, they give the same train / val / test images as `--data scenes`.
+    Example: `cnnbench export-scenes scenes-files --scenes 3000 --test-scenes 1000`.
+    """
+    from cnnbench import render
+    from cnnbench.data.scenes_export import FORMATS, export
+
+    result = export(out, data, scenes_count=scenes, test_scenes=test_scenes, size=size,
+                    formats=tuple(fmt or FORMATS), image_format=images, quality=quality)
+    render.print_json(result) if as_json else render.exported_scenes_lines(result)
+
+
 # --- bench (issue 4) ---
 
 @app.command()

@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 
 from cnnbench import keys as keys_module
-from cnnbench.data import csv_labels, sources, stream
+from cnnbench.data import coco, csv_labels, sources, stream
 from cnnbench.errors import CnnbenchError, shown
 from cnnbench.inputs import parse_input_size
 from cnnbench.keys import Key, read_yaml, table
@@ -26,7 +26,7 @@ from cnnbench.training import (build, callbacks, compiling, distributed, loop, o
 
 # The modules that declare the trainer's keys (``keys.declare``), in the order a resolved
 # configuration lists them; each task declares its own in its class (``Task.options``).
-KEY_MODULES = (build, sources, stream, csv_labels, loop, optimizers, schedules, compiling,
+KEY_MODULES = (build, sources, stream, csv_labels, coco, loop, optimizers, schedules, compiling,
                weight_init, profiles, callbacks, distributed, transfer)
 MIXING_TASKS = ("classification",)  # mixup and cutmix mix one label per image
 

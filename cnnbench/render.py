@@ -450,6 +450,15 @@ def export_lines(result: dict) -> None:
               soft_wrap=True)
 
 
+def exported_scenes_lines(result: dict) -> None:
+    """`cnnbench export-scenes`: each folder written and the ``--data`` that reads it."""
+    for name in ("coco", "masks"):
+        if name in result:
+            out.print(escape(f"wrote {result['scenes']} training and {result['test_scenes']} test "
+                             f"scenes to {result[name]['folder']}: train on them with --data "
+                             f"{result[name]['data']}"), soft_wrap=True)
+
+
 @contextmanager
 def progress_bar(what: str, quiet: bool = False):
     """A bar on stderr for long work: yields ``update(done, total)``; the bar starts at the

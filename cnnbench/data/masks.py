@@ -4,7 +4,10 @@
 ``PATH/masks/NAME.png``, a grey PNG of class indices: 0 the background, 1..K the classes named
 one per line in ``PATH/classes.txt`` (the background not listed), 255 void (ignored by the loss
 and the metrics), as Pascal VOC's ``SegmentationClass`` PNGs hold them. Validation and test
-images are held out of them as an image folder's are.
+images are held out of them as an image folder's are. Split folders as an image folder's are
+taken too: ``PATH/train/{images,masks}/`` with optional ``PATH/val/`` (or ``valid/``) and
+``PATH/test/`` alike, ``classes.txt`` in ``PATH``; what is missing is held out of ``train/``.
+``--limit`` samples each split stratified by the first class present, as for the scenes.
 
 Refused in one line, before anything is decoded into the splits: an image without its mask (or
 a mask without its image), a mask of another size than its image, a mask with a class index
@@ -27,34 +30,51 @@ import torch.nn.functional as F
 
 from cnnbench.data import images, stream
 from cnnbench.data.dense_transforms import multi_hot
-from cnnbench.data.imagefolder import HELD_OUT_FRACTION
+from cnnbench.data.imagefolder import HELD_OUT_FRACTION, SPLIT_FOLDERS
 from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError
 
 VOID = 255
 HINT = ("masks:PATH holds images/NAME.<ext>, masks/NAME.png (class indices: 0 background, "
-        "255 void) and classes.txt (one class per line)")
+        "255 void) and classes.txt (one class per line), or classes.txt and train/ (val/, "
+        "test/) each with images/ and masks/")
 
 
-def pairs(root: Path) -> tuple[list[str], list[Path], list[Path]]:
-    """``(class names, image files, mask files)``, matched by name, sorted."""
-    for part in ("images", "masks"):
-        if not (root / part).is_dir():
-            raise CnnbenchError(f"{root} has no {part}/ folder: {HINT}")
+def class_names(root: Path) -> list[str]:
     if not (root / "classes.txt").is_file():
         raise CnnbenchError(f"{root} has no classes.txt: {HINT}")
-    names = [line.strip() for line in (root / "classes.txt").read_text().splitlines()
-             if line.strip()]
-    found = {p.stem: p for p in (root / "images").iterdir()
+    return [line.strip() for line in (root / "classes.txt").read_text().splitlines()
+            if line.strip()]
+
+
+def layout(root: Path) -> dict[str, Path]:
+    """``{"train": folder[, "val": folder][, "test": folder]}``, each holding ``images/`` and
+    ``masks/``: ``root`` itself, or its split folders (``imagefolder.SPLIT_FOLDERS``)."""
+    if not (root / "train").is_dir():
+        return {"train": root}
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (root / name).is_dir():
+                found.setdefault(split, root / name)
+    return found
+
+
+def pairs(folder: Path) -> tuple[list[Path], list[Path]]:
+    """``(image files, mask files)`` of one folder, matched by name, sorted."""
+    for part in ("images", "masks"):
+        if not (folder / part).is_dir():
+            raise CnnbenchError(f"{folder} has no {part}/ folder: {HINT}")
+    found = {p.stem: p for p in (folder / "images").iterdir()
              if p.suffix.lower() in images.EXTENSIONS and not p.name.startswith(".")}
-    masks = {p.stem: p for p in (root / "masks").iterdir() if p.suffix.lower() == ".png"}
+    masks = {p.stem: p for p in (folder / "masks").iterdir() if p.suffix.lower() == ".png"}
     for stem in sorted(found.keys() ^ masks.keys()):
         lacking, has = ("masks", found) if stem in found else ("images", masks)
-        raise CnnbenchError(f"{has[stem]} has no counterpart in {root / lacking}/")
+        raise CnnbenchError(f"{has[stem]} has no counterpart in {folder / lacking}/")
     if not found:
-        raise CnnbenchError(f"{root / 'images'} has no images: {HINT}")
+        raise CnnbenchError(f"{folder / 'images'} has no images: {HINT}")
     stems = sorted(found)
-    return names, [found[s] for s in stems], [masks[s] for s in stems]
+    return [found[s] for s in stems], [masks[s] for s in stems]
 
 
 def read_mask(mask_file: str | Path, size: tuple[int, int]) -> torch.Tensor:
@@ -107,14 +127,22 @@ def load_bundle(path: str | None, config: dict,
     root = Path(path).expanduser()
     if not root.is_dir():
         raise CnnbenchError(f"no masks folder at {root}: {HINT}")
-    names, image_files, mask_files = pairs(root)
+    names = class_names(root)
     size, channels = images.target_size(config), images.channel_request(config)
+    image_files, mask_files, parts = [], [], {}
+    for split, folder in layout(root).items():
+        found, masks_here = pairs(folder)
+        parts[split] = Split(torch.arange(len(image_files), len(image_files) + len(found)), {})
+        image_files += found
+        mask_files += masks_here
     limit, val_size = config.get("limit"), int(config.get("val_size", 5000))
-    everything = Split(torch.arange(len(image_files)), {})
-    cap = max(1, len(everything) // HELD_OUT_FRACTION)
-    train, val = holdout(everything, min(val_size, cap))
-    train, test = holdout(train, min(val_size, cap) or cap)
-    parts = {"train": train, "val": val, "test": test}
+    train = parts["train"]
+    cap = max(1, len(train) // HELD_OUT_FRACTION)
+    if "val" not in parts:
+        train, parts["val"] = holdout(train, min(val_size, cap))
+    if "test" not in parts:
+        train, parts["test"] = holdout(train, min(val_size, cap) or cap)
+    parts = {"train": train, "val": parts["val"], "test": parts["test"]}
     count = sum(len(p) if limit is None else min(limit, len(p)) for p in parts.values())
     keep = stream.choose_mode(config, count, size, channels, say or (lambda m: None)) == "memory"
     masks, present = read_masks(image_files, mask_files, len(names), size, keep)  # every check

@@ -16,7 +16,7 @@ from typing import Callable
 
 from pathlib import Path
 
-from cnnbench.data import cifar10, csv_labels, fashion_mnist, imagefolder, masks, scenes, voc
+from cnnbench.data import cifar10, coco, csv_labels, fashion_mnist, imagefolder, masks, scenes, voc
 from cnnbench.data.dense_transforms import multi_hot
 from cnnbench.data.splits import DataBundle, Split, holdout, sample
 from cnnbench.errors import CnnbenchError, did_you_mean, say
@@ -89,6 +89,10 @@ def _csv(argument: str | None, config: dict, task) -> DataBundle:
     return csv_labels.load_bundle(argument, config, task.name == "multi-label", say)
 
 
+def _coco(argument: str | None, config: dict, task) -> DataBundle:
+    return coco.load_bundle(argument, config, task.name == "single-object", say)
+
+
 def _masks(path: str | None, config: dict, task) -> DataBundle:
     return masks.load_bundle(path, config, say)
 
@@ -109,6 +113,8 @@ SOURCES: dict[str, Source] = {
                           streams=True),
     "csv": Source(_csv, "your pictures and a CSV of file names and labels, fast.ai's from_csv "
                         "layout (csv:LABELS.csv[,IMAGES_DIR])", streams=True),
+    "coco": Source(_coco, "your pictures and a COCO JSON of boxes per split, for detection, "
+                          "single-object and multi-label (coco:ANNOTATIONS.json[,IMAGES_DIR])"),
     "masks": Source(_masks, "your pictures and PNG masks of class indices: images/, masks/, "
                             "classes.txt (masks:PATH)", streams=True),
     "cifar10": Source(_cifar10, "CIFAR-10's python batches (cifar10:PATH)"),

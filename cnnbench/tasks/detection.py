@@ -65,6 +65,7 @@ class Detection(DenseTask):
     name = "detection"
     monitor = "map50"
     voc_kind = "Main"
+    sources = (*DenseTask.sources, "coco")  # your own boxes: a COCO JSON per split
     options = (
         *DENSE_OPTIONS,
         Key("match_iou", 0.5, float, bounds="(0, 1]",

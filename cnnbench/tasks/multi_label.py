@@ -18,7 +18,8 @@ from cnnbench.tasks.metrics import F1, LabelAP, f1_per_class, label_average_prec
 class MultiLabel(DenseTask):
     name = "multi-label"
     monitor = "f1"
-    sources = (*DenseTask.sources, "csv")  # the lesson's planet layout: space-separated tags
+    # The lesson's planet layout (space-separated tags); a COCO JSON's classes present.
+    sources = (*DenseTask.sources, "coco", "csv")
     options = (*DENSE_OPTIONS, Key("threshold", 0.5, float, bounds="[0, 1]",
                                    help="a label is predicted above this probability"))
 

@@ -28,6 +28,7 @@ def largest_object(boxes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 class SingleObject(DenseTask):
     name = "single-object"
     monitor = "box_iou"
+    sources = (*DenseTask.sources, "coco")  # the largest of a COCO JSON's boxes
     options = (*DENSE_OPTIONS, Key("ce_weight", 20.0, float, bounds="[0, inf)",
                                    help="weight of the class loss beside the box loss"))
 

@@ -157,6 +157,24 @@ def test_the_box_tasks_train_from_a_coco_export(model, metric, exported, tmp_pat
     assert 0.0 <= results[metric] <= 1.0 and config["data"].startswith("coco:")
 
 
+def test_detection_trains_bitwise_alike_from_memory_and_from_a_stream(exported, keep_threads):
+    """The boxes stay in memory, the images stream from the JPEGs in two workers: the same
+    batches, so the same weights as in memory (CPU, same seed, the dense augmentation on)."""
+    from cnnbench.data.stream import FileSplit
+    from cnnbench.training.build import build_trainer
+
+    weights = {}
+    for mode in ("memory", "stream"):
+        trainer = build_trainer(cfg.resolve("ssd-resnet", None, {
+            "data": f"coco:{exported / 'train.json'}", "data_mode": mode, "workers": 2,
+            "val_size": 4, "epochs": 1, "batch_size": 8, "threads": 1, "input_size": [1, 64, 64],
+            "model_args": {"width": 4, "head_channels": 16}}), callbacks=[])
+        trainer.fit()
+        weights[mode] = trainer.model.state_dict()
+    assert isinstance(trainer.train_split, FileSplit)
+    assert all(torch.equal(weights["memory"][k], weights["stream"][k]) for k in weights["memory"])
+
+
 def _outside(data, root):
     data["annotations"][2]["bbox"] = [80, 10, 30, 20]  # to x 110 on a 96 px image
 

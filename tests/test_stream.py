@@ -149,7 +149,7 @@ def test_stream_is_refused_for_a_source_read_into_memory(fmnist_dir, capsys):
             "data_mode=stream", "--epochs", "1", "-q"]
     assert cli(argv) == 2
     assert capsys.readouterr().err == (
-        "error: data_mode stream reads image files one by one: imagefolder, csv, masks data; "
+        "error: data_mode stream reads image files one by one: imagefolder, csv, coco, masks data; "
         "fashion-mnist is read into memory (data_mode memory or auto)\n")
 
 

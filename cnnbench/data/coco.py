@@ -10,8 +10,10 @@ pixels of the stored image, ``labels [N, M]`` (``-1`` pads), ``multi_hot [N, C]`
 
 * Classes: ``categories`` sorted by id (ids need not be contiguous: they are mapped to 0..C-1).
 * Images: sorted by id (as torchvision's ``CocoDetection``), fitted to the model's input as an
-  image folder's (``images.py``: Pillow's bilinear, no crop), boxes scaled with them; kept in
-  memory (decoded once and cached from ``CACHE_FROM`` images, ``imagefolder.files_bundle``).
+  image folder's (``images.py``: Pillow's bilinear, no crop), boxes scaled with them; in memory
+  (decoded once and cached from ``CACHE_FROM`` images) or streamed from the files in DataLoader
+  workers, as ``data_mode`` decides for an image folder (``imagefolder.files_bundle``; the boxes
+  stay in memory, the dense augmentation runs on the device in both modes).
 * Splits: COCO ships a JSON per split. The file named trains; the test split is a sibling JSON
   whose name has ``test`` (else ``val``) for the last ``train`` (``instances_val2017.json``
   beside ``instances_train2017.json``), its images in ``IMAGES_DIR`` named the same way when
@@ -296,7 +298,7 @@ def load_bundle(argument: str | None, config: dict, one_object: bool,
             "its images")
     root = Path(os.path.commonpath([f[0] for f in files])) if len(files) > 1 else images_dir
     bundle = imagefolder.files_bundle(root if root.is_dir() else root.parent, files, parts,
-                                      train.class_names, {**config, "data_mode": "memory"},
+                                      train.class_names, config,
                                       f"coco:{argument}", say)
     bundle.info["splits"] = {s: os.fspath(a.path) for s, a in read_splits.items()}
     return bundle

@@ -114,7 +114,8 @@ SOURCES: dict[str, Source] = {
     "csv": Source(_csv, "your pictures and a CSV of file names and labels, fast.ai's from_csv "
                         "layout (csv:LABELS.csv[,IMAGES_DIR])", streams=True),
     "coco": Source(_coco, "your pictures and a COCO JSON of boxes per split, for detection, "
-                          "single-object and multi-label (coco:ANNOTATIONS.json[,IMAGES_DIR])"),
+                          "single-object and multi-label (coco:ANNOTATIONS.json[,IMAGES_DIR])",
+                  streams=True),
     "masks": Source(_masks, "your pictures and PNG masks of class indices: images/, masks/, "
                             "classes.txt (masks:PATH)", streams=True),
     "cifar10": Source(_cifar10, "CIFAR-10's python batches (cifar10:PATH)"),

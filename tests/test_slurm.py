@@ -41,6 +41,16 @@ SLURM = pytest.mark.skipif(not slurm_up(), reason="no Slurm controller answers `
 # each): slow, and marked slurm; .ci/run runs them with `-m slurm` after starting the cluster.
 
 
+def point_at_a_dead_controller(tmp_path, monkeypatch):
+    """``SLURM_CONF`` naming a cluster whose controller nobody runs."""
+    conf = tmp_path / "conf" / "slurm.conf"
+    conf.parent.mkdir()
+    conf.write_text("ClusterName=gone\nSlurmctldHost=localhost\nSlurmctldPort=9\n"
+                    "MessageTimeout=2\nAuthType=auth/munge\nNodeName=localhost\n"
+                    "PartitionName=debug Nodes=localhost\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+
+
 def weights(run):
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
 
@@ -133,12 +143,7 @@ def test_slurm_out_of_reach_is_one_line_before_any_folder(tmp_path, monkeypatch,
     if case == "no-sbatch":
         monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     elif case == "controller-down":  # a cluster whose controller nobody runs
-        conf = tmp_path / "conf" / "slurm.conf"
-        conf.parent.mkdir()
-        conf.write_text("ClusterName=gone\nSlurmctldHost=localhost\nSlurmctldPort=9\n"
-                        "MessageTimeout=2\nAuthType=auth/munge\nNodeName=localhost\n"
-                        "PartitionName=debug Nodes=localhost\n")
-        monkeypatch.setenv("SLURM_CONF", str(conf))
+        point_at_a_dead_controller(tmp_path, monkeypatch)
     else:
         options = ["--slurm", "partition=debug,gpus_per_nod=1"]
     code = cli(["sweep", "lenet", "--grid", "lr=0.1,0.2", "--epochs", "1", "--launcher",
@@ -342,12 +347,7 @@ def test_train_through_slurm_refuses_bad_options_in_one_line_before_any_folder(
 def test_train_through_slurm_with_the_controller_down_is_one_line(tmp_path, monkeypatch,
                                                                   capsys):
     monkeypatch.chdir(tmp_path)
-    conf = tmp_path / "conf" / "slurm.conf"
-    conf.parent.mkdir()
-    conf.write_text("ClusterName=gone\nSlurmctldHost=localhost\nSlurmctldPort=9\n"
-                    "MessageTimeout=2\nAuthType=auth/munge\nNodeName=localhost\n"
-                    "PartitionName=debug Nodes=localhost\n")
-    monkeypatch.setenv("SLURM_CONF", str(conf))
+    point_at_a_dead_controller(tmp_path, monkeypatch)
     code = cli(["train", "lenet", "--launcher", "slurm", "--nnodes", "2"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err

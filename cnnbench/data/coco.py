@@ -86,16 +86,7 @@ class Annotations:
 
 def parse_argument(argument: str | None, what: str = "--data coco") -> tuple[Path, Path]:
     """``(JSON file, images folder)`` from ``ANNOTATIONS.json[,IMAGES_DIR]``."""
-    if not argument:
-        raise CnnbenchError(f"{what} needs the file: {HINT}")
-    table, _, folder = str(argument).partition(",")
-    path = Path(table).expanduser()
-    if not path.is_file():
-        raise CnnbenchError(f"no COCO JSON file at {path} ({HINT})")
-    images = Path(folder).expanduser() if folder else path.parent
-    if not images.is_dir():
-        raise CnnbenchError(f"no images folder at {images} ({HINT})")
-    return path, images
+    return imagefolder.labels_and_images(argument, what, "COCO JSON", HINT)
 
 
 def _number(value) -> bool:

@@ -41,16 +41,7 @@ HINT = "csv:LABELS.csv[,IMAGES_DIR] with a header row: file name, label(s)[, spl
 
 def parse_argument(argument: str | None) -> tuple[Path, Path]:
     """``(CSV file, images folder)`` from ``LABELS.csv[,IMAGES_DIR]``."""
-    if not argument:
-        raise CnnbenchError(f"--data csv needs the file: {HINT}")
-    table, _, folder = argument.partition(",")
-    table_path = Path(table).expanduser()
-    if not table_path.is_file():
-        raise CnnbenchError(f"no CSV file at {table_path} ({HINT})")
-    images = Path(folder).expanduser() if folder else table_path.parent
-    if not images.is_dir():
-        raise CnnbenchError(f"no images folder at {images} ({HINT})")
-    return table_path, images
+    return imagefolder.labels_and_images(argument, "--data csv", "CSV", HINT)
 
 
 def read_rows(table: Path) -> tuple[list[str], list[list[str]]]:

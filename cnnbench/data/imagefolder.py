@@ -122,6 +122,23 @@ def _image_files(folder: str, seen: set | None = None) -> list[tuple[str, int, i
     return files
 
 
+def labels_and_images(argument: str | None, what: str, kind: str,
+                      hint: str) -> tuple[Path, Path]:
+    """``(labels file, images folder)`` from a source's ``FILE[,IMAGES_DIR]`` argument (the
+    images default to the file's own folder): ``csv:`` and ``coco:``. ``what`` names the
+    option and ``kind`` the file in the one-line refusals."""
+    if not argument:
+        raise CnnbenchError(f"{what} needs the file: {hint}")
+    table, _, folder = str(argument).partition(",")
+    path = Path(table).expanduser()
+    if not path.is_file():
+        raise CnnbenchError(f"no {kind} file at {path} ({hint})")
+    images = Path(folder).expanduser() if folder else path.parent
+    if not images.is_dir():
+        raise CnnbenchError(f"no images folder at {images} ({hint})")
+    return path, images
+
+
 def load_bundle(path: str | os.PathLike, config: dict,
                 say: Callable[[str], None] | None = None) -> DataBundle:
     """The three splits of the tree at ``path``, fitted to ``config``'s model and input size."""

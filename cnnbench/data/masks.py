@@ -82,8 +82,12 @@ def read_mask(mask_file: str | Path, size: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(mask_file) as mask:
-        values = np.array(mask.convert("L") if mask.mode not in ("L", "P") else mask)
-    return _resized(values, size)
+        return _resized(_values(mask), size)
+
+
+def _values(mask) -> np.ndarray:
+    """A mask image's class indices (a palette PNG's indices as they are)."""
+    return np.array(mask.convert("L") if mask.mode not in ("L", "P") else mask)
 
 
 def _resized(values: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -107,7 +111,7 @@ def read_masks(image_files: list[Path], mask_files: list[Path], classes: int,
             if mask.size != image_size:
                 raise CnnbenchError(f"mask {mask_file} is {mask.size[0]}x{mask.size[1]}, its "
                                     f"image {image_size[0]}x{image_size[1]}")
-            values = np.array(mask.convert("L") if mask.mode not in ("L", "P") else mask)
+            values = _values(mask)
         bad = values[(values > classes) & (values != VOID)]
         if bad.size:
             raise CnnbenchError(f"mask {mask_file} has class index {int(bad.max())}, beyond the "

@@ -94,6 +94,8 @@ def fit_in_folder(trainer: Trainer, new: bool) -> dict | None:
         return results
     finally:
         release_run(trainer.run_dir, abandon=new and failed)  # only by the lock's holder
+        if not failed:
+            distributed.finished()  # at exit, wait for the other processes (teardown)
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict | None = None,
